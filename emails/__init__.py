@@ -1,0 +1,1 @@
+"""Customer emails: templates, rendering and transports. Knows nothing about the database."""

@@ -1,0 +1,143 @@
+"""The rendering context each email kind needs, and realistic sample data for previews and tests.
+
+Every kind requires ``COMMON_KEYS``:
+
+- ``customer_name`` (str, may be empty), ``customer_email`` (str);
+- ``license_code`` (str), ``order_ref`` (str): the provider's license code and order reference;
+- ``product`` (str), ``edition`` (str, e.g. ``"BUSINESS"``), ``quantity`` (int);
+- ``cycle``: ``"monthly"`` or ``"annual"`` (shown translated);
+- ``expires_at``: the subscription's expiry (aware datetime or ISO 8601 string). In
+  ``renewal_confirmation`` and ``upgrade_confirmation`` it is the expiry *before* the change;
+- ``portal_url``, ``renewal_url``: built with :mod:`emails.links`, never by hand;
+- ``currency`` (ISO 4217 code, e.g. ``"EUR"``), ``test`` (bool: a test order, flagged in the email).
+
+Kind-specific required keys are in ``REQUIRED_KEYS``. Optional keys (``OPTIONAL_KEYS``) may be
+left out or set to ``None``; the email then simply omits them. Money amounts are ``Decimal``
+(or strings / ints) in ``currency``; the key ``locale`` is reserved for the renderer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from emails.links import portal_url, renewal_url
+
+COMMON_KEYS: tuple[str, ...] = (
+    "customer_name",
+    "customer_email",
+    "license_code",
+    "product",
+    "edition",
+    "cycle",
+    "quantity",
+    "order_ref",
+    "expires_at",
+    "portal_url",
+    "renewal_url",
+    "currency",
+    "test",
+)
+
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "order_confirmation": COMMON_KEYS,
+    # days_left: whole days until expires_at (0 means today).
+    "renewal_reminder": (*COMMON_KEYS, "days_left"),
+    "auto_renewal_notice": COMMON_KEYS,
+    "expiry_notice": COMMON_KEYS,
+    # amount: what the renewal cost; new_expires_at: the expiry after the renewal.
+    "renewal_confirmation": (*COMMON_KEYS, "new_expires_at", "amount"),
+    # product/edition/cycle/quantity are the new values; previous_* what the customer had.
+    "upgrade_confirmation": (
+        *COMMON_KEYS,
+        "previous_product",
+        "previous_edition",
+        "previous_cycle",
+        "previous_quantity",
+        "credit",
+        "amount_due",
+        "new_expires_at",
+    ),
+    # amount: the renewal charge that failed.
+    "payment_failed": (*COMMON_KEYS, "amount"),
+    # amount: what is refunded.
+    "refund_notice": (*COMMON_KEYS, "amount"),
+    "cancellation_notice": COMMON_KEYS,
+}
+
+# Every kind also accepts merchant_name (signature) and support_email (shown in the closing).
+COMMON_OPTIONAL_KEYS: tuple[str, ...] = ("merchant_name", "support_email")
+
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    kind: COMMON_OPTIONAL_KEYS
+    + {
+        # amount: the expected charge, if known.
+        "auto_renewal_notice": ("amount",),
+        # next_retry_at: when the provider tries the charge again, if known.
+        "payment_failed": ("next_retry_at",),
+    }.get(kind, ())
+    for kind in REQUIRED_KEYS
+}
+
+_PORTAL = "https://secure.2checkout.com/myaccount/"
+_RENEWAL = "https://secure.2checkout.com/renewal/?LICENSE={license_code}&EMAIL={email}"
+
+
+def _base() -> dict[str, Any]:
+    """Return the common sample context: a BUSINESS annual subscription expiring 30 June 2026."""
+    email = "giulia.rossi@example.com"
+    license_code = "DF7K2M9QX4"
+    return {
+        "customer_name": "Giulia Rossi",
+        "customer_email": email,
+        "license_code": license_code,
+        "product": "DocFlow",
+        "edition": "BUSINESS",
+        "cycle": "annual",
+        "quantity": 10,
+        "order_ref": "170623894",
+        "expires_at": datetime(2026, 6, 30, tzinfo=UTC),
+        "portal_url": portal_url(_PORTAL),
+        "renewal_url": renewal_url(
+            _RENEWAL, license_code=license_code, product_code="DOCFLOW-BIZ", email=email
+        ),
+        "currency": "EUR",
+        "test": False,
+        "merchant_name": "DocFlow",
+        "support_email": "supporto@example.com",
+    }
+
+
+def sample_context(kind: str) -> dict[str, Any]:
+    """Return realistic sample data for ``kind`` (all required and optional keys set)."""
+    if kind not in REQUIRED_KEYS:
+        raise ValueError(f"unknown email kind: {kind!r}")
+    ctx = _base()
+    renewal_amount = Decimal("1000.00")
+    extra: dict[str, dict[str, Any]] = {
+        "renewal_reminder": {"days_left": 30},
+        "auto_renewal_notice": {"amount": renewal_amount},
+        "renewal_confirmation": {
+            "amount": renewal_amount,
+            "new_expires_at": datetime(2027, 6, 30, tzinfo=UTC),
+        },
+        # The worked example of the "restart" policy: TEAM monthly to BUSINESS annual.
+        "upgrade_confirmation": {
+            "previous_product": "DocFlow",
+            "previous_edition": "TEAM",
+            "previous_cycle": "monthly",
+            "previous_quantity": 5,
+            "expires_at": datetime(2026, 2, 1, tzinfo=UTC),
+            "credit": Decimal("15.00"),
+            "amount_due": Decimal("585.00"),
+            "new_expires_at": datetime(2027, 1, 16, 12, tzinfo=UTC),
+        },
+        "payment_failed": {
+            "amount": renewal_amount,
+            "next_retry_at": datetime(2026, 7, 3, 9, 30, tzinfo=UTC),
+        },
+        "refund_notice": {"amount": renewal_amount},
+    }
+    ctx.update(extra.get(kind, {}))
+    return ctx

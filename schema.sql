@@ -1,0 +1,128 @@
+-- Rinnovo's tables. Applied by `rinnovo db init` and by the test fixtures; every statement is
+-- idempotent so applying it twice is harmless.
+
+-- The inbox: every notification the provider delivered, stored before it is acknowledged.
+CREATE TABLE IF NOT EXISTS events (
+    id              bigserial PRIMARY KEY,
+    kind            text NOT NULL CHECK (kind IN ('ipn', 'lcn', 'ins')),
+    -- Same notification delivered again (provider retry) => same key; see README "Dedupe".
+    dedupe_key      text NOT NULL UNIQUE,
+    status          text NOT NULL DEFAULT 'received'
+                    CHECK (status IN ('received', 'enqueued', 'processed', 'failed', 'ignored')),
+    raw_body        bytea NOT NULL,
+    content_type    text NOT NULL,
+    headers         jsonb NOT NULL DEFAULT '{}',
+    fields          jsonb NOT NULL,          -- name -> [values], as parsed at receive time
+    signature_algo  text NOT NULL,           -- sha3-256 | sha256 | md5 | ins-md5
+    key_index       integer NOT NULL,        -- which configured key verified it (rotation)
+    summary         text NOT NULL DEFAULT '',-- e.g. "COMPLETE", "ACTIVE", "ORDER_CREATED"
+    license_codes   text[] NOT NULL DEFAULT '{}',
+    test            boolean NOT NULL DEFAULT false,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    enqueued_at     timestamptz,
+    processed_at    timestamptz,
+    deliveries      integer NOT NULL DEFAULT 1,  -- how many times the provider sent it
+    last_delivery_at timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 0,  -- how many times a worker tried it
+    last_error      text,
+    last_traceback  text,
+    outcome         text                     -- what applying it did, or why it was ignored
+);
+CREATE INDEX IF NOT EXISTS events_received_at_idx ON events (received_at DESC);
+CREATE INDEX IF NOT EXISTS events_status_idx ON events (status, received_at DESC);
+CREATE INDEX IF NOT EXISTS events_license_codes_idx ON events USING gin (license_codes);
+-- The relay reads only this: stored but never handed to the broker.
+CREATE INDEX IF NOT EXISTS events_unenqueued_idx ON events (id) WHERE status = 'received';
+
+CREATE TABLE IF NOT EXISTS customers (
+    id              bigserial PRIMARY KEY,
+    email           text NOT NULL,
+    first_name      text NOT NULL DEFAULT '',
+    last_name       text NOT NULL DEFAULT '',
+    company         text NOT NULL DEFAULT '',
+    locale          text NOT NULL DEFAULT '',
+    -- The provider's customer reference when it sends one, else the lowercased email.
+    customer_key    text NOT NULL UNIQUE,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id                  bigserial PRIMARY KEY,
+    license_code        text NOT NULL UNIQUE,
+    customer_id         bigint NOT NULL REFERENCES customers (id),
+    product_code        text NOT NULL,
+    product             text NOT NULL,
+    edition             text NOT NULL DEFAULT '',
+    cycle               text NOT NULL DEFAULT 'annual' CHECK (cycle IN ('monthly', 'annual', 'lifetime')),
+    quantity            integer NOT NULL DEFAULT 1,
+    status              text NOT NULL
+                        CHECK (status IN ('pending', 'active', 'past_due', 'expired', 'canceled', 'refunded')),
+    auto_renew          boolean NOT NULL DEFAULT false,
+    test                boolean NOT NULL DEFAULT false,
+    currency            text NOT NULL DEFAULT '',
+    price_paid          numeric(14, 2) NOT NULL DEFAULT 0,  -- what the current period cost
+    period_start        timestamptz,          -- purchase, last renewal or restart instant
+    expires_at          timestamptz,          -- as the provider reports it
+    expected_expires_at timestamptz,          -- as the catalog's policy predicts it
+    policy_mismatch     boolean NOT NULL DEFAULT false,
+    last_order_ref      text NOT NULL DEFAULT '',
+    last_change_at      timestamptz,          -- provider time of the newest change applied
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
+-- The reminder scan walks only live subscriptions in expiry order.
+CREATE INDEX IF NOT EXISTS subscriptions_live_expiry_idx ON subscriptions (expires_at)
+    WHERE status IN ('active', 'past_due');
+
+-- Orders that touched a subscription: one row per (order reference, license, order status).
+CREATE TABLE IF NOT EXISTS orders (
+    id              bigserial PRIMARY KEY,
+    subscription_id bigint NOT NULL REFERENCES subscriptions (id),
+    event_id        bigint NOT NULL REFERENCES events (id),
+    refno           text NOT NULL,
+    kind            text NOT NULL,            -- new | renewal | upgrade | refund | cancel ...
+    order_status    text NOT NULL,
+    amount          numeric(14, 2) NOT NULL DEFAULT 0,
+    currency        text NOT NULL DEFAULT '',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (refno, subscription_id, order_status)
+);
+
+-- Every change to a subscription: what, from which event, before -> after.
+CREATE TABLE IF NOT EXISTS subscription_history (
+    id              bigserial PRIMARY KEY,
+    subscription_id bigint NOT NULL REFERENCES subscriptions (id),
+    event_id        bigint REFERENCES events (id),
+    change          text NOT NULL,
+    before          jsonb NOT NULL DEFAULT '{}',
+    after           jsonb NOT NULL DEFAULT '{}',
+    note            text NOT NULL DEFAULT '',
+    at              timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS subscription_history_sub_idx ON subscription_history (subscription_id, id);
+CREATE INDEX IF NOT EXISTS subscription_history_event_idx ON subscription_history (event_id);
+
+-- The email outbox: one row per fact worth telling the customer, never two.
+CREATE TABLE IF NOT EXISTS emails (
+    id              bigserial PRIMARY KEY,
+    subscription_id bigint NOT NULL REFERENCES subscriptions (id),
+    event_id        bigint REFERENCES events (id),
+    kind            text NOT NULL,
+    fact            text NOT NULL,            -- e.g. order REFNO, "2026-06-30T00:00:00Z/7"
+    to_address      text NOT NULL,
+    locale          text NOT NULL,
+    context         jsonb NOT NULL DEFAULT '{}',
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+    message_id      text NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    enqueued_at     timestamptz,
+    sent_at         timestamptz,
+    UNIQUE (subscription_id, kind, fact)
+);
+CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
+CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);

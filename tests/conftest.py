@@ -1,0 +1,107 @@
+"""Fixtures: a database of the session's own, Redis db 15, a live receiver, and cuttable proxies."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports the broker or reads settings: the tests' own database and Redis db.
+PG_SERVER = os.environ.get("RINNOVO_TEST_PG", "postgresql://127.0.0.1:5432")
+TEST_DATABASE_URL = f"{PG_SERVER}/rinnovo_test_{os.getpid()}"
+TEST_REDIS_URL = os.environ.get("RINNOVO_TEST_REDIS", "redis://127.0.0.1:6379/15")
+SECRET_KEYS = "AABBCCDDEEFF,previous-key-still-accepted"
+INS_SECRET_WORD = "tango"
+os.environ.update(
+    DATABASE_URL=TEST_DATABASE_URL,
+    REDIS_URL=TEST_REDIS_URL,
+    TWOCHECKOUT_SECRET_KEY=SECRET_KEYS,
+    TWOCHECKOUT_INS_SECRET_WORD=INS_SECRET_WORD,
+    TWOCHECKOUT_ACCEPT_MD5="",
+)
+
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+from tests.support import TcpProxy, queued_event_ids  # noqa: E402
+from workers import db as database  # noqa: E402
+from workers.broker import broker  # noqa: E402
+
+TABLES = "emails, subscription_history, orders, subscriptions, customers, events"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database with the schema, dropped when the session ends."""
+    database.drop_database(TEST_DATABASE_URL)
+    database.init_db(TEST_DATABASE_URL)
+    yield TEST_DATABASE_URL
+    database.close_pool()
+    database.drop_database(TEST_DATABASE_URL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_test_db() -> Iterator[None]:
+    broker.client.flushdb()
+    yield
+    broker.client.flushdb()
+    broker.close()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection to an emptied database (autocommit, so tests see what workers committed)."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
+        connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        broker.flush_all()
+        yield connection
+        connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    broker.flush_all()
+
+
+@pytest.fixture
+def app(conn: psycopg.Connection):
+    from webhooks.app import create_app
+
+    return create_app({"TESTING": "1"})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def live_url(app) -> Iterator[str]:
+    """The receiver served over real HTTP on a free port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def queued() -> object:
+    """A function returning the event ids waiting in the broker's queue."""
+    return queued_event_ids
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[object]:
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        proxy = TcpProxy(host, port)
+        proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()

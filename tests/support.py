@@ -1,0 +1,161 @@
+"""Test helpers: a TCP proxy that can cut a service off, signed sample posts, queue inspection."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import requests
+
+from webhooks.protocol import form, samples
+from webhooks.protocol.signature import Algorithm
+from workers.broker import broker
+
+KEY = "AABBCCDDEEFF"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def queued_event_ids(queue: str = "default") -> list[int]:
+    """Event ids of the process_event messages waiting in Redis."""
+    raw = broker.client.hvals(f"{broker.namespace}:{queue}.msgs")
+    ids = [json.loads(item)["args"][0] for item in raw]
+    return sorted(ids)
+
+
+def signed_ipn(
+    *, key: str = KEY, algorithms: Sequence[Algorithm] = (Algorithm.SHA256,), **kwargs: object
+) -> bytes:
+    """A signed IPN body as the provider sends it."""
+    return form.encode(samples.sign_pairs(samples.ipn_pairs(**kwargs), key, algorithms))  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TcpProxy:
+    """Forwards a local port to a service; `cut()` drops every connection and refuses new ones."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)  # a blocked accept() would not notice the listener closing
+        self._listener = listener
+        self._running = threading.Event()
+        self._running.set()
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._running.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+        listener.close()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 0.5)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (a, b):
+                sock.close()
+
+    def cut(self) -> None:
+        """Simulate the service going down: close the listener and every open connection."""
+        if self._listener is not None:
+            self._running.clear()
+            self._listener = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            for sock in self._conns:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._conns.clear()
+
+    def stop(self) -> None:
+        self.cut()
+
+
+class Receiver:
+    """The receiver under gunicorn in a process of its own, with its own environment."""
+
+    def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn",
+                "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(workers),
+                "--log-level", "warning",
+                "webhooks.app:create_app()",
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/healthz", timeout=1)
+                return
+            except requests.ConnectionError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(self.process.stderr.read().decode()) from None  # type: ignore[union-attr]
+                time.sleep(0.1)
+        raise RuntimeError("receiver did not start")
+
+    def post(self, path: str, body: bytes) -> requests.Response:
+        return requests.post(self.url + path, data=body, headers=FORM, timeout=15)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=15)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()

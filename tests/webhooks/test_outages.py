@@ -1,0 +1,83 @@
+"""Outages: Redis or PostgreSQL going away under a real gunicorn receiver."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support import Receiver, signed_ipn
+from webhooks.protocol import samples
+from workers import dispatch
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = re.search(r"//(?:[^@/]*@)?([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    return host, int(port)
+
+
+@pytest.fixture
+def receiver_factory():
+    started: list[Receiver] = []
+
+    def start(**env: str) -> Receiver:
+        receiver = Receiver(env)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_relayed_once(
+    conn, queued, proxy_factory, receiver_factory
+):
+    redis_proxy = proxy_factory(*_host_port(TEST_REDIS_URL))
+    receiver = receiver_factory(REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/15")
+    redis_proxy.cut()
+
+    body = signed_ipn(items=(samples.SampleItem(license_ref="LICREDIS01"),))
+    response = receiver.post("/ipn", body)
+
+    assert response.status_code == 200
+    assert response.text.startswith('<sig algo="sha256"')
+    event = conn.execute("SELECT id, status FROM events").fetchone()
+    assert event["status"] == "received"
+    assert queued() == []
+    assert receiver.get("/readyz").status_code == 503
+
+    # Redis is back (the relay runs in this process, which reaches Redis directly).
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 1
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 0
+    assert queued() == [event["id"]]
+    assert conn.execute("SELECT status FROM events").fetchone()["status"] == "enqueued"
+
+
+def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_writes_nothing(
+    conn, queued, proxy_factory, receiver_factory
+):
+    pg_proxy = proxy_factory(*_host_port(TEST_DATABASE_URL))
+    dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
+    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    body = signed_ipn(items=(samples.SampleItem(license_ref="LICPGDOWN1"),))
+    assert receiver.get("/readyz").status_code == 200  # the pool has live connections to cut
+
+    pg_proxy.cut()
+    response = receiver.post("/ipn", body)
+
+    assert response.status_code == 503
+    assert "<sig" not in response.text and "EPAYMENT" not in response.text
+    assert receiver.get("/readyz").status_code == 503
+    assert conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == 0
+    assert queued() == []
+
+    # The database is back: the provider's retry is stored, acknowledged and enqueued once.
+    pg_proxy.start()
+    retry = receiver.post("/ipn", body)
+    assert retry.status_code == 200
+    assert retry.text.startswith('<sig algo="sha256"')
+    rows = conn.execute("SELECT id, deliveries FROM events").fetchall()
+    assert len(rows) == 1 and rows[0]["deliveries"] == 1
+    assert queued() == [rows[0]["id"]]

@@ -1,0 +1,1 @@
+"""The HTTP side of Rinnovo: the provider-facing receiver and the admin API."""

@@ -1,0 +1,34 @@
+"""Liveness and readiness."""
+
+from flask import Blueprint, Response, jsonify
+
+from webhooks.intake import settings
+from workers import db
+from workers.broker import broker
+from workers.errors import DatabaseUnavailable
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up."""
+    return Response("ok", mimetype="text/plain")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """The database and Redis both answer, so notifications can be stored and enqueued."""
+    checks: dict[str, str] = {}
+    try:
+        db.ping(settings().database_url)
+        checks["database"] = "ok"
+    except DatabaseUnavailable as exc:
+        checks["database"] = str(exc)
+    try:
+        broker.client.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure to answer means "not ready"; the reason is reported
+        checks["redis"] = f"redis unavailable: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify(ready=ready, checks=checks), (200 if ready else 503)

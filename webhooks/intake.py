@@ -1,0 +1,148 @@
+"""The receiver's one path for every notification: verify, parse, record, enqueue, answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import ModuleType
+
+from flask import Response, current_app, request
+
+from webhooks.protocol import form, ins, signature
+from webhooks.protocol.errors import MalformedNotification, SignatureError
+from workers import db, dispatch, events
+from workers.config import Settings
+from workers.errors import BrokerUnavailable, DatabaseUnavailable
+
+log = logging.getLogger("rinnovo.receiver")
+
+FORM = "application/x-www-form-urlencoded"
+MAX_BODY = 64 * 1024
+HEADERS_KEPT = ("User-Agent", "X-Forwarded-For", "X-Real-Ip", "Content-Length")
+
+
+class Rejected(Exception):
+    """A delivery refused with its own status, metric outcome and message."""
+
+    def __init__(self, status: int, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+        self.message = message
+
+
+def settings() -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = current_app.extensions["rinnovo"]
+    return settings
+
+
+def _text(body: str, status: int) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+def _read_body() -> bytes:
+    if request.mimetype != FORM:
+        shown = request.mimetype or "none"
+        raise Rejected(415, "unsupported_media_type", f"Content-Type must be {FORM}, not {shown}")
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
+    # A chunked body has no Content-Length: the app lets one byte past the limit through
+    # (MAX_CONTENT_LENGTH = MAX_BODY + 1) so that an over-long body shows here, not truncated.
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY:
+        raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
+    return raw
+
+
+def _verify(module: ModuleType, fields: dict[str, list[str]]) -> tuple[str, int]:
+    config = settings()
+    if module is ins:
+        if not config.ins_secret_words:
+            raise Rejected(503, "not_configured", "INS is not configured on this receiver")
+        return "ins-md5", ins.verify(fields, config.ins_secret_words)
+    verified = signature.verify(fields, config.secret_keys, accept_md5=config.accept_md5)
+    return str(verified.algorithm), verified.key_index
+
+
+def _answer(module: ModuleType, fields: dict[str, list[str]], algorithm: str) -> Response:
+    if module is ins:
+        return _text("OK", 200)
+    values = module.receipt_values(fields)
+    body = signature.receipt(
+        signature.Algorithm(algorithm), settings().secret_keys[0], values, signature.receipt_date()
+    )
+    return _text(body, 200)
+
+
+def receive(module: ModuleType) -> Response:
+    """Handle one delivery of the notification kind `module` describes."""
+    started = time.perf_counter()
+    kind = module.KIND
+    try:
+        raw = _read_body()
+        fields = form.group(form.parse_form(raw))
+        algorithm, key_index = _verify(module, fields)
+        module.validate(fields)
+        event = events.NewEvent(
+            kind=kind,
+            dedupe_key=module.dedupe_key(fields),
+            raw_body=raw,
+            content_type=request.content_type or FORM,
+            headers={
+                name: request.headers[name] for name in HEADERS_KEPT if name in request.headers
+            }
+            | {"Remote-Addr": request.remote_addr or ""},
+            fields=fields,
+            signature_algo=algorithm,
+            key_index=key_index,
+            summary=module.summary(fields),
+            license_codes=module.license_codes(fields),
+            test=module.is_test(fields),
+        )
+        with db.connection(settings().database_url) as conn, conn.transaction():
+            stored = events.store(conn, event)
+    except Rejected as exc:
+        return reject(kind, exc)
+    except SignatureError as exc:
+        body = f"<EPAYMENT>Error. Cannot verify signature: {exc}</EPAYMENT>"
+        return reject(kind, Rejected(400, "bad_signature", str(exc)), body=body)
+    except MalformedNotification as exc:
+        return reject(kind, Rejected(400, "malformed", str(exc)))
+    except DatabaseUnavailable as exc:
+        log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
+        return reject(kind, Rejected(503, "unavailable", "temporarily unable to store; retry"))
+
+    if stored.inserted:
+        try:
+            dispatch.dispatch(settings().database_url, [stored.event_id])
+        except (BrokerUnavailable, DatabaseUnavailable) as exc:
+            # Stored and committed: acknowledge anyway; the clock's relay enqueues it later.
+            log.warning(
+                "event %s stored but not enqueued (%s); left for the relay", stored.event_id, exc
+            )
+    outcome = "accepted" if stored.inserted else "duplicate"
+    log.info(
+        "%s event %s %s (%s) in %.1f ms",
+        kind,
+        stored.event_id,
+        outcome,
+        event.summary,
+        (time.perf_counter() - started) * 1000,
+        extra={"event_id": stored.event_id, "outcome": outcome},
+    )
+    return _answer(module, fields, algorithm)
+
+
+def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:
+    """Log the refusal with its reason (never the payload or a secret) and answer it."""
+    log.warning(
+        "%s delivery rejected (%s, %d): %s from %s",
+        kind,
+        exc.outcome,
+        exc.status,
+        exc.message,
+        request.remote_addr,
+        extra={"outcome": exc.outcome},
+    )
+    return _text(body if body is not None else exc.message, exc.status)

@@ -1,0 +1,119 @@
+"""The application/x-www-form-urlencoded wire format, and reading fields from it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import NamedTuple
+from urllib.parse import quote_plus, unquote_to_bytes
+
+from webhooks.protocol.errors import MalformedNotification
+
+Fields = Mapping[str, Sequence[str]]
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    """Return the body's (name, value) pairs in wire order, blank values kept, nothing stripped."""
+    pairs: list[tuple[str, str]] = []
+    for chunk in body.split(b"&"):
+        if not chunk:
+            continue
+        raw_name, _, raw_value = chunk.partition(b"=")
+        name = _decode(raw_name, None)
+        pairs.append((name, _decode(raw_value, name)))
+    return pairs
+
+
+def _decode(raw: bytes, field: str | None) -> str:
+    """Decode one form component: '+' is a space, then percent-escapes, then strict UTF-8."""
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        where = f"field {field}" if field is not None else "a field name"
+        raise MalformedNotification(f"{where}: invalid UTF-8", field) from None
+
+
+def group(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Group values by name, names in order of first appearance, as PHP's $_POST does."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in pairs:
+        grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+def encode(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Encode pairs, in the given order, as an application/x-www-form-urlencoded body."""
+    return "&".join(
+        f"{quote_plus(name, safe='')}={quote_plus(value, safe='')}" for name, value in pairs
+    ).encode("ascii")
+
+
+def values(fields: Fields, name: str) -> list[str]:
+    """Return every value of a field, or an empty list when the field is absent."""
+    found = fields.get(name, ())
+    # A bare string is one value, never a sequence of one-character values.
+    return [found] if isinstance(found, str) else list(found)
+
+
+def first(fields: Fields, name: str) -> str:
+    """Return the first value of a field, or "" when the field is absent."""
+    found = values(fields, name)
+    return found[0] if found else ""
+
+
+def required(fields: Fields, name: str) -> str:
+    """Return the one non-blank value of a field, or raise MalformedNotification."""
+    found = values(fields, name)
+    if not found:
+        raise MalformedNotification(f"missing required field {name}", name)
+    if len(found) > 1:
+        raise MalformedNotification(f"{name}: expected one value, got {len(found)}", name)
+    if not found[0]:
+        raise MalformedNotification(f"required field {name} is blank", name)
+    return found[0]
+
+
+def required_first(fields: Fields, name: str) -> str:
+    """Return the first value of an array field that must have at least one value."""
+    found = values(fields, name)
+    if not found:
+        raise MalformedNotification(f"missing required field {name}", name)
+    return found[0]
+
+
+class Layout(NamedTuple):
+    """A date layout: how it is shown in messages, its exact shape, and how to parse it."""
+
+    label: str
+    shape: re.Pattern[str]
+    strptime: str
+
+    def check(self, name: str, value: str) -> None:
+        """Raise MalformedNotification unless value has this layout and is a real date."""
+        if self.shape.fullmatch(value):
+            try:
+                datetime.strptime(value, self.strptime)
+            except ValueError:
+                pass
+            else:
+                return
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise MalformedNotification(f"{name}: expected {self.label}, got {shown!r}", name)
+
+    def check_field(self, fields: Fields, name: str) -> None:
+        """Check every non-blank value of a field, if the field is present."""
+        for value in values(fields, name):
+            if value:
+                self.check(name, value)
+
+
+# Explicit [0-9] because \d also matches non-ASCII digits, which strptime would then reject
+# with a less helpful message or, worse, accept.
+DATETIME = Layout(
+    "YYYY-MM-DD HH:MM:SS",
+    re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"),
+    "%Y-%m-%d %H:%M:%S",
+)
+DATE = Layout("YYYY-MM-DD", re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "%Y-%m-%d")
+STAMP = Layout("YYYYMMDDHHMMSS", re.compile(r"[0-9]{14}"), "%Y%m%d%H%M%S")

@@ -1,0 +1,81 @@
+"""INS (the legacy 2CO Instant Notification Service), signed with an MD5 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+
+from webhooks.protocol import form
+from webhooks.protocol.errors import SignatureError
+from webhooks.protocol.ipn import event_key
+
+KIND = "ins"
+
+# Stamped anew on every delivery attempt, so they must not make a retry look like a new event.
+PER_DELIVERY_FIELDS = frozenset({"md5_hash", "timestamp", "message_id"})
+
+_REQUIRED = ("message_type", "sale_id", "vendor_id", "invoice_id", "md5_hash")
+_NEXT_BILLING = re.compile(r"item_rec_date_next_[0-9]+")
+
+
+def validate(fields: Mapping[str, Sequence[str]]) -> None:
+    """Raise MalformedNotification naming the first required field missing or malformed."""
+    for name in _REQUIRED:
+        form.required(fields, name)
+    for name in fields:
+        if _NEXT_BILLING.fullmatch(name):
+            form.DATE.check_field(fields, name)
+
+
+def dedupe_key(fields: Mapping[str, Sequence[str]]) -> str:
+    """Identify the event a message describes, the same for every delivery of it.
+
+    A provider retry re-stamps the delivery time and the message id, but says the same thing;
+    two deliveries that say the same thing are the same event. So the key digests every field
+    but the hash and the per-delivery ones, names included, so that moving a value from one
+    field to another changes the key.
+    """
+    return event_key(KIND, fields, PER_DELIVERY_FIELDS)
+
+
+def summary(fields: Mapping[str, Sequence[str]]) -> str:
+    """Return a short description for operators: the message type."""
+    return form.first(fields, "message_type")
+
+
+def license_codes(fields: Mapping[str, Sequence[str]]) -> list[str]:
+    """Return no license codes: INS has none, it identifies a subscription by sale_id."""
+    return []
+
+
+def is_test(fields: Mapping[str, Sequence[str]]) -> bool:
+    """Tell whether the message is a demo sale."""
+    return form.first(fields, "demo").upper() == "Y"
+
+
+def expected_hash(fields: Mapping[str, Sequence[str]], secret_word: str) -> str:
+    """Return the md5_hash the provider computes: UPPER(MD5(sale_id vendor_id invoice_id word))."""
+    source = "".join(form.first(fields, name) for name in ("sale_id", "vendor_id", "invoice_id"))
+    # MD5 is the provider's scheme for INS, not a choice made here.
+    return hashlib.md5((source + secret_word).encode("utf-8")).hexdigest().upper()  # noqa: S324
+
+
+def verify(fields: Mapping[str, Sequence[str]], secret_words: Sequence[str]) -> int:
+    """Return the index of the secret word that signed the message, or raise SignatureError."""
+    found = form.values(fields, "md5_hash")
+    if len(found) > 1:
+        raise SignatureError("md5_hash present more than once")
+    if not found or not found[0]:
+        raise SignatureError("missing signature")
+    # Bytes, because compare_digest refuses non-ASCII str and the received value is untrusted.
+    candidate = found[0].upper().encode("utf-8")
+    # An empty secret word (e.g. unset configuration) would let anyone sign.
+    usable = [(index, word) for index, word in enumerate(secret_words) if word]
+    if not usable:
+        raise SignatureError("no secret word configured")
+    for index, word in usable:
+        if hmac.compare_digest(candidate, expected_hash(fields, word).encode("ascii")):
+            return index
+    raise SignatureError("md5_hash does not match")

@@ -1,0 +1,1 @@
+"""Rinnovo's back end: configuration, database, broker, actors, lifecycle, clock and CLI."""

@@ -1,0 +1,90 @@
+"""Configuration, read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_RENEWAL_URL = "https://secure.2checkout.com/renewal/?LICENSE={license_code}"
+DEFAULT_PORTAL_URL = "https://secure.2checkout.com/myaccount/"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), not {value!r}")
+
+
+def _days(value: str) -> tuple[int, ...]:
+    try:
+        days = tuple(sorted({int(part) for part in _split(value)}, reverse=True))
+    except ValueError:
+        raise ConfigError(
+            f"REMINDER_DAYS must be whole numbers, e.g. 30,7,1; got {value!r}"
+        ) from None
+    if any(day < 0 for day in days):
+        raise ConfigError(f"REMINDER_DAYS cannot be negative; got {value!r}")
+    return days
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Rinnovo reads from its environment."""
+
+    database_url: str
+    redis_url: str
+    secret_keys: tuple[str, ...]
+    accept_md5: bool
+    ins_secret_words: tuple[str, ...]
+    smtp_url: str | None
+    mail_from: str
+    admin_token: str | None
+    portal_url: str
+    renewal_url: str
+    reminder_days: tuple[int, ...]
+    default_locale: str
+    catalog_path: str | None
+    mail_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `env` (the process environment by default)."""
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            secret_keys=_split(env.get("TWOCHECKOUT_SECRET_KEY", "")),
+            accept_md5=_flag("TWOCHECKOUT_ACCEPT_MD5", env.get("TWOCHECKOUT_ACCEPT_MD5", "")),
+            ins_secret_words=_split(env.get("TWOCHECKOUT_INS_SECRET_WORD", "")),
+            smtp_url=env.get("SMTP_URL") or None,
+            mail_from=env.get("MAIL_FROM") or "Rinnovo <noreply@localhost>",
+            admin_token=env.get("ADMIN_TOKEN") or None,
+            portal_url=env.get("PORTAL_URL") or DEFAULT_PORTAL_URL,
+            renewal_url=env.get("RENEWAL_URL") or DEFAULT_RENEWAL_URL,
+            reminder_days=_days(env.get("REMINDER_DAYS") or "30,7,1"),
+            default_locale=(env.get("DEFAULT_LOCALE") or "en").strip(),
+            catalog_path=env.get("CATALOG") or None,
+            mail_dir=Path(env.get("MAIL_DIR") or "var/mail"),
+        )
+
+    def require_secret_keys(self) -> tuple[str, ...]:
+        """The signing keys, or a loud failure: a receiver without a key would accept anything."""
+        if not self.secret_keys:
+            raise ConfigError(
+                "TWOCHECKOUT_SECRET_KEY is not set: the receiver cannot verify notifications "
+                "(set it to the secret key from the 2Checkout control panel)"
+            )
+        return self.secret_keys

@@ -40,6 +40,19 @@ def _days(value: str) -> tuple[int, ...]:
     return days
 
 
+def _whole(name: str, value: str | None, default: int) -> int:
+    """A whole number of days from the environment, `default` when unset."""
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of days; got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{name} cannot be negative; got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -58,6 +71,11 @@ class Settings:
     default_locale: str
     catalog_path: str | None
     mail_dir: Path
+    # Appended with defaults so positional construction elsewhere keeps working.
+    auto_renewal_notice_days: int = 7  # notice this many days before an automatic renewal
+    expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
+    mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
+    redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +96,12 @@ class Settings:
             default_locale=(env.get("DEFAULT_LOCALE") or "en").strip(),
             catalog_path=env.get("CATALOG") or None,
             mail_dir=Path(env.get("MAIL_DIR") or "var/mail"),
+            auto_renewal_notice_days=_whole(
+                "AUTO_RENEWAL_NOTICE_DAYS", env.get("AUTO_RENEWAL_NOTICE_DAYS"), 7
+            ),
+            expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
+            mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
+            redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -43,9 +43,13 @@ CREATE TABLE IF NOT EXISTS customers (
     locale          text NOT NULL DEFAULT '',
     -- The provider's customer reference when it sends one, else the lowercased email.
     customer_key    text NOT NULL UNIQUE,
+    last_event_id   bigint,                   -- the newest event that set these details
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Columns added after a table first shipped, for databases created before them.
+ALTER TABLE customers ADD COLUMN IF NOT EXISTS last_event_id bigint;
 
 CREATE TABLE IF NOT EXISTS subscriptions (
     id                  bigserial PRIMARY KEY,

@@ -10,7 +10,10 @@ TEST_DATABASE_URL = f"{PG_SERVER}/rinnovo_test_{os.getpid()}"
 TEST_REDIS_URL = os.environ.get("RINNOVO_TEST_REDIS", "redis://127.0.0.1:6379/15")
 SECRET_KEYS = "AABBCCDDEEFF,previous-key-still-accepted"
 INS_SECRET_WORD = "tango"
+# Each session has its own queue names, so concurrent test runs never share a message.
+REDIS_NAMESPACE = f"rinnovo-test-{os.getpid()}"
 os.environ.update(
+    REDIS_NAMESPACE=REDIS_NAMESPACE,
     DATABASE_URL=TEST_DATABASE_URL,
     REDIS_URL=TEST_REDIS_URL,
     TWOCHECKOUT_SECRET_KEY=SECRET_KEYS,
@@ -43,11 +46,17 @@ def database_url() -> Iterator[str]:
     database.drop_database(TEST_DATABASE_URL)
 
 
+def _delete_session_keys() -> None:
+    keys = list(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}*", count=1000))
+    if keys:
+        broker.client.delete(*keys)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _redis_test_db() -> Iterator[None]:
-    broker.client.flushdb()
+def _redis_session_keys() -> Iterator[None]:
+    _delete_session_keys()
     yield
-    broker.client.flushdb()
+    _delete_session_keys()
     broker.close()
 
 

@@ -137,12 +137,12 @@ class Receiver:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                requests.get(f"{self.url}/healthz", timeout=1)
+                requests.get(f"{self.url}/healthz", timeout=5)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 if self.process.poll() is not None:
                     raise RuntimeError(self.process.stderr.read().decode()) from None  # type: ignore[union-attr]
                 time.sleep(0.1)
@@ -159,3 +159,32 @@ class Receiver:
         self.process.wait(timeout=10)
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+def post_signed(client, path: str, pairs: list[tuple[str, str]]) -> int:
+    """Sign and POST a notification through the receiver; the stored event's id."""
+    body = form.encode(samples.sign_pairs(pairs, KEY))
+    response = client.post(path, data=body, headers=FORM)
+    assert response.status_code == 200, response.text
+    from workers import db
+
+    with db.connection(os.environ["DATABASE_URL"]) as conn:
+        row = (
+            conn.execute("SELECT id FROM events WHERE raw_body = %s", (body,)).fetchone()
+            or conn.execute("SELECT max(id) AS id FROM events").fetchone()
+        )
+    assert row is not None
+    return int(row["id"])
+
+
+def drain(timeout_ms: int = 60_000, threads: int = 2) -> None:
+    """Run a real Dramatiq worker until the queues are empty."""
+    import dramatiq
+
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join("default", timeout=timeout_ms)
+        worker.join()
+    finally:
+        worker.stop()

@@ -10,9 +10,10 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 import workers.broker  # noqa: F401  # sets the broker before any actor is declared
-from workers import db, events
+from emails.transport import PermanentEmailError
+from workers import db, events, lifecycle
 from workers.config import Settings
-from workers.errors import DatabaseUnavailable, PermanentEventError
+from workers.errors import BrokerUnavailable, DatabaseUnavailable, PermanentEventError
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,18 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
-def _attempt() -> tuple[int, int]:
+# A malformed catalog stops the worker at start-up, naming the line, instead of failing events.
+lifecycle.catalog(settings())
+
+
+def _is_final_attempt(actor_max_retries: int) -> bool:
+    """Whether the running message has no retry left (per-message options override the actor's)."""
     message = CurrentMessage.get_current_message()
-    retries = message.options.get("retries", 0) if message is not None else 0
-    max_retries = (message.options.get("max_retries") if message is not None else None) or (
-        EVENT_MAX_RETRIES
-    )
-    return retries, max_retries
+    if message is None:
+        return True
+    retries: int = message.options.get("retries", 0)
+    max_retries: int = message.options.get("max_retries", actor_max_retries)
+    return retries >= max_retries
 
 
 def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
@@ -47,7 +53,7 @@ def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
         log.warning("event %s failed for good: %s", event_id, error, extra={"event_id": event_id})
 
 
-def apply_event(event_id: int) -> str | None:
+def apply_event(event_id: int, *, emails: bool = True) -> str | None:
     """Apply one stored event in one transaction; its outcome, or None if nothing was left to do."""
     with db.connection(settings().database_url) as conn, conn.transaction():
         event = events.lock(conn, event_id)
@@ -56,9 +62,17 @@ def apply_event(event_id: int) -> str | None:
             return None
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
-        outcome = "recorded"
-        events.finish(conn, event_id, status="processed", outcome=outcome)
-        return outcome
+        applied = lifecycle.apply(conn, event, settings(), emails=emails)
+        events.finish(conn, event_id, status=applied.status, outcome=applied.outcome)
+    if applied.email_ids:
+        from workers import outbox
+
+        try:
+            outbox.dispatch(settings().database_url, applied.email_ids)
+        except (BrokerUnavailable, DatabaseUnavailable) as exc:
+            # Committed as pending: the clock's email relay sends them when Redis is back.
+            log.warning("event %s: emails left for the relay (%s)", event_id, exc)
+    return applied.outcome
 
 
 @dramatiq.actor(
@@ -67,14 +81,29 @@ def apply_event(event_id: int) -> str | None:
     max_backoff=15 * 60_000,
     throws=(PermanentEventError,),
 )
-def process_event(event_id: int) -> None:
-    """Apply one stored notification to the subscription it concerns."""
+def process_event(event_id: int, emails: bool = True) -> None:
+    """Apply one stored notification to the subscription it concerns (`emails=False`: no outbox)."""
     try:
-        apply_event(event_id)
+        apply_event(event_id, emails=emails)
     except PermanentEventError as exc:
         _record_failure(event_id, exc, final=True)
         raise
     except Exception as exc:
-        retries, max_retries = _attempt()
-        _record_failure(event_id, exc, final=retries >= max_retries)
+        _record_failure(event_id, exc, final=_is_final_attempt(EVENT_MAX_RETRIES))
         raise
+
+
+EMAIL_MAX_RETRIES = 12  # with the backoff below: about a day of SMTP outage before `failed`
+
+
+@dramatiq.actor(
+    max_retries=EMAIL_MAX_RETRIES,
+    min_backoff=5_000,
+    max_backoff=2 * 60 * 60_000,
+    throws=(PermanentEmailError,),
+)
+def send_email(email_id: int) -> None:
+    """Render one outbox row and send it; marked `sent` once, `failed` when it never can be."""
+    from workers import mailer
+
+    mailer.send(settings(), email_id, final=_is_final_attempt(EMAIL_MAX_RETRIES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -73,8 +74,12 @@ def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_w
     assert conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == 0
     assert queued() == []
 
-    # The database is back: the provider's retry is stored, acknowledged and enqueued once.
+    # The database is back. The provider retries minutes later; by then the pool has reconnected
+    # (it backs off between attempts), which /readyz shows.
     pg_proxy.start()
+    deadline = time.monotonic() + 60
+    while receiver.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
     retry = receiver.post("/ipn", body)
     assert retry.status_code == 200
     assert retry.text.startswith('<sig algo="sha256"')

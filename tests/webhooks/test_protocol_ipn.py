@@ -171,7 +171,7 @@ def test_test_orders_are_recognised():
 
 
 def test_receipt_values_are_the_first_product_and_the_ipn_date_only():
-    assert ipn.receipt_values(order()) == ["4626543", "AWDoc TEAM (monthly)", "20260301100005"]
+    assert ipn.receipt_values(order()) == ["43811", "AWDoc TEAM (monthly)", "20260301100005"]
 
 
 def test_receipt_values_of_an_order_without_products_are_malformed():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import quote_plus, unquote_to_bytes
 
@@ -117,3 +117,20 @@ DATETIME = Layout(
 )
 DATE = Layout("YYYY-MM-DD", re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "%Y-%m-%d")
 STAMP = Layout("YYYYMMDDHHMMSS", re.compile(r"[0-9]{14}"), "%Y%m%d%H%M%S")
+LAYOUTS = (DATETIME, DATE, STAMP)
+
+
+def check_date_or_datetime(name: str, value: str) -> None:
+    """Raise MalformedNotification unless value is YYYY-MM-DD HH:MM:SS or YYYY-MM-DD."""
+    if DATE.shape.fullmatch(value):
+        DATE.check(name, value)
+    else:
+        DATETIME.check(name, value)
+
+
+def parse_time(value: str) -> datetime:
+    """A provider date in any of its layouts, as an aware UTC instant (RULES.md: times are UTC)."""
+    for layout in LAYOUTS:
+        if layout.shape.fullmatch(value):
+            return datetime.strptime(value, layout.strptime).replace(tzinfo=UTC)
+    raise ValueError(f"not a provider date: {value!r}")

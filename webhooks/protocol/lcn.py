@@ -16,7 +16,8 @@ PER_DELIVERY_FIELDS: frozenset[str] = frozenset()
 def validate(fields: Mapping[str, Sequence[str]]) -> None:
     """Raise MalformedNotification naming the first required field missing or malformed."""
     form.required(fields, "LICENSE_CODE")
-    form.DATETIME.check("EXPIRATION_DATE", form.required(fields, "EXPIRATION_DATE"))
+    # The provider's own LCN example sends a bare date here; both layouts are accepted.
+    form.check_date_or_datetime("EXPIRATION_DATE", form.required(fields, "EXPIRATION_DATE"))
     form.DATETIME.check("DATE_UPDATED", form.required(fields, "DATE_UPDATED"))
     form.required(fields, "STATUS")
 

@@ -26,8 +26,8 @@ _CENT = Decimal("0.01")
 class SampleItem:
     """One product line of a sample order; a blank license_ref gets a random code."""
 
-    code: str = "AWD-TEAM-M"
-    pid: str = "4626543"
+    code: str = "AWDOC-TEAM-M"
+    pid: str = "43811"
     name: str = "AWDoc TEAM (monthly)"
     license_ref: str = ""
     quantity: int = 1

@@ -1,0 +1,113 @@
+"""`rinnovo quote` and `rinnovo subscriptions show` on stored subscriptions."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from tests.support import drain, post_signed
+from webhooks.protocol import samples
+from workers.cli import cli
+
+
+def _buy(client, license_code: str, code: str, price: str, at: str, exp: str, currency: str):
+    item = samples.SampleItem(
+        code=code, pid="", name=code, license_ref=license_code, price=price, license_exp=exp
+    )
+    post_signed(
+        client,
+        "/ipn",
+        samples.ipn_pairs(items=(item,), refno="Q1", sale_date=at, currency=currency),
+    )
+    drain()
+
+
+def test_quote_upgrade_prints_the_worked_example_of_the_restart_policy(client, conn):
+    _buy(
+        client,
+        "LIC-Q1",
+        "AWDOC-TEAM-M",
+        "30.00",
+        "2026-01-01 00:00:00",
+        "2026-02-01 00:00:00",
+        "EUR",
+    )
+    args = [
+        "quote",
+        "upgrade",
+        "LIC-Q1",
+        "--to",
+        "BUSINESS",
+        "--cycle",
+        "annual",
+        "--at",
+        "2026-01-16T12:00:00Z",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "credit:       15.00 EUR" in result.output
+    assert "amount due:   585.00 EUR" in result.output
+    assert "2026-01-16T12:00:00Z -> 2027-01-16T12:00:00Z" in result.output
+
+
+def test_quote_upgrade_explains_a_refusal_and_exits_non_zero(client, conn):
+    _buy(
+        client,
+        "LIC-Q2",
+        "GD-WORDS-NET-SB",
+        "1000.00",
+        "2026-01-10 00:00:00",
+        "2027-01-10 00:00:00",
+        "USD",
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["quote", "upgrade", "LIC-Q2", "--to", "GD-TOTAL-NET-SB", "--at", "2027-02-01T00:00:00Z"],
+    )
+    assert result.exit_code == 2
+    assert "refused:" in result.output and "expired" in result.output
+
+
+def test_quote_renew_adds_the_period_to_the_natural_expiry(client, conn):
+    _buy(
+        client,
+        "LIC-Q3",
+        "AWDOC-TEAM-Y",
+        "300.00",
+        "2025-06-30 00:00:00",
+        "2026-06-30 00:00:00",
+        "EUR",
+    )
+    result = CliRunner().invoke(cli, ["quote", "renew", "LIC-Q3", "--at", "2026-05-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    assert "-> 2027-06-30T00:00:00Z" in result.output
+    assert "amount due:   300.00 EUR" in result.output
+
+
+def test_subscriptions_show_prints_state_customer_and_history_and_json(client, conn):
+    _buy(
+        client,
+        "LIC-Q4",
+        "AWDOC-TEAM-M",
+        "30.00",
+        "2026-01-01 00:00:00",
+        "2026-02-01 00:00:00",
+        "EUR",
+    )
+    text = CliRunner().invoke(cli, ["subscriptions", "show", "LIC-Q4"])
+    assert text.exit_code == 0, text.output
+    assert "status:     active" in text.output
+    assert "customer@example.com" in text.output
+    assert "created" in text.output
+    as_json = CliRunner().invoke(cli, ["subscriptions", "show", "LIC-Q4", "--json"])
+    described = json.loads(as_json.output)
+    assert described["license_code"] == "LIC-Q4"
+    assert described["expires_at"] == "2026-02-01T00:00:00Z"
+    assert described["history"][0]["change"] == "created"
+
+
+def test_an_unknown_license_is_a_clear_error(conn):
+    result = CliRunner().invoke(cli, ["subscriptions", "show", "NOPE"])
+    assert result.exit_code == 1
+    assert "no subscription with license code NOPE" in result.output

@@ -1,0 +1,797 @@
+"""Applying one notification to the subscriptions it concerns, by RULES.md.
+
+Every function here runs inside the caller's transaction, with the event row locked. Applying an
+event twice changes nothing the second time: orders are recorded once per (order, license,
+status) and a repeated order changes no state; LCNs carry the license's whole state and are
+ordered by DATE_UPDATED; emails are outbox rows unique per (subscription, kind, fact).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from webhooks.protocol import form
+from workers import policies
+from workers import subscriptions as subs
+from workers.catalog import Catalog, Product, default_path, load
+from workers.config import Settings
+from workers.db import Conn
+from workers.errors import PermanentEventError, RinnovoError
+
+MISMATCH_TOLERANCE = timedelta(days=1)
+
+PENDING_STATUSES = frozenset(
+    {
+        "PENDING",
+        "PURCHASE_PENDING",
+        "PENDING_APPROVAL",
+        "PAYMENT_AUTHORIZED",
+        "PAYMENT_RECEIVED",
+        "PENDING_ORDER_APPROVAL",
+        "SUSPECT",
+    }
+)
+RENEWAL_TYPES = frozenset({"RENEWAL", "RENEW"})
+UPGRADE_TYPES = frozenset({"UPGRADE"})
+LCN_STATUSES = {
+    "ACTIVE": "active",
+    "PASTDUE": "past_due",
+    "PAST DUE": "past_due",
+    "PAST_DUE": "past_due",
+    "EXPIRED": "expired",
+    "DISABLED": "canceled",
+    "CANCELED": "canceled",
+    "CANCELLED": "canceled",
+    "PENDING ACTIVATION": "pending",
+    "PENDING_ACTIVATION": "pending",
+}
+
+
+class SubscriptionNotYetKnown(RinnovoError):
+    """A change arrived for a license whose order has not been applied yet; retried later."""
+
+
+@dataclass
+class Applied:
+    """What applying one event did."""
+
+    status: str  # processed | ignored
+    outcome: str
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    email_ids: list[int] = field(default_factory=list)
+
+
+# The catalog is read once per process and again only when its file changes, so an operator can
+# add a product and replay the events that failed for want of it.
+_catalogs: dict[Path, tuple[int, Catalog]] = {}
+
+
+def catalog(settings: Settings) -> Catalog:
+    """The catalog named by CATALOG (or the shipped one), reloaded when the file changes."""
+    path = Path(settings.catalog_path) if settings.catalog_path else default_path()
+    stamp = os.stat(path).st_mtime_ns
+    cached = _catalogs.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    loaded = load(path)
+    _catalogs[path] = (stamp, loaded)
+    return loaded
+
+
+def _money(value: str) -> Decimal | None:
+    try:
+        return Decimal(value.strip()) if value.strip() else None
+    except InvalidOperation:
+        return None
+
+
+def _time(value: str) -> datetime | None:
+    return form.parse_time(value) if value else None
+
+
+class _Run:
+    """One event being applied: the connection, the collected changes and emails."""
+
+    def __init__(self, conn: Conn, event: dict[str, Any], settings: Settings, emails: bool):
+        self.conn = conn
+        self.event = event
+        self.event_id: int = event["id"]
+        self.settings = settings
+        self.emails = emails
+        self.catalog = catalog(settings)
+        self.changes: list[dict[str, Any]] = []
+        self.email_ids: list[int] = []
+        self.notes: list[str] = []
+
+    def product(self, *codes: str) -> Product:
+        """The catalog product for the first code that names one, or a clear permanent error."""
+        for code in codes:
+            if code and (product := self.catalog.get(code)) is not None:
+                return product
+        shown = " / ".join(code for code in codes if code) or "(none)"
+        raise PermanentEventError(f"unknown product {shown}: add it to the catalog, then replay")
+
+    def change(
+        self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str = ""
+    ) -> dict[str, Any]:
+        """Write the columns that really change, with a history row; the updated row."""
+        updates = {key: value for key, value in updates.items() if sub.get(key) != value}
+        if "expires_at" in updates or "expected_expires_at" in updates:
+            expires = updates.get("expires_at", sub["expires_at"])
+            expected = updates.get("expected_expires_at", sub["expected_expires_at"])
+            mismatch = bool(expires and expected and abs(expires - expected) > MISMATCH_TOLERANCE)
+            if mismatch != sub["policy_mismatch"]:
+                updates["policy_mismatch"] = mismatch
+        quiet = {key: updates.pop(key) for key in ("last_change_at",) if key in updates}
+        if not updates:
+            if quiet:
+                subs.update(self.conn, sub["id"], quiet)
+            return {**sub, **quiet}
+        before = {key: sub[key] for key in updates if key in subs.TRACKED}
+        after = {key: updates[key] for key in before}
+        subs.update(self.conn, sub["id"], {**updates, **quiet})
+        subs.add_history(
+            self.conn,
+            subscription_id=sub["id"],
+            event_id=self.event_id,
+            change=change,
+            before=before,
+            after=after,
+            note=note,
+        )
+        self.changes.append(
+            {
+                "license_code": sub["license_code"],
+                "change": change,
+                "before": before,
+                "after": after,
+                "note": note,
+            }
+        )
+        return {**sub, **updates, **quiet}
+
+    def created(self, sub: dict[str, Any], note: str) -> None:
+        """Record the creation of a subscription in its history."""
+        after = {key: sub[key] for key in subs.TRACKED}
+        subs.add_history(
+            self.conn,
+            subscription_id=sub["id"],
+            event_id=self.event_id,
+            change="created",
+            before={},
+            after=after,
+            note=note,
+        )
+        self.changes.append(
+            {
+                "license_code": sub["license_code"],
+                "change": "created",
+                "before": {},
+                "after": after,
+                "note": note,
+            }
+        )
+
+    def email(
+        self, sub: dict[str, Any], kind: str, fact: str, extra: dict[str, Any] | None = None
+    ) -> None:
+        """Ask for an email about this fact (once ever per subscription, kind and fact)."""
+        if not self.emails:
+            return
+        from workers import outbox
+
+        email_id = outbox.add(
+            self.conn,
+            self.settings,
+            subscription_id=sub["id"],
+            kind=kind,
+            fact=fact,
+            event_id=self.event_id,
+            extra=extra,
+        )
+        if email_id is not None:
+            self.email_ids.append(email_id)
+
+    def terms(self, sub: dict[str, Any]) -> policies.Terms:
+        """The policy's view of a subscription as it stands."""
+        start = sub["period_start"] or sub["created_at"]
+        expires = sub["expires_at"] or start
+        return policies.Terms(
+            product_code=sub["product_code"],
+            quantity=sub["quantity"],
+            cycle=sub["cycle"],
+            currency=sub["currency"],
+            price_paid=sub["price_paid"],
+            period_start=start,
+            expires_at=max(expires, start),
+            status=sub["status"],
+        )
+
+    def renewal_expected(self, sub: dict[str, Any], at: datetime) -> tuple[datetime | None, str]:
+        """The expiry the policy predicts for a renewal paid at `at`, and why (or why not)."""
+        product = self.catalog.get(sub["product_code"])
+        if product is None:
+            return None, f"product {sub['product_code']} is not in the catalog"
+        quote = policies.quote_renewal(
+            self.terms(sub), product, at, automatic=bool(sub["auto_renew"])
+        )
+        if not quote.allowed:
+            return None, quote.reason
+        return quote.new_expires_at, quote.explanation
+
+
+def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool = True) -> Applied:
+    """Apply one locked event row; raises PermanentEventError when it can never apply."""
+    run = _Run(conn, event, settings, emails)
+    # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
+    fields = form.group(form.parse_form(bytes(event["raw_body"])))
+    kind = event["kind"]
+    if kind == "ipn":
+        outcome = _apply_ipn(run, fields)
+    elif kind == "lcn":
+        outcome = _apply_lcn(run, fields)
+    else:
+        outcome = _apply_ins(run, fields)
+    ignored = outcome.startswith("ignored") and not (run.changes or run.email_ids)
+    status = "ignored" if ignored else "processed"
+    return Applied(status=status, outcome=outcome, changes=run.changes, email_ids=run.email_ids)
+
+
+# --- IPN ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    code: str
+    pid: str
+    name: str
+    license_ref: str
+    license_type: str
+    quantity: int
+    price: Decimal | None
+    start: datetime | None
+    expires: datetime | None
+
+
+def _items(fields: dict[str, list[str]]) -> list[_Item]:
+    def column(name: str) -> list[str]:
+        return fields.get(name, [])
+
+    def at(values: list[str], index: int) -> str:
+        return values[index] if index < len(values) else ""
+
+    pids = column("IPN_PID[]")
+    items = []
+    for index in range(len(pids)):
+        quantity = at(column("IPN_QTY[]"), index)
+        items.append(
+            _Item(
+                code=at(column("IPN_PCODE[]"), index),
+                pid=pids[index],
+                name=at(column("IPN_PNAME[]"), index),
+                license_ref=at(column("IPN_LICENSE_REF[]"), index),
+                license_type=at(column("IPN_LICENSE_TYPE[]"), index).upper(),
+                quantity=int(quantity) if quantity.isdigit() and int(quantity) > 0 else 1,
+                price=_money(at(column("IPN_PRICE[]"), index)),
+                start=_time(at(column("IPN_LICENSE_START[]"), index)),
+                expires=_time(at(column("IPN_LICENSE_EXP[]"), index)),
+            )
+        )
+    return items
+
+
+def _order_time(fields: dict[str, list[str]]) -> datetime:
+    for name in ("PAYMENTDATE", "COMPLETE_DATE", "SALEDATE"):
+        value = form.first(fields, name)
+        if value:
+            return form.parse_time(value)
+    return form.parse_time(form.first(fields, "IPN_DATE"))
+
+
+def _apply_ipn(run: _Run, fields: dict[str, list[str]]) -> str:
+    status = form.first(fields, "ORDERSTATUS").upper()
+    fraud = form.first(fields, "FRAUD_STATUS").upper()
+    refno = form.first(fields, "REFNO")
+    items = sorted((i for i in _items(fields) if i.license_ref), key=lambda i: i.license_ref)
+    if not items:
+        return "ignored: the order carries no license code"
+    email = form.first(fields, "CUSTOMEREMAIL")
+    customer_id = subs.upsert_customer(
+        run.conn,
+        customer_key=form.first(fields, "AVANGATE_CUSTOMER_REFERENCE") or email.lower(),
+        email=email,
+        first_name=form.first(fields, "FIRSTNAME"),
+        last_name=form.first(fields, "LASTNAME"),
+        company=form.first(fields, "COMPANY"),
+        locale=form.first(fields, "LANGUAGE").lower(),
+        event_id=run.event_id,
+    )
+    order = _Order(
+        run=run,
+        refno=refno,
+        status=status,
+        at=_order_time(fields),
+        currency=form.first(fields, "CURRENCY"),
+        test=form.first(fields, "TEST_ORDER") == "1",
+        customer_id=customer_id,
+    )
+    results = []
+    for item in items:
+        if fraud == "DENIED":
+            results.append(order.end(item, "canceled", "cancellation_notice", "FRAUD_DENIED"))
+        elif status in ("CANCELED", "INVALID"):
+            results.append(order.end(item, "canceled", "cancellation_notice"))
+        elif status in ("REFUND", "REVERSED"):
+            results.append(order.end(item, "refunded", "refund_notice"))
+        elif status == "COMPLETE" and item.license_type in RENEWAL_TYPES:
+            results.append(order.renewal(item))
+        elif status == "COMPLETE" and item.license_type in UPGRADE_TYPES:
+            results.append(order.upgrade(item))
+        elif status == "COMPLETE":
+            results.append(order.purchase(item))
+        elif status in PENDING_STATUSES:
+            results.append(order.pending(item))
+        else:
+            results.append(f"{item.license_ref}: ignored: order status {status or '(none)'}")
+    return "; ".join(results)
+
+
+@dataclass
+class _Order:
+    run: _Run
+    refno: str
+    status: str
+    at: datetime
+    currency: str
+    test: bool
+    customer_id: int
+
+    def paid(self, item: _Item, product: Product) -> Decimal:
+        if item.price is not None:
+            return policies.round_money(abs(item.price) * item.quantity, self.currency)
+        if product.is_priced(self.currency):
+            return policies.round_money(product.price(self.currency) * item.quantity, self.currency)
+        return Decimal(0)
+
+    def record(self, sub: dict[str, Any], kind: str, amount: Decimal) -> bool:
+        return subs.add_order(
+            self.run.conn,
+            subscription_id=sub["id"],
+            event_id=self.run.event_id,
+            refno=self.refno,
+            kind=kind,
+            order_status=self.status,
+            amount=amount,
+            currency=self.currency,
+        )
+
+    def new_row(self, item: _Item, product: Product, status: str) -> dict[str, Any]:
+        start = item.start or self.at
+        expected = policies.add_period(start, product.cycle)
+        expires = item.expires or expected
+        return {
+            "license_code": item.license_ref,
+            "customer_id": self.customer_id,
+            "product_code": product.code,
+            "product": product.product,
+            "edition": product.edition,
+            "cycle": product.cycle,
+            "quantity": item.quantity,
+            "status": status,
+            "test": self.test,
+            "currency": self.currency,
+            "price_paid": self.paid(item, product),
+            "period_start": start,
+            "expires_at": expires,
+            "expected_expires_at": expected,
+            "policy_mismatch": abs(expires - expected) > MISMATCH_TOLERANCE,
+            "last_order_ref": self.refno,
+            "last_change_at": self.at,
+        }
+
+    def lock_or_create(
+        self, item: _Item, product: Product, status: str, note: str
+    ) -> tuple[dict[str, Any], bool]:
+        sub = subs.lock(self.run.conn, item.license_ref)
+        if sub is not None:
+            return sub, False
+        created = subs.create(self.run.conn, self.new_row(item, product, status))
+        if created is None:  # created by a concurrent worker after our lock attempt
+            sub = subs.lock(self.run.conn, item.license_ref)
+            assert sub is not None
+            return sub, False
+        self.run.created(created, note)
+        return created, True
+
+    def purchase(self, item: _Item) -> str:
+        product = self.run.product(item.code, item.pid)
+        sub, new = self.lock_or_create(item, product, "active", f"order {self.refno} complete")
+        if not self.record(sub, "new", self.paid(item, product)) and not new:
+            return f"{item.license_ref}: order {self.refno} already applied"
+        if not new:
+            if sub["status"] in ("refunded", "canceled"):
+                return f"{item.license_ref}: stays {sub['status']} (order ended before completing)"
+            if sub["status"] == "pending":
+                fresh = self.new_row(item, product, "active")
+                sub = self.run.change(
+                    sub, "activated", {k: fresh[k] for k in subs.TRACKED if k in fresh}
+                )
+        self.run.email(sub, "order_confirmation", f"order/{self.refno}")
+        return f"{item.license_ref}: active until {subs.iso(sub['expires_at'])}"
+
+    def pending(self, item: _Item) -> str:
+        product = self.run.product(item.code, item.pid)
+        sub, new = self.lock_or_create(item, product, "pending", f"order {self.refno} placed")
+        self.record(sub, "new" if new else "pending", Decimal(0))
+        return f"{item.license_ref}: " + ("pending payment" if new else f"stays {sub['status']}")
+
+    def renewal(self, item: _Item) -> str:
+        product = self.run.product(item.code, item.pid)
+        sub, new = self.lock_or_create(
+            item, product, "active", f"first seen on renewal order {self.refno}"
+        )
+        recorded = self.record(sub, "renewal", self.paid(item, product))
+        if new:  # nothing to extend: the provider's expiry is all we know
+            self.run.email(
+                sub,
+                "renewal_confirmation",
+                f"renewal/{subs.iso(sub['expires_at'])}",
+                {
+                    "new_expires_at": sub["expires_at"],
+                    "amount": sub["price_paid"],
+                    "expires_at": sub["period_start"],
+                },
+            )
+            return f"{item.license_ref}: created from renewal {self.refno}"
+        if not recorded:
+            return f"{item.license_ref}: renewal {self.refno} already applied"
+        expected, why = self.run.renewal_expected(sub, self.at)
+        # The provider is the authority on the new expiry; a renewal never moves it backwards.
+        provider = item.expires or expected or sub["expires_at"]
+        new_expiry = max(provider, sub["expires_at"]) if sub["expires_at"] else provider
+        previous = sub["expires_at"]
+        sub = self.run.change(
+            sub,
+            "renewed",
+            {
+                "status": "active",
+                "expires_at": new_expiry,
+                "expected_expires_at": expected or new_expiry,
+                "period_start": previous if previous and self.at < previous else self.at,
+                "price_paid": self.paid(item, product),
+                "last_order_ref": self.refno,
+                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
+            },
+            note=why,
+        )
+        self.run.email(
+            sub,
+            "renewal_confirmation",
+            f"renewal/{subs.iso(new_expiry)}",
+            {
+                "new_expires_at": new_expiry,
+                "amount": self.paid(item, product),
+                "expires_at": previous,
+            },
+        )
+        return f"{item.license_ref}: renewed until {subs.iso(new_expiry)}"
+
+    def upgrade(self, item: _Item) -> str:
+        target = self.run.product(item.code, item.pid)
+        sub = subs.lock(self.run.conn, item.license_ref)
+        if sub is None:
+            raise PermanentEventError(
+                f"upgrade order {self.refno} for unknown license {item.license_ref}"
+            )
+        if not self.record(sub, "upgrade", self.paid(item, target)):
+            return f"{item.license_ref}: upgrade {self.refno} already applied"
+        current = self.run.product(sub["product_code"])
+        quote = policies.quote_upgrade(
+            self.run.terms(sub), current, target, self.at, quantity=item.quantity
+        )
+        if not quote.allowed:
+            raise PermanentEventError(f"upgrade refused: {quote.reason}")
+        assert quote.new_expires_at is not None and quote.new_period_start is not None
+        new_expiry = item.expires or quote.new_expires_at
+        previous = dict(sub)
+        sub = self.run.change(
+            sub,
+            "upgraded",
+            {
+                "status": "active",
+                "product_code": target.code,
+                "product": target.product,
+                "edition": target.edition,
+                "cycle": target.cycle,
+                "quantity": item.quantity,
+                "price_paid": quote.new_price,
+                "period_start": quote.new_period_start,
+                "expires_at": new_expiry,
+                "expected_expires_at": quote.new_expires_at,
+                "last_order_ref": self.refno,
+                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
+            },
+            note=f"{quote.explanation}; credit {quote.credit}, due {quote.amount_due}",
+        )
+        self.run.email(
+            sub,
+            "upgrade_confirmation",
+            f"upgrade/{self.refno}",
+            {
+                "previous_product": previous["product"],
+                "previous_edition": previous["edition"],
+                "previous_cycle": previous["cycle"],
+                "previous_quantity": previous["quantity"],
+                "credit": quote.credit,
+                "amount_due": quote.amount_due,
+                "new_expires_at": new_expiry,
+                "expires_at": previous["expires_at"],
+            },
+        )
+        return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
+
+    def end(self, item: _Item, status: str, email_kind: str, reason: str = "") -> str:
+        reason = reason or self.status
+        sub = subs.lock(self.run.conn, item.license_ref)
+        if sub is None:
+            return f"{item.license_ref}: ignored: {reason} for an unknown license"
+        amount = abs(item.price or Decimal(0)) * item.quantity
+        # Recorded under the reason, not the order's status: a fraud denial of an order that
+        # already completed is a new fact about it, not a repeat of COMPLETE.
+        if not subs.add_order(
+            self.run.conn,
+            subscription_id=sub["id"],
+            event_id=self.run.event_id,
+            refno=self.refno,
+            kind=status,
+            order_status=reason,
+            amount=amount,
+            currency=self.currency,
+        ):
+            return f"{item.license_ref}: {reason} {self.refno} already applied"
+        sub = self.run.change(sub, status, {"status": status}, note=f"order {self.refno}")
+        self.run.email(sub, email_kind, f"{status}/{self.refno}", {"amount": amount})
+        return f"{item.license_ref}: {status}"
+
+
+# --- LCN ------------------------------------------------------------------------------------
+
+
+def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
+    code = form.first(fields, "LICENSE_CODE")
+    sub = subs.lock(run.conn, code)
+    if sub is None:
+        raise SubscriptionNotYetKnown(f"license {code} is not known yet (its order comes first)")
+    updated = form.parse_time(form.first(fields, "DATE_UPDATED"))
+    if sub["last_change_at"] is not None and updated < sub["last_change_at"]:
+        note = (
+            f"LCN of {subs.iso(updated)} is older than the last change applied "
+            f"({subs.iso(sub['last_change_at'])}): recorded, not applied"
+        )
+        subs.add_history(
+            run.conn,
+            subscription_id=sub["id"],
+            event_id=run.event_id,
+            change="stale",
+            before={},
+            after={},
+            note=note,
+        )
+        return f"ignored: {note}"
+    raw_status = form.first(fields, "STATUS").upper()
+    status = LCN_STATUSES.get(raw_status)
+    if status is None:
+        raise PermanentEventError(f"unknown LCN STATUS {raw_status!r}")
+    if sub["status"] == "refunded" and status == "canceled":
+        status = "refunded"  # a refund already ended access; disabling it adds nothing
+    expiry = form.parse_time(form.first(fields, "EXPIRATION_DATE"))
+    updates: dict[str, Any] = {
+        "status": status,
+        "auto_renew": form.first(fields, "RECURRING") == "1",
+        "expires_at": expiry,
+        "last_change_at": updated,
+    }
+    note = f"LCN {raw_status} by {form.first(fields, 'CHANGED_BY') or 'provider'}"
+    renewed = sub["expires_at"] is not None and expiry > sub["expires_at"] and status == "active"
+    if expiry != sub["expires_at"]:
+        # An LCN states the license's whole state, so the newest one wins whatever order they
+        # arrive in; the policy's prediction is checked on orders (IPN, INS), not restated here.
+        updates["expected_expires_at"] = expiry
+    previous = sub
+    sub = run.change(sub, "license", updates, note=note)
+    if renewed:
+        run.email(
+            sub,
+            "renewal_confirmation",
+            f"renewal/{subs.iso(expiry)}",
+            {
+                "new_expires_at": expiry,
+                "amount": sub["price_paid"],
+                "expires_at": previous["expires_at"],
+            },
+        )
+    if status != previous["status"]:
+        _status_email(run, sub, status, f"lcn/{subs.iso(updated)}")
+    return f"{code}: {status}, expires {subs.iso(expiry)}, auto-renew {updates['auto_renew']}"
+
+
+def _status_email(run: _Run, sub: dict[str, Any], status: str, fact: str) -> None:
+    """The email a change of status calls for, if any."""
+    if status == "past_due":
+        run.email(sub, "payment_failed", f"past_due/{subs.iso(sub['expires_at'])}",
+                  {"amount": sub["price_paid"]})  # fmt: skip
+    elif status == "expired":
+        # The same fact the clock uses, so an LCN and the clock never both send it.
+        run.email(sub, "expiry_notice", subs.iso(sub["expires_at"]) or "")
+    elif status == "canceled":
+        run.email(sub, "cancellation_notice", f"canceled/{fact}")
+
+
+# --- INS ------------------------------------------------------------------------------------
+
+
+def _ins_items(fields: dict[str, list[str]]) -> list[tuple[int, dict[str, str]]]:
+    count = form.first(fields, "item_count")
+    total = int(count) if count.isdigit() else 0
+    items = []
+    for n in range(1, total + 1):
+        item = {
+            key: form.first(fields, f"{key}_{n}")
+            for key in (
+                "item_name",
+                "item_id",
+                "item_list_amount",
+                "item_type",
+                "item_rec_status",
+                "item_rec_date_next",
+                "item_recurrence",
+            )
+        }
+        if item["item_type"] in ("", "bill", "refund") and item["item_id"]:
+            items.append((n, item))
+    return items
+
+
+def _apply_ins(run: _Run, fields: dict[str, list[str]]) -> str:
+    message = form.first(fields, "message_type").upper()
+    sale_id = form.first(fields, "sale_id")
+    items = _ins_items(fields)
+    if not items:
+        return f"ignored: {message} names no billed item"
+    if message in ("SHIP_STATUS_CHANGED",):
+        return f"ignored: {message} does not concern subscriptions"
+    results = []
+    for _, item in sorted(items, key=lambda pair: pair[1]["item_id"]):
+        code = f"2CO-{sale_id}-{item['item_id']}"
+        results.append(_apply_ins_item(run, fields, message, code, item))
+    return "; ".join(results)
+
+
+def _apply_ins_item(
+    run: _Run, fields: dict[str, list[str]], message: str, code: str, item: dict[str, str]
+) -> str:
+    sale_id = form.first(fields, "sale_id")
+    invoice = form.first(fields, "invoice_id")
+    currency = form.first(fields, "list_currency") or form.first(fields, "cust_currency")
+    stamp = form.first(fields, "timestamp") or form.first(fields, "sale_date_placed")
+    at = form.parse_time(stamp) if stamp else datetime.now().astimezone()
+    next_date = _time(item["item_rec_date_next"])
+    if message == "ORDER_CREATED":
+        product = run.product(item["item_id"])
+        email = form.first(fields, "customer_email")
+        invoice_ok = form.first(fields, "invoice_status").lower() in ("approved", "deposited")
+        fraud = form.first(fields, "fraud_status").lower()
+        status = "canceled" if fraud == "fail" else ("active" if invoice_ok else "pending")
+        order = _Order(
+            run=run,
+            refno=sale_id,
+            status=message,
+            at=at,
+            currency=currency,
+            test=form.first(fields, "demo").upper() == "Y",
+            customer_id=subs.upsert_customer(
+                run.conn,
+                customer_key=email.lower(),
+                email=email,
+                first_name=form.first(fields, "customer_first_name"),
+                last_name=form.first(fields, "customer_last_name"),
+                company="",
+                locale=form.first(fields, "customer_language").lower()[:2],
+                event_id=run.event_id,
+            ),
+        )
+        line = _Item(
+            code=product.code,
+            pid=product.pid,
+            name=item["item_name"],
+            license_ref=code,
+            license_type="REGULAR",
+            quantity=1,
+            price=_money(item["item_list_amount"]),
+            start=at,
+            expires=next_date,
+        )
+        sub, new = order.lock_or_create(line, product, status, f"INS sale {sale_id} created")
+        if new:
+            order.record(sub, "new", order.paid(line, product))
+            recurring = item["item_rec_status"].lower() == "live"
+            sub = run.change(sub, "auto_renew", {"auto_renew": recurring}, note="INS recurring")
+            if status == "active":
+                run.email(sub, "order_confirmation", f"order/{sale_id}")
+        return f"{code}: {sub['status']}"
+    locked = subs.lock(run.conn, code)
+    if locked is None:
+        raise SubscriptionNotYetKnown(f"INS sale {sale_id} is not known yet (ORDER_CREATED first)")
+    sub = locked
+    if message in ("FRAUD_STATUS_CHANGED", "INVOICE_STATUS_CHANGED"):
+        verdict = form.first(fields, "fraud_status").lower()
+        invoice_status = form.first(fields, "invoice_status").lower()
+        if message == "FRAUD_STATUS_CHANGED" and verdict == "fail":
+            run.change(sub, "canceled", {"status": "canceled"}, note="INS fraud check failed")
+            run.email(sub, "cancellation_notice", f"canceled/fraud/{sale_id}")
+        elif sub["status"] == "pending" and (
+            verdict == "pass" or invoice_status in ("approved", "deposited")
+        ):
+            sub = run.change(sub, "activated", {"status": "active"}, note=f"INS {message}")
+            run.email(sub, "order_confirmation", f"order/{sale_id}")
+        return f"{code}: {sub['status']}"
+    if message == "RECURRING_INSTALLMENT_SUCCESS":
+        if not subs.add_order(
+            run.conn,
+            subscription_id=sub["id"],
+            event_id=run.event_id,
+            refno=invoice,
+            kind="renewal",
+            order_status=message,
+            amount=_money(item["item_list_amount"]) or Decimal(0),
+            currency=currency,
+        ):
+            return f"{code}: installment {invoice} already applied"
+        expected, why = run.renewal_expected(sub, at)
+        provider = next_date or expected or sub["expires_at"]
+        new_expiry = max(provider, sub["expires_at"]) if sub["expires_at"] else provider
+        previous = sub["expires_at"]
+        sub = run.change(
+            sub,
+            "renewed",
+            {
+                "status": "active",
+                "expires_at": new_expiry,
+                "expected_expires_at": expected or new_expiry,
+                "period_start": previous or at,
+                "last_order_ref": invoice,
+            },
+            note=why,
+        )
+        run.email(
+            sub,
+            "renewal_confirmation",
+            f"renewal/{subs.iso(new_expiry)}",
+            {
+                "new_expires_at": new_expiry,
+                "amount": _money(item["item_list_amount"]) or sub["price_paid"],
+                "expires_at": previous,
+            },
+        )
+        return f"{code}: renewed until {subs.iso(new_expiry)}"
+    if message == "RECURRING_INSTALLMENT_FAILED":
+        if sub["status"] == "active":
+            sub = run.change(sub, "past_due", {"status": "past_due"}, note=f"invoice {invoice}")
+            _status_email(run, sub, "past_due", invoice)
+        return f"{code}: {sub['status']}"
+    if message in ("RECURRING_STOPPED", "RECURRING_COMPLETE", "RECURRING_RESTARTED"):
+        on = message == "RECURRING_RESTARTED"
+        sub = run.change(sub, "auto_renew", {"auto_renew": on}, note=f"INS {message}")
+        return f"{code}: auto-renew {'on' if on else 'off'}"
+    if message == "REFUND_ISSUED":
+        if sub["status"] != "refunded":
+            amount = _money(form.first(fields, "invoice_list_amount")) or Decimal(0)
+            sub = run.change(sub, "refunded", {"status": "refunded"}, note=f"invoice {invoice}")
+            run.email(sub, "refund_notice", f"refunded/{invoice}", {"amount": abs(amount)})
+        return f"{code}: {sub['status']}"
+    return f"{code}: ignored: INS {message}"

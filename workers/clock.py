@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from workers import dispatch
+from workers import dispatch, outbox, reminders
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable
+from workers.errors import BrokerUnavailable, ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
 RELAY_EVERY_SECONDS = 60
+EMAIL_RELAY_EVERY_SECONDS = 60
+# Hourly for "today" (UTC): a run finds what earlier runs wrote and writes nothing twice, and a
+# subscription skipped because a worker held it is caught an hour later.
+REMINDERS_MINUTE = 7
 
 
 def relay_job(settings: Settings) -> None:
@@ -24,6 +29,26 @@ def relay_job(settings: Settings) -> None:
         return
     if count:
         log.info("relay enqueued %d event(s)", count)
+
+
+def email_relay_job(settings: Settings) -> None:
+    """Enqueue emails the broker never took (or lost); an outage just waits for the next tick."""
+    try:
+        count = outbox.relay(settings.database_url)
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
+        log.warning("email relay skipped this tick: %s", exc)
+        return
+    if count:
+        log.info("email relay enqueued %d email(s)", count)
+
+
+def reminder_job(settings: Settings) -> None:
+    """Run the reminder scan for today (UTC); an outage or a bad setting waits for the next run."""
+    today = datetime.now(UTC).date()
+    try:
+        reminders.run(settings, today)  # logs what it wrote
+    except (DatabaseUnavailable, ConfigError) as exc:
+        log.warning("reminder scan for %s stopped: %s", today.isoformat(), exc)
 
 
 def build_scheduler(settings: Settings) -> BlockingScheduler:
@@ -38,10 +63,31 @@ def build_scheduler(settings: Settings) -> BlockingScheduler:
         max_instances=1,
         coalesce=True,
     )
+    scheduler.add_job(
+        email_relay_job,
+        "interval",
+        seconds=EMAIL_RELAY_EVERY_SECONDS,
+        args=[settings],
+        id="email_relay",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        reminder_job,
+        "cron",
+        minute=REMINDERS_MINUTE,
+        args=[settings],
+        id="reminders",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=30 * 60,
+    )
     return scheduler
 
 
 def run(settings: Settings) -> None:
-    """Run the clock until interrupted, with one relay pass at start-up."""
+    """Run the clock until interrupted, with one pass of every job at start-up."""
     relay_job(settings)
+    email_relay_job(settings)
+    reminder_job(settings)
     build_scheduler(settings).start()

@@ -1,0 +1,93 @@
+"""Tests for `rinnovo reminders run` and `rinnovo emails preview`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from workers.cli import cli
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_the_cli_lists_the_reminders_and_emails_groups(runner):
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "reminders" in result.output and "emails" in result.output
+
+
+def test_reminders_run_as_of_a_day_writes_that_days_reminders_once(runner, conn):
+    customer_id = conn.execute(
+        "INSERT INTO customers (email, locale, customer_key) "
+        "VALUES ('giulia@example.com', 'it', 'giulia') RETURNING id"
+    ).fetchone()["id"]
+    conn.execute(
+        """
+        INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
+                                   currency, expires_at)
+        VALUES ('LIC0000001', %s, 'DOCFLOW-BIZ', 'DocFlow', 'active', 'EUR', %s)
+        """,
+        (customer_id, datetime(2030, 6, 30, tzinfo=UTC)),
+    )
+
+    first = runner.invoke(cli, ["reminders", "run", "--as-of", "2030-06-23"])
+    again = runner.invoke(cli, ["reminders", "run", "--as-of", "2030-06-23"])
+
+    assert first.exit_code == 0, first.output
+    assert "reminder scan for 2030-06-23" in first.output
+    assert "renewal_reminder: 1" in first.output
+    assert "renewal_reminder: 0" in again.output
+    facts = [row["fact"] for row in conn.execute("SELECT fact FROM emails").fetchall()]
+    assert facts == ["2030-06-30T00:00:00Z/7"]
+
+
+def test_reminders_run_refuses_a_malformed_day(runner, conn):
+    result = runner.invoke(cli, ["reminders", "run", "--as-of", "30/06/2030"])
+    assert result.exit_code == 2
+    assert "--as-of" in result.output
+
+
+def test_emails_preview_prints_the_subject_and_text_in_the_locale(runner):
+    result = runner.invoke(cli, ["emails", "preview", "renewal_reminder", "--locale", "it"])
+
+    assert result.exit_code == 0, result.output
+    subject, _, body = result.output.partition("\n\n")
+    assert subject.startswith("Subject: ")
+    assert body.startswith("Ciao Giulia Rossi,")
+    assert "<html" not in result.output
+
+
+def test_emails_preview_without_a_locale_uses_the_default_locale(runner, monkeypatch):
+    monkeypatch.setenv("DEFAULT_LOCALE", "it")
+    result = runner.invoke(cli, ["emails", "preview", "expiry_notice"])
+    assert "Ciao Giulia Rossi," in result.output
+
+
+def test_emails_preview_html_writes_the_document_to_a_file(runner, tmp_path: Path):
+    target = tmp_path / "preview.html"
+
+    result = runner.invoke(
+        cli, ["emails", "preview", "order_confirmation", "--locale", "it", "--html", str(target)]
+    )
+
+    assert result.exit_code == 0, result.output
+    html = target.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and '<html lang="it">' in html
+    assert str(target) in result.output
+
+
+def test_emails_preview_html_to_standard_output(runner):
+    result = runner.invoke(cli, ["emails", "preview", "expiry_notice", "--html", "-"])
+    assert result.output.startswith("<!DOCTYPE html>")
+
+
+def test_emails_preview_refuses_an_unknown_kind(runner):
+    result = runner.invoke(cli, ["emails", "preview", "newsletter"])
+    assert result.exit_code == 2
+    assert "order_confirmation" in result.output

@@ -1,0 +1,71 @@
+"""`rinnovo reminders run` and `rinnovo emails preview`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from emails.render import KINDS
+from workers.config import Settings
+
+
+@click.group("reminders")
+def reminders_group() -> None:
+    """Renewal reminders, automatic-renewal notices and expiries."""
+
+
+@reminders_group.command("run")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Run for this UTC day (YYYY-MM-DD), e.g. one the clock missed. Default: today.",
+)
+def reminders_run(as_of: datetime | None) -> None:
+    """Run the reminder scan for one day; safe to repeat (nothing is written twice)."""
+    from workers import reminders
+
+    day = as_of.date() if as_of is not None else datetime.now(UTC).date()
+    counts = reminders.run(Settings.from_env(), day)
+    click.echo(f"reminder scan for {day.isoformat()}:")
+    for name, count in counts.items():
+        click.echo(f"  {name}: {count}")
+
+
+@click.group("emails")
+def emails_group() -> None:
+    """Customer emails."""
+
+
+@emails_group.command("preview")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.option(
+    "--locale", default=None, help="Language of the email, e.g. it. Default: DEFAULT_LOCALE."
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write the HTML body to this file ('-' for standard output) instead of the text.",
+)
+def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> None:
+    """Render KIND with sample data: the subject and text body, or the HTML body to a file."""
+    from emails.preview import preview
+
+    chosen = locale or Settings.from_env().default_locale
+    if html_file is None:
+        click.echo(preview(kind, chosen, "text").rstrip("\n"))
+        return
+    html = preview(kind, chosen, "html")
+    if str(html_file) == "-":
+        click.echo(html.rstrip("\n"))
+        return
+    html_file.write_text(html, encoding="utf-8")
+    click.echo(f"wrote the {kind} HTML ({chosen}) to {html_file}")
+
+
+COMMANDS = [reminders_group, emails_group]

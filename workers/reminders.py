@@ -1,0 +1,259 @@
+"""The reminder scan for one day: expiries, renewal reminders and automatic-renewal notices.
+
+Everything is read through the partial index on live subscriptions' expiry
+(`subscriptions_live_expiry_idx`), one expiry range at a time, so a run touches only the
+subscriptions due that day, however many there are in all. Rows are locked in batches with
+`FOR UPDATE SKIP LOCKED` (a subscription a worker is changing right now is left for the next
+run), and outbox rows are unique per (subscription, kind, fact), so running the scan again, or
+on several clocks at once, writes nothing twice. Days are UTC calendar days.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from psycopg import sql
+
+from workers import db, outbox
+from workers.config import Settings
+from workers.db import Conn
+from workers.errors import BrokerUnavailable, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+LIVE = ("active", "past_due")
+EXPIRY_NOTE = "expiry passed without renewal (clock)"
+# Lifetime licenses expire 9999-12-31; whatever their cycle says, they are never reminded.
+LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+# The expiry instant as outbox facts spell it (workers.subscriptions.iso): ISO 8601 in UTC with
+# a Z, microseconds only when there are some.
+_UTC_EXPIRY = "(s.expires_at AT TIME ZONE 'UTC')"
+FACT_TIME = sql.SQL(
+    "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+    "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
+    "|| 'Z'"
+).format(t=sql.SQL(_UTC_EXPIRY))
+
+# The predicate matches the partial index's, so the planner can use it.
+_DUE = sql.SQL(
+    """
+    SELECT {columns}, {fact} AS fact_time
+    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+    WHERE s.status IN ('active', 'past_due')
+      AND s.expires_at >= %(lo)s AND s.expires_at < %(hi)s
+      AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
+      AND s.auto_renew = %(auto_renew)s
+      AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
+      AND NOT EXISTS (
+          SELECT 1 FROM emails e
+          WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(suffix)s
+      )
+    ORDER BY s.expires_at, s.id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+    """
+).format(columns=outbox.SOURCE_COLUMNS, fact=FACT_TIME)
+
+_EXPIRED = sql.SQL(
+    """
+    SELECT {columns}, {fact} AS fact_time
+    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+    WHERE s.status IN ('active', 'past_due')
+      AND s.expires_at < %(cutoff)s
+      AND (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s)
+      AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
+    ORDER BY s.expires_at, s.id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+    """
+).format(columns=outbox.SOURCE_COLUMNS, fact=FACT_TIME)
+
+
+def day_start(day: date) -> datetime:
+    """The instant a UTC calendar day begins."""
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def _later(day: date, days: int) -> date | None:
+    """The day `days` after `day`, or None past the calendar's end."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return None
+
+
+def _next_day_start(day: date) -> datetime:
+    """The instant the day after `day` begins (the end of time for the calendar's last day)."""
+    following = _later(day, 1)
+    return _END_OF_TIME if following is None else day_start(following)
+
+
+class _Dispatcher:
+    """Enqueues each committed batch on a thread of its own while the scan reads the next one.
+
+    After a broker failure the rest is left to the email relay; a failure to record the
+    enqueueing only means the relay enqueues those emails again, which the mailer shrugs off.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.broker_down = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reminder-dispatch")
+        self._futures: list[Future[None]] = []
+
+    def __enter__(self) -> _Dispatcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._executor.shutdown(wait=True)
+        if exc_type is None:
+            for future in self._futures:
+                future.result()  # an unexpected error surfaces here, not lost in the thread
+
+    def __call__(self, email_ids: list[int]) -> None:
+        if email_ids:
+            self._futures.append(self._executor.submit(self._dispatch, email_ids))
+
+    def _dispatch(self, email_ids: list[int]) -> None:
+        if self.broker_down:
+            return
+        try:
+            outbox.dispatch(self.database_url, email_ids)
+        except BrokerUnavailable as exc:
+            self.broker_down = True
+            log.warning("reminder emails left for the relay: %s", exc)
+        except DatabaseUnavailable as exc:
+            log.warning("reminder emails enqueued but not marked so: %s", exc)
+
+
+def run(settings: Settings, as_of: date, *, now: datetime | None = None) -> dict[str, int]:
+    """Run the scan for the UTC day `as_of`; how many emails of each kind, and expiries, it wrote.
+
+    Subscriptions are expired once their expiry has passed both by the end of `as_of` and by
+    `now` (so even a run for a future day never expires anything early); auto-renewing ones
+    only `expiry_grace_days` later, since the provider's renewal may arrive late.
+    """
+    now = now or datetime.now(UTC)
+    counts = {
+        "expired": 0,
+        "expiry_notice": 0,
+        "renewal_reminder": 0,
+        "auto_renewal_notice": 0,
+    }
+    cutoff = min(now, _next_day_start(as_of))
+    with _Dispatcher(settings.database_url) as send:
+        expired, notices = _expire(settings, cutoff, send)
+        counts["expired"] += expired
+        counts["expiry_notice"] += notices
+        for days in settings.reminder_days:
+            counts["renewal_reminder"] += _remind(
+                settings,
+                _later(as_of, days),
+                kind="renewal_reminder",
+                auto_renew=False,
+                suffix=f"/{days}",
+                extra={"days_left": days},
+                send=send,
+            )
+        counts["auto_renewal_notice"] += _remind(
+            settings,
+            _later(as_of, settings.auto_renewal_notice_days),
+            kind="auto_renewal_notice",
+            auto_renew=True,
+            suffix="",
+            extra=None,
+            send=send,
+        )
+    log.info("reminder scan for %s: %s", as_of.isoformat(), counts)
+    return counts
+
+
+def _remind(
+    settings: Settings,
+    expiry_day: date | None,
+    *,
+    kind: str,
+    auto_renew: bool,
+    suffix: str,
+    extra: dict[str, Any] | None,
+    send: _Dispatcher,
+) -> int:
+    """Write `kind` for every live subscription expiring on `expiry_day`; how many were new."""
+    if expiry_day is None:
+        return 0
+    lo = day_start(expiry_day)
+    params: dict[str, Any] = {
+        "lo": lo,
+        "hi": _next_day_start(expiry_day),
+        "lifetime": LIFETIME_FROM,
+        "after_at": lo,
+        "after_id": 0,
+        "auto_renew": auto_renew,
+        "kind": kind,
+        "suffix": suffix,
+        "limit": BATCH,
+    }
+    written = 0
+    while True:
+        with db.connection(settings.database_url) as conn, conn.transaction():
+            rows = conn.execute(_DUE, params).fetchall()
+            drafts = [
+                outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
+                for row in rows
+            ]
+            ids = outbox.write(conn, settings, drafts)
+        send(ids)
+        written += len(ids)
+        if len(rows) < BATCH:
+            return written
+        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
+
+
+def _expire(settings: Settings, cutoff: datetime, send: _Dispatcher) -> tuple[int, int]:
+    """Expire live subscriptions whose expiry passed before `cutoff`; (expired, notices written)."""
+    params = {
+        "cutoff": cutoff,
+        "grace_cutoff": cutoff - timedelta(days=settings.expiry_grace_days),
+        "lifetime": LIFETIME_FROM,
+        "limit": BATCH,
+    }
+    expired = notices = 0
+    while True:
+        with db.connection(settings.database_url) as conn, conn.transaction():
+            rows = conn.execute(_EXPIRED, params).fetchall()
+            if rows:
+                _mark_expired(conn, rows)
+            drafts = [
+                outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
+                for row in rows
+            ]
+            ids = outbox.write(conn, settings, drafts)
+        send(ids)
+        expired += len(rows)
+        notices += len(ids)
+        if len(rows) < BATCH:
+            return expired, notices
+
+
+def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:
+    """Set the (locked) subscriptions `expired` and record the change in their history."""
+    ids = [row["subscription_id"] for row in rows]
+    conn.execute(
+        "UPDATE subscriptions SET status = 'expired', updated_at = now() WHERE id = ANY(%s)",
+        (ids,),
+    )
+    conn.execute(
+        """
+        INSERT INTO subscription_history (subscription_id, event_id, change, before, after, note)
+        SELECT h.id, NULL, 'expired', jsonb_build_object('status', h.status),
+               jsonb_build_object('status', 'expired'), %s
+        FROM unnest(%s::bigint[], %s::text[]) AS h(id, status)
+        """,
+        (EXPIRY_NOTE, ids, [row["status"] for row in rows]),
+    )

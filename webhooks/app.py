@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhooks import health, ins, intake, ipn, lcn
+from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics
 from workers.config import Settings
 
 
@@ -24,6 +24,9 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     for module in (ipn, lcn, ins, health):
         app.register_blueprint(module.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(admin_api.bp)
+    app.register_blueprint(admin_page.bp)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge) -> Response:

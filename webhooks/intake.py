@@ -8,6 +8,7 @@ from types import ModuleType
 
 from flask import Response, current_app, request
 
+from webhooks import metrics
 from webhooks.protocol import form, ins, signature
 from webhooks.protocol.errors import MalformedNotification, SignatureError
 from workers import db, dispatch, events
@@ -131,11 +132,14 @@ def receive(module: ModuleType) -> Response:
         (time.perf_counter() - started) * 1000,
         extra={"event_id": stored.event_id, "outcome": outcome},
     )
-    return _answer(module, fields, algorithm)
+    response = _answer(module, fields, algorithm)
+    metrics.delivered(kind, outcome, time.perf_counter() - started)
+    return response
 
 
 def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:
     """Log the refusal with its reason (never the payload or a secret) and answer it."""
+    metrics.delivered(kind, exc.outcome)
     log.warning(
         "%s delivery rejected (%s, %d): %s from %s",
         kind,

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from workers.config import Settings
+from workers.logs import WorkerLogging
 
-NAMESPACE = "rinnovo"
 
-
-def build_broker(redis_url: str) -> RedisBroker:
+def build_broker(redis_url: str, namespace: str = "rinnovo") -> RedisBroker:
     """A Redis broker with short timeouts: an outage fails fast instead of hanging a request."""
     client = redis.Redis.from_url(
         redis_url,
@@ -20,10 +21,18 @@ def build_broker(redis_url: str) -> RedisBroker:
         socket_connect_timeout=2,
         health_check_interval=30,
     )
-    broker = RedisBroker(client=client, namespace=NAMESPACE)
+    broker = RedisBroker(client=client, namespace=namespace)
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(WorkerLogging())
+    if os.environ.get("dramatiq_prom_port"):  # noqa: SIM112  # the name dramatiq itself reads
+        # Dramatiq's own worker metrics, on that port, when the operator asks for them. Only the
+        # dramatiq CLI boots this middleware properly, hence opt-in rather than always on.
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
     return broker
 
 
-broker = build_broker(Settings.from_env().redis_url)
+_settings = Settings.from_env()
+broker = build_broker(_settings.redis_url, _settings.redis_namespace)
 dramatiq.set_broker(broker)

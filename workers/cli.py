@@ -9,6 +9,7 @@ import click
 
 from workers.config import Settings
 from workers.errors import RinnovoError
+from workers.logs import configure_logging
 
 
 def _settings() -> Settings:
@@ -19,7 +20,7 @@ def _settings() -> Settings:
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 def cli(verbose: bool) -> None:
     """Rinnovo: 2Checkout notifications in, subscriptions and customer emails out."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr)
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
 
 
 @cli.group()
@@ -55,6 +56,27 @@ def relay(older_than: float) -> None:
 
     count = dispatch.relay(_settings().database_url, older_than_seconds=older_than)
     click.echo(f"enqueued {count} event(s)")
+
+
+# Each area of the CLI lives in its own module and registers its group here.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "workers.cli_events",
+    "workers.cli_emails",
+    "workers.cli_simulate",
+    "workers.cli_subscriptions",
+)
+
+
+def _register() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(name)
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
 
 
 def main() -> None:

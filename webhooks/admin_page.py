@@ -1,0 +1,305 @@
+"""The admin page: events with filters, one event, replay, a subscription; rendered on the server.
+
+Operators log in with ADMIN_TOKEN once; a signed session cookie (HttpOnly, SameSite=Lax, path
+/admin, twelve hours) carries the login. The cookie's key is derived from ADMIN_TOKEN, so every
+gunicorn worker accepts it and changing the token logs everyone out. Every form that changes
+something carries the session's CSRF token. Templates are autoescaped Jinja2; no JavaScript.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+
+from webhooks.protocol import form
+from webhooks.protocol.errors import MalformedNotification
+from workers import db, events, replay
+from workers.config import Settings
+from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+
+log = logging.getLogger("rinnovo.admin")
+
+bp = Blueprint("admin_page", __name__, url_prefix="/admin", template_folder="templates")
+
+SESSION_SECONDS = 12 * 60 * 60
+PAGE_SIZE = 50
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_KEY_PURPOSE = b"rinnovo admin session cookie"
+SECURITY_HEADERS = {
+    # No scripts at all; styles only inline in the page; forms only post back here.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def session_key(admin_token: str) -> str:
+    """The cookie-signing key: derived from the token, the same in every worker process."""
+    return hmac.new(admin_token.encode("utf-8"), _KEY_PURPOSE, hashlib.sha256).hexdigest()
+
+
+@bp.record_once
+def _configure(state: BlueprintSetupState) -> None:
+    app = state.app
+    settings: Settings = app.extensions["rinnovo"]
+    if settings.admin_token:
+        app.secret_key = session_key(settings.admin_token)
+    app.config.update(
+        SESSION_COOKIE_NAME="rinnovo_admin",
+        SESSION_COOKIE_PATH="/admin",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["rinnovo"]
+    return settings
+
+
+def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    return render_template(f"admin/{template}", **context), status
+
+
+def _message(title: str, text: str, status: int) -> tuple[str, int]:
+    return _page("message.html", status, title=title, text=text)
+
+
+def _logged_in() -> bool:
+    started = session.get("at")
+    return (
+        session.get("admin") is True
+        and isinstance(started, int | float)
+        and 0 <= time.time() - started < SESSION_SECONDS
+    )
+
+
+def _csrf_token() -> str:
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def _csrf_ok() -> bool:
+    expected = session.get("csrf")
+    given = request.form.get("csrf_token", "")
+    return isinstance(expected, str) and hmac.compare_digest(
+        given.encode("utf-8"), expected.encode("utf-8")
+    )
+
+
+@bp.context_processor
+def _template_globals() -> dict[str, Any]:
+    enabled = _settings().admin_token is not None
+    return {
+        "csrf_token": _csrf_token,
+        "logged_in": enabled and _logged_in(),
+        "statuses": events.STATUSES,
+        "kinds": events.KINDS,
+    }
+
+
+@bp.before_request
+def _guard() -> Any:
+    """No page without ADMIN_TOKEN; none but the login without a session; no POST without CSRF."""
+    if _settings().admin_token is None:
+        return _message("Admin page disabled", "Set ADMIN_TOKEN to turn the admin page on.", 404)
+    if request.method == "POST" and not _csrf_ok():
+        log.warning("admin page: POST %s without a valid CSRF token", request.path)
+        return _message(
+            "Form expired",
+            "This form is no longer valid (its session ended or it came from elsewhere). "
+            "Go back, reload the page and try again.",
+            400,
+        )
+    if request.endpoint != "admin_page.login" and not _logged_in():
+        return redirect(url_for(".login", next=request.full_path.rstrip("?")))
+    return None
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def _database_down(exc: DatabaseUnavailable) -> tuple[str, int]:
+    log.error("admin page: %s", exc)
+    return _message("Database unavailable", "PostgreSQL did not answer; try again shortly.", 503)
+
+
+@bp.errorhandler(replay.BadFilter)
+def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
+    return _message("Filter not understood", str(exc), 400)
+
+
+def _next_page(target: str | None) -> str:
+    """Where to go after logging in: only a path of this page, never another site."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/"):
+            return target
+    return url_for(".events_list")
+
+
+# --- login -----------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    """The login form; the admin token starts a session."""
+    target = request.values.get("next")
+    if request.method == "GET":
+        if _logged_in():
+            return redirect(_next_page(target))
+        return _page("login.html", next=target or "")
+    given = request.form.get("token", "")
+    token = _settings().admin_token or ""
+    if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+        log.warning("admin page: wrong token from %s", request.remote_addr)
+        return _page("login.html", 403, next=target or "", error="That is not the admin token.")
+    session.clear()
+    session["admin"] = True
+    session["at"] = int(time.time())
+    session["csrf"] = secrets.token_urlsafe(32)
+    log.info("admin page: login from %s", request.remote_addr)
+    return redirect(_next_page(target), 303)
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    """End the session."""
+    session.clear()
+    return redirect(url_for(".login"), 303)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def _arg(name: str) -> str | None:
+    value = request.args.get(name, "").strip()
+    return value or None
+
+
+@bp.get("/")
+def events_list() -> Any:
+    """Events matching the filters, newest first, fifty at a time."""
+    filters = {name: _arg(name) for name in ("status", "kind", "license", "since", "until")}
+    flt = replay.make_filter(
+        status=filters["status"],
+        kind=filters["kind"],
+        license_code=filters["license"],
+        since=filters["since"],
+        until=filters["until"],
+    )
+    before_text = _arg("before")
+    if before_text is not None and not _DIGITS.fullmatch(before_text):
+        return _message("Filter not understood", "before must be an event id.", 400)
+    before = int(before_text) if before_text is not None else None
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        rows, cursor = replay.list_events(conn, flt, limit=PAGE_SIZE, before=before)
+        counts = events.counts_by_status(conn)
+    shown = {name: value for name, value in filters.items() if value}
+    return _page(
+        "events.html", rows=rows, cursor=cursor, counts=counts, filters=filters, shown=shown
+    )
+
+
+def _event_id(text: str) -> int | None:
+    return int(text) if _DIGITS.fullmatch(text) and int(text) > 0 else None
+
+
+@bp.get("/events/<event_id>")
+def event_detail(event_id: str) -> Any:
+    """One event: what arrived, how it verified, each attempt's error, and what it caused."""
+    number = _event_id(event_id)
+    detail = None
+    if number is not None:
+        with db.connection(_settings().database_url) as conn, conn.transaction():
+            detail = replay.event_detail(conn, number)
+    if detail is None:
+        return _message("No such event", f"There is no event {event_id}.", 404)
+    waiting = detail["status"] in ("received", "enqueued")
+    return _page("event.html", event=detail, fields=_wire_order(detail), waiting=waiting)
+
+
+def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
+    """The fields in the order the provider sent them (the stored JSON does not keep it)."""
+    try:
+        return form.group(form.parse_form(detail["raw_body"].encode("utf-8")))
+    except MalformedNotification:
+        return dict(detail["fields"])
+
+
+@bp.post("/events/<event_id>/replay")
+def replay_event(event_id: str) -> Any:
+    """Apply the event again with today's code (and, unless told not to, its emails)."""
+    number = _event_id(event_id)
+    if number is None:
+        return _message("No such event", f"There is no event {event_id}.", 404)
+    emails = request.form.get("emails", "1") != "0"
+    try:
+        report = replay.replay(_settings(), [number], emails=emails)
+    except EventNotFound:
+        return _message("No such event", f"There is no event {number}.", 404)
+    except BrokerUnavailable as exc:
+        log.error("admin page: replay of event %s: %s", number, exc)
+        return _message("Broker unavailable", f"Event {number} was not replayed: {exc}", 503)
+    if report.errors:
+        flash(f"Event {number} was not replayed: {report.errors[0]['error']}", "error")
+    else:
+        suffix = "" if emails else " without emails"
+        flash(f"Event {number} enqueued for replay{suffix}.", "info")
+        log.info("admin page: event %s replayed%s", number, suffix, extra={"event_id": number})
+    return redirect(url_for(".event_detail", event_id=number), 303)
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+
+@bp.get("/subscriptions")
+def find_subscription() -> Any:
+    """The license lookup form's target."""
+    code = _arg("license")
+    if code is None:
+        return _message("No license given", "Type a license code to look it up.", 400)
+    return redirect(url_for(".subscription", license_code=code))
+
+
+@bp.get("/subscriptions/<license_code>")
+def subscription(license_code: str) -> Any:
+    """One subscription: state, customer, and every change with the event that made it."""
+    from workers import subscriptions
+
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        found = subscriptions.describe(conn, license_code)
+    if found is None:
+        return _message("No such subscription", f"No subscription has license {license_code}.", 404)
+    return _page("subscription.html", sub=found)

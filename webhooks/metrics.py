@@ -1,0 +1,247 @@
+"""`GET /metrics` in Prometheus text format, and the receiver's delivery counters.
+
+Gunicorn runs several worker processes, and a deployment may run the receiver on several
+machines, so a counter kept in one process's memory would show one process's share. So:
+
+- What the database knows (events by status, queue lag, emails by status, policy mismatches,
+  subscriptions by status) is read from it at scrape time: right whichever process answers.
+- What only the receiver sees (deliveries by kind and outcome, the receipt latency histogram) is
+  counted in Redis with HINCRBY in one pipelined round trip per delivery. Redis is already
+  required (it is the broker), the counts add up across processes and machines, and nothing else
+  is needed: prometheus_client's multiprocess mode would need a directory shared by the workers
+  of one machine, wiped at every start, and gunicorn hooks to retire dead workers' files, and it
+  would still count per machine. When Redis does not answer, the delivery is still received;
+  its count is lost, and counting pauses a few seconds so an outage does not slow every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response, current_app
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from workers import db, events
+from workers.broker import broker
+from workers.config import Settings
+from workers.errors import DatabaseUnavailable
+
+log = logging.getLogger("rinnovo.metrics")
+
+bp = Blueprint("metrics", __name__)
+
+KEY = f"{broker.namespace}:metrics:receiver"  # REDIS_NAMESPACE: one hash per instance
+KINDS = ("ipn", "lcn", "ins")
+OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "bad_signature",
+    "malformed",
+    "unsupported_media_type",
+    "too_large",
+    "unavailable",
+    "not_configured",
+)
+# Receipt latency buckets in seconds: a receipt should take milliseconds; the provider waits ~30 s.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PAUSE_AFTER_FAILURE = 10.0
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
+SUBSCRIPTION_STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
+
+
+def _label(value: str, known: tuple[str, ...]) -> str:
+    # Labels come from a fixed set, so a stray path or outcome cannot grow the series without end.
+    return value if value in known else "other"
+
+
+class ReceiverCounters:
+    """Delivery counts and receipt latencies, kept in one Redis hash shared by every process."""
+
+    def __init__(self, client: redis.Redis, key: str = KEY) -> None:
+        self.client = client
+        self.key = key
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, outcome: str, seconds: float | None = None) -> bool:
+        """Count a delivery, and its receipt latency when given; False if Redis did not take it."""
+        if time.monotonic() < self._paused_until:
+            return False
+        kind, outcome = _label(kind, KINDS), _label(outcome, OUTCOMES)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self.key, f"deliveries|{kind}|{outcome}", 1)
+        if seconds is not None:
+            bucket = next((str(le) for le in BUCKETS if seconds <= le), "+Inf")
+            pipe.hincrby(self.key, f"latency|{kind}|{bucket}", 1)
+            pipe.hincrbyfloat(self.key, f"latency_sum|{kind}", seconds)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            with self._lock:
+                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            log.warning("delivery not counted, Redis unavailable: %s", type(exc).__name__)
+            return False
+        return True
+
+    def read(self) -> dict[str, str]:
+        """The raw hash (raises redis.RedisError when Redis does not answer)."""
+        raw: dict[bytes | str, bytes | str] = self.client.hgetall(self.key)
+        return {_text(name): _text(value) for name, value in raw.items()}
+
+    def families(self, raw: dict[str, str]) -> Iterator[Metric]:
+        """The counter and histogram families the raw hash describes."""
+        deliveries = CounterMetricFamily(
+            "rinnovo_notifications_received",
+            "Notifications delivered to the receiver, by kind and outcome.",
+            labels=["kind", "outcome"],
+        )
+        buckets: dict[str, dict[str, int]] = {}
+        sums: dict[str, float] = {}
+        for name, value in sorted(raw.items()):
+            what, kind, *rest = name.split("|")
+            if what == "deliveries" and rest:
+                deliveries.add_metric([kind, rest[0]], float(value))
+            elif what == "latency" and rest:
+                buckets.setdefault(kind, {})[rest[0]] = int(value)
+            elif what == "latency_sum":
+                sums[kind] = float(value)
+        yield deliveries
+        latency = HistogramMetricFamily(
+            "rinnovo_receipt_latency_seconds",
+            "Time from a delivery's arrival to its receipt (accepted and duplicate deliveries).",
+            labels=["kind"],
+        )
+        for kind in sorted(buckets):
+            running = 0
+            cumulative: list[tuple[str, float]] = []
+            for le in [*(str(b) for b in BUCKETS), "+Inf"]:
+                running += buckets[kind].get(le, 0)
+                cumulative.append((le, float(running)))
+            latency.add_metric([kind], cumulative, sum_value=sums.get(kind, 0.0))
+        yield latency
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+counters = ReceiverCounters(broker.client)
+
+
+def delivered(kind: str, outcome: str, seconds: float | None = None) -> None:
+    """Count one delivery the receiver answered (the receiver calls this once per request)."""
+    counters.record(kind, outcome, seconds)
+
+
+def database_families(conn: db.Conn) -> Iterator[Metric]:
+    """The figures the database knows, the same whichever process is asked."""
+    by_status = GaugeMetricFamily("rinnovo_events", "Stored events, by status.", labels=["status"])
+    for status, count in events.counts_by_status(conn).items():
+        by_status.add_metric([status], count)
+    yield by_status
+
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0) AS lag
+        FROM events WHERE status IN ('received', 'enqueued')
+        """
+    ).fetchone()
+    yield GaugeMetricFamily(
+        "rinnovo_event_queue_lag_seconds",
+        "Age of the oldest event stored but not yet applied (0 when none waits).",
+        value=float(row["lag"]) if row else 0.0,
+    )
+
+    rows = conn.execute("SELECT status, count(*) AS n FROM emails GROUP BY status").fetchall()
+    found = {r["status"]: r["n"] for r in rows}
+    emails = GaugeMetricFamily(
+        "rinnovo_emails", "Outbox emails, by status (sent and failed only grow).", labels=["status"]
+    )
+    for status in EMAIL_STATUSES:
+        emails.add_metric([status], found.get(status, 0))
+    yield emails
+
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS lag
+        FROM emails WHERE status IN ('pending', 'sending')
+        """
+    ).fetchone()
+    yield GaugeMetricFamily(
+        "rinnovo_email_queue_lag_seconds",
+        "Age of the oldest email not yet sent (0 when none waits).",
+        value=float(row["lag"]) if row else 0.0,
+    )
+
+    rows = conn.execute(
+        """
+        SELECT status, count(*) AS n, count(*) FILTER (WHERE policy_mismatch) AS mismatched
+        FROM subscriptions GROUP BY status
+        """
+    ).fetchall()
+    found = {r["status"]: r["n"] for r in rows}
+    subscriptions = GaugeMetricFamily(
+        "rinnovo_subscriptions", "Subscriptions, by status.", labels=["status"]
+    )
+    for status in SUBSCRIPTION_STATUSES:
+        subscriptions.add_metric([status], found.get(status, 0))
+    yield subscriptions
+    yield GaugeMetricFamily(
+        "rinnovo_policy_mismatches",
+        "Subscriptions whose provider expiry differs from the policy's by more than a day.",
+        value=sum(r["mismatched"] for r in rows),
+    )
+
+
+class _Collector:
+    """Everything /metrics shows, gathered at scrape time; a source that fails is reported down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        """Read Redis and the database; each source's families, then whether it answered."""
+        up = GaugeMetricFamily(
+            "rinnovo_metrics_source_up",
+            "Whether a source of these metrics answered this scrape (1) or not (0).",
+            labels=["source"],
+        )
+        try:
+            raw = counters.read()
+        except redis.RedisError as exc:
+            log.warning("metrics: Redis unavailable: %s", type(exc).__name__)
+            up.add_metric(["redis"], 0)
+        else:
+            yield from counters.families(raw)
+            up.add_metric(["redis"], 1)
+        try:
+            with db.connection(self.settings.database_url) as conn, conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                gathered = list(database_families(conn))
+        except DatabaseUnavailable as exc:
+            log.warning("metrics: %s", exc)
+            up.add_metric(["database"], 0)
+        else:
+            yield from gathered
+            up.add_metric(["database"], 1)
+        yield up
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Every metric in Prometheus text format."""
+    settings: Settings = current_app.extensions["rinnovo"]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(settings))
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,351 @@
+"""`rinnovo simulate`: post correctly signed sample notifications and check their receipts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from webhooks.protocol.signature import Algorithm
+from workers import simulate as sim
+from workers.config import Settings
+from workers.errors import RinnovoError
+
+Command = Callable[..., Any]
+
+
+def _common(command: Command) -> Command:
+    """The options every scenario takes: where to post, how to sign, and a dry run."""
+    options = [
+        click.option(
+            "--url",
+            default=sim.DEFAULT_URL,
+            show_default=True,
+            help="The receiver's base URL; the kind's path (/ipn, /lcn, /ins) is added.",
+        ),
+        click.option(
+            "--test/--no-test",
+            default=True,
+            show_default=True,
+            help="Mark it as the provider marks test orders.",
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print the notification's fields instead of posting it.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _signed(command: Command) -> Command:
+    """The signature algorithms of an IPN or LCN."""
+    return click.option(
+        "--algorithm",
+        "algorithms",
+        type=click.Choice([a.value for a in Algorithm]),
+        multiple=True,
+        help="Sign with this algorithm (repeatable). Default: sha256 and sha3-256.",
+    )(command)
+
+
+def _algorithms(names: tuple[str, ...]) -> tuple[Algorithm, ...]:
+    return tuple(Algorithm(name) for name in names) or sim.DEFAULT_ALGORITHMS
+
+
+def _run(build: Callable[[Settings], sim.Notification], url: str, dry_run: bool) -> None:
+    """Build the notification, then post it and report, exiting 1 unless acknowledged."""
+    settings = Settings.from_env()
+    try:
+        notification = build(settings)
+        for note in notification.notes:
+            click.echo(f"note: {note}")
+        ids = f"license {notification.license_code}"
+        if notification.reference:
+            label = "sale" if notification.kind == "ins" else "order"
+            ids += f", {label} {notification.reference}"
+        click.echo(f"{notification.description} ({ids})")
+        if dry_run:
+            for name, value in notification.pairs:
+                click.echo(f"  {name}={value}")
+            return
+        result = sim.post(notification, url, settings)
+    except RinnovoError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"POST {result.url} -> HTTP {result.status}")
+    click.echo(result.body)
+    if not result.ok:
+        raise click.ClickException(result.problem)
+    click.echo("receipt verified" if result.receipt_verified else "acknowledged")
+
+
+@click.group()
+def simulate() -> None:
+    """Post correctly signed sample notifications to a receiver and verify its receipts."""
+
+
+@simulate.command("ipn")
+@click.option("--status", default="COMPLETE", show_default=True, help="ORDERSTATUS.")
+@click.option("--email", help=f"The customer's address [default: {sim.DEFAULT_EMAIL}].")
+@click.option("--product", help="A product code from the catalog [default: the first].")
+@click.option("--license", "license_code", help="The license code [default: a new random one].")
+@click.option("--locale", default="en", show_default=True, help="The shopper's LANGUAGE.")
+@click.option("--quantity", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--currency", help="CURRENCY [default: EUR when the product is priced in it].")
+@click.option("--refno", help="The order reference [default: a random one].")
+@click.option("--expires", help="IPN_LICENSE_EXP[] [default: one billing period from now].")
+@_signed
+@_common
+def ipn(
+    status: str,
+    email: str | None,
+    product: str | None,
+    license_code: str | None,
+    locale: str,
+    quantity: int,
+    currency: str | None,
+    refno: str | None,
+    expires: str | None,
+    algorithms: tuple[str, ...],
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """An order notification (IPN) with any ORDERSTATUS: a new purchase by default."""
+    _run(
+        lambda settings: sim.ipn(
+            settings,
+            status=status,
+            email=email,
+            product=product,
+            license_code=license_code,
+            locale=locale,
+            quantity=quantity,
+            currency=currency,
+            refno=refno,
+            expires=expires,
+            test=test,
+            algorithms=_algorithms(algorithms),
+        ),
+        url,
+        dry_run,
+    )
+
+
+@simulate.command("renewal")
+@click.option("--license", "license_code", required=True, help="The license being renewed.")
+@click.option("--product", help="The product billed [default: the license's, if known].")
+@click.option("--email", help="The customer's address [default: the license's, if known].")
+@click.option("--locale", help="The shopper's LANGUAGE [default: the customer's, if known].")
+@click.option("--refno", help="The renewal order's reference [default: a random one].")
+@click.option("--expires", help="The new expiry [default: the policy's, or a period from now].")
+@_signed
+@_common
+def renewal(
+    license_code: str,
+    product: str | None,
+    email: str | None,
+    locale: str | None,
+    refno: str | None,
+    expires: str | None,
+    algorithms: tuple[str, ...],
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """A renewal order (IPN_LICENSE_TYPE[]=RENEWAL) for an existing license."""
+    _run(
+        lambda settings: sim.renewal(
+            settings,
+            license_code=license_code,
+            product=product,
+            email=email,
+            locale=locale,
+            refno=refno,
+            expires=expires,
+            test=test,
+            algorithms=_algorithms(algorithms),
+        ),
+        url,
+        dry_run,
+    )
+
+
+@simulate.command("upgrade")
+@click.option("--license", "license_code", required=True, help="The license being upgraded.")
+@click.option("--product", required=True, help="The product code upgraded to.")
+@click.option("--quantity", type=click.IntRange(min=1), help="Units [default: the license's].")
+@click.option("--email", help="The customer's address [default: the license's, if known].")
+@click.option("--locale", help="The shopper's LANGUAGE [default: the customer's, if known].")
+@click.option("--refno", help="The upgrade order's reference [default: a random one].")
+@click.option("--expires", help="The new expiry [default: the policy's, or a period from now].")
+@_signed
+@_common
+def upgrade(
+    license_code: str,
+    product: str,
+    quantity: int | None,
+    email: str | None,
+    locale: str | None,
+    refno: str | None,
+    expires: str | None,
+    algorithms: tuple[str, ...],
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """An upgrade order (IPN_LICENSE_TYPE[]=UPGRADE) moving an existing license to --product."""
+    _run(
+        lambda settings: sim.upgrade(
+            settings,
+            license_code=license_code,
+            product=product,
+            quantity=quantity,
+            email=email,
+            locale=locale,
+            refno=refno,
+            expires=expires,
+            test=test,
+            algorithms=_algorithms(algorithms),
+        ),
+        url,
+        dry_run,
+    )
+
+
+@simulate.command("refund")
+@click.option(
+    "--license", "license_code", required=True, help="The license whose order is refunded."
+)
+@click.option("--refno", help="The order refunded [default: the license's last order, if known].")
+@click.option("--product", help="The product [default: the license's, if known].")
+@click.option("--email", help="The customer's address [default: the license's, if known].")
+@click.option("--locale", help="The shopper's LANGUAGE [default: the customer's, if known].")
+@_signed
+@_common
+def refund(
+    license_code: str,
+    refno: str | None,
+    product: str | None,
+    email: str | None,
+    locale: str | None,
+    algorithms: tuple[str, ...],
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """A refund (ORDERSTATUS REFUND, negative totals) of a license's order."""
+    _run(
+        lambda settings: sim.refund(
+            settings,
+            license_code=license_code,
+            refno=refno,
+            product=product,
+            email=email,
+            locale=locale,
+            test=test,
+            algorithms=_algorithms(algorithms),
+        ),
+        url,
+        dry_run,
+    )
+
+
+@simulate.command("lcn")
+@click.option("--license", "license_code", required=True, help="The license that changed.")
+@click.option(
+    "--status",
+    default="ACTIVE",
+    show_default=True,
+    help="STATUS: ACTIVE, PASTDUE, EXPIRED, DISABLED, CANCELED, PENDING ACTIVATION.",
+)
+@click.option("--expires", help="EXPIRATION_DATE [default: the license's, or a month from now].")
+@click.option("--date-updated", help="DATE_UPDATED [default: now].")
+@click.option(
+    "--recurring/--no-recurring",
+    default=None,
+    help="RECURRING: automatic renewal on or off [default: the license's, or on].",
+)
+@click.option(
+    "--changed-by", default="SYSTEM", show_default=True, help="CUSTOMER, VENDOR or SYSTEM."
+)
+@click.option("--email", help="EMAIL [default: the license's, if known].")
+@_signed
+@_common
+def lcn(
+    license_code: str,
+    status: str,
+    expires: str | None,
+    date_updated: str | None,
+    recurring: bool | None,
+    changed_by: str,
+    email: str | None,
+    algorithms: tuple[str, ...],
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """A license change notification (LCN) for an existing license."""
+    _run(
+        lambda settings: sim.lcn(
+            settings,
+            license_code=license_code,
+            status=status,
+            expires=expires,
+            date_updated=date_updated,
+            recurring=recurring,
+            changed_by=changed_by,
+            email=email,
+            test=test,
+            algorithms=_algorithms(algorithms),
+        ),
+        url,
+        dry_run,
+    )
+
+
+@simulate.command("ins")
+@click.option(
+    "--message-type",
+    default="ORDER_CREATED",
+    show_default=True,
+    help="message_type, e.g. RECURRING_INSTALLMENT_SUCCESS, RECURRING_INSTALLMENT_FAILED.",
+)
+@click.option("--sale-id", help="sale_id: reuse one to follow up an order [default: random].")
+@click.option("--invoice-id", help="invoice_id [default: random].")
+@click.option("--product", help="The product code billed [default: the catalog's first].")
+@click.option("--email", help=f"customer_email [default: {sim.DEFAULT_EMAIL}].")
+@click.option("--locale", default="en", show_default=True, help="customer_language.")
+@_common
+def ins(
+    message_type: str,
+    sale_id: str | None,
+    invoice_id: str | None,
+    product: str | None,
+    email: str | None,
+    locale: str,
+    url: str,
+    test: bool,
+    dry_run: bool,
+) -> None:
+    """A legacy INS message, signed with the first TWOCHECKOUT_INS_SECRET_WORD."""
+    _run(
+        lambda settings: sim.ins(
+            settings,
+            message_type=message_type,
+            sale_id=sale_id,
+            invoice_id=invoice_id,
+            product=product,
+            email=email,
+            locale=locale,
+            test=test,
+        ),
+        url,
+        dry_run,
+    )
+
+
+COMMANDS = [simulate]

@@ -179,9 +179,11 @@ def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 def _string(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ApiError(400, f"{name} must be a string")
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, str):  # null included: leave the field out to mean "any"
+        raise ApiError(400, f"{name} must be a string (leave it out to mean any)")
     return value
 
 

@@ -346,6 +346,7 @@ def test_post_events_replay_takes_the_events_its_filter_names(admin, conn):
         ({"kind": "sms"}, "unknown kind 'sms'"),
         ({"since": "last week"}, "'last week' is not a date"),
         ({"license": 7}, "license must be a string"),
+        ({"since": None, "until": "2026-01-01"}, "since must be a string"),
         ({"status": "failed"}, "unknown field(s) status"),
     ],
 )
@@ -376,9 +377,9 @@ def test_get_subscription_describes_it_and_an_unknown_one_is_404(admin, client, 
 
 
 def test_get_emails_lists_the_outbox_by_recipient_kind_and_status(admin, client, conn, mail_dir):
-    for number in range(3):
+    for number in range(3):  # one at a time, so email ids follow the orders
         post_signed(client, "/ipn", ipn(f"LIC-M{number}", refno=f"R37{number}"))
-    drain()
+        drain()
     conn.execute("UPDATE emails SET to_address = 'Other@Example.com' WHERE id = 3")
     conn.execute("UPDATE emails SET status = 'failed', last_error = 'refused' WHERE id = 1")
 

@@ -71,8 +71,10 @@ def test_the_api_answers_as_its_openapi_file_says_and_never_with_a_server_error(
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
+        # Derandomized so CI is repeatable; raise max_examples or drop it to explore further.
         @settings(
-            max_examples=30,
+            max_examples=60,
+            derandomize=True,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Before anything imports the broker or reads settings: the tests' own database and Redis db.
 PG_SERVER = os.environ.get("RINNOVO_TEST_PG", "postgresql://127.0.0.1:5432")
@@ -12,7 +14,10 @@ SECRET_KEYS = "AABBCCDDEEFF,previous-key-still-accepted"
 INS_SECRET_WORD = "tango"
 # Each session has its own queue names, so concurrent test runs never share a message.
 REDIS_NAMESPACE = f"rinnovo-test-{os.getpid()}"
+# Emails written by workers during tests go to a directory of the session's, removed at the end.
+MAIL_DIR = tempfile.mkdtemp(prefix="rinnovo-test-mail-")
 os.environ.update(
+    MAIL_DIR=MAIL_DIR,
     REDIS_NAMESPACE=REDIS_NAMESPACE,
     DATABASE_URL=TEST_DATABASE_URL,
     REDIS_URL=TEST_REDIS_URL,
@@ -58,6 +63,7 @@ def _redis_session_keys() -> Iterator[None]:
     yield
     _delete_session_keys()
     broker.close()
+    shutil.rmtree(MAIL_DIR, ignore_errors=True)
 
 
 @pytest.fixture

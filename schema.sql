@@ -31,8 +31,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_received_at_idx ON events (received_at DESC);
 CREATE INDEX IF NOT EXISTS events_status_idx ON events (status, received_at DESC);
 CREATE INDEX IF NOT EXISTS events_license_codes_idx ON events USING gin (license_codes);
--- The relay reads only this: stored but never handed to the broker.
-CREATE INDEX IF NOT EXISTS events_unenqueued_idx ON events (id) WHERE status = 'received';
+-- The relay reads only this: events not applied yet (never sent, or sent long ago).
+DROP INDEX IF EXISTS events_unenqueued_idx;
+CREATE INDEX IF NOT EXISTS events_waiting_idx ON events (id) WHERE status IN ('received', 'enqueued');
 
 CREATE TABLE IF NOT EXISTS customers (
     id              bigserial PRIMARY KEY,

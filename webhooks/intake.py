@@ -101,8 +101,8 @@ def receive(module: ModuleType) -> Response:
             license_codes=module.license_codes(fields),
             test=module.is_test(fields),
         )
-        with db.connection(settings().database_url) as conn, conn.transaction():
-            stored = events.store(conn, event)
+        with db.statement(settings().database_url) as conn:
+            stored = events.store(conn, event)  # one INSERT ... ON CONFLICT: atomic on its own
     except Rejected as exc:
         return reject(kind, exc)
     except SignatureError as exc:

@@ -38,7 +38,10 @@ def get_pool(database_url: str, *, max_size: int = 10) -> ConnectionPool[Conn]:
                 min_size=1,
                 max_size=max_size,
                 kwargs={"row_factory": dict_row, "connect_timeout": 5},
-                check=ConnectionPool.check_connection,
+                # No check on checkout (a round trip per use): a connection that died while
+                # idle fails its one request (503: the provider retries) and is replaced;
+                # max_idle retires connections before servers or firewalls drop them.
+                max_idle=60.0,
                 timeout=5.0,
                 open=True,
                 name="rinnovo",
@@ -63,6 +66,18 @@ def connection(database_url: str) -> Iterator[Conn]:
             yield conn
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+
+@contextlib.contextmanager
+def statement(database_url: str) -> Iterator[Conn]:
+    """A pooled connection in autocommit: one statement is its own transaction, one round trip."""
+    with connection(database_url) as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
+                conn.autocommit = False
 
 
 def _admin_conninfo(database_url: str) -> tuple[str, str]:

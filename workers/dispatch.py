@@ -8,9 +8,14 @@ import redis
 
 from workers import db, events
 from workers.actors import process_event
-from workers.errors import BrokerUnavailable
+from workers.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+
+# An event stored `enqueued` and still not applied this long after is sent again: the process
+# that stored it most likely died before sending (a provider retry cannot help: it is a
+# duplicate). During a backlog longer than this the worker receives, and skips, a second copy.
+STALE_AFTER_SECONDS = 15 * 60
 
 
 def _send(event_ids: list[int]) -> list[int]:
@@ -26,23 +31,44 @@ def _send(event_ids: list[int]) -> list[int]:
     return sent
 
 
+def _unsend(database_url: str, event_ids: list[int]) -> None:
+    try:
+        with db.connection(database_url) as conn, conn.transaction():
+            events.mark_unsent(conn, event_ids)
+    except DatabaseUnavailable as exc:
+        log.warning("%d event(s) left enqueued but unsent (%s); the relay sends them later",
+                    len(event_ids), exc)  # fmt: skip
+
+
 def dispatch(database_url: str, event_ids: list[int]) -> list[int]:
-    """Enqueue events that are already committed and mark them `enqueued`; returns those sent."""
-    sent = _send(event_ids)
-    with db.connection(database_url) as conn, conn.transaction():
-        # Losing this mark in a crash only means the relay enqueues the event again, which the
-        # worker shrugs off, so it need not wait for the disk.
-        conn.execute("SET LOCAL synchronous_commit = off")
-        events.mark_enqueued(conn, sent)
+    """Send events just stored as `enqueued`; any the broker refuses go back to `received`."""
+    try:
+        sent = _send(event_ids)
+    except BrokerUnavailable:
+        _unsend(database_url, event_ids)
+        raise
+    if len(sent) < len(event_ids):
+        _unsend(database_url, event_ids[len(sent) :])
     return sent
 
 
-def relay(database_url: str, *, older_than_seconds: float = 30.0, batch: int = 500) -> int:
-    """Enqueue every event stored but never enqueued (Redis was down, a process died); how many."""
+def relay(
+    database_url: str,
+    *,
+    older_than_seconds: float = 30.0,
+    stale_after_seconds: float = STALE_AFTER_SECONDS,
+    batch: int = 500,
+) -> int:
+    """Send every event stored but never sent (Redis was down, a process died); how many."""
     total = 0
     while True:
         with db.connection(database_url) as conn, conn.transaction():
-            ids = events.unenqueued(conn, older_than_seconds=older_than_seconds, limit=batch)
+            ids = events.unenqueued(
+                conn,
+                older_than_seconds=older_than_seconds,
+                stale_after_seconds=stale_after_seconds,
+                limit=batch,
+            )
             if not ids:
                 return total
             sent = _send(ids)

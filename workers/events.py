@@ -42,12 +42,18 @@ class Stored:
 
 
 def store(conn: Conn, event: NewEvent) -> Stored:
-    """Insert the event, or count another delivery of the one with the same dedupe key."""
+    """Insert the event, or count another delivery of the one with the same dedupe key.
+
+    A new event is stored already `enqueued`: the receiver sends it right after the commit and
+    sets it back to `received` only if the broker refuses, which saves a second transaction per
+    notification. One that was never sent (the process died in between) is resent by the relay.
+    """
     row = conn.execute(
         """
         INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
-                            signature_algo, key_index, summary, license_codes, test)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                            signature_algo, key_index, summary, license_codes, test,
+                            status, enqueued_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now())
         ON CONFLICT (dedupe_key) DO UPDATE
             SET deliveries = events.deliveries + 1, last_delivery_at = now()
         RETURNING id, (xmax = 0) AS inserted, status
@@ -75,24 +81,39 @@ def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
     cur = conn.execute(
         """
         UPDATE events SET status = 'enqueued', enqueued_at = now()
-        WHERE id = ANY(%s) AND status = 'received'
+        WHERE id = ANY(%s) AND status IN ('received', 'enqueued')
         """,
         (event_ids,),
     )
     return cur.rowcount
 
 
-def unenqueued(conn: Conn, *, older_than_seconds: float, limit: int) -> list[int]:
-    """Lock a batch of events stored but never enqueued (skipping those another relay holds)."""
+def mark_unsent(conn: Conn, event_ids: list[int]) -> int:
+    """Put events the broker refused back to `received`, for the relay."""
+    cur = conn.execute(
+        "UPDATE events SET status = 'received' WHERE id = ANY(%s) AND status = 'enqueued'",
+        (event_ids,),
+    )
+    return cur.rowcount
+
+
+def unenqueued(
+    conn: Conn, *, older_than_seconds: float, stale_after_seconds: float, limit: int
+) -> list[int]:
+    """Lock a batch of events the relay must send: never sent, or sent so long ago that the
+    process that stored them must have died before sending (skipping rows another relay holds)."""
     rows = conn.execute(
         """
         SELECT id FROM events
-        WHERE status = 'received' AND received_at < now() - make_interval(secs => %s)
+        WHERE status IN ('received', 'enqueued')
+          AND CASE WHEN status = 'received'
+                   THEN received_at < now() - make_interval(secs => %s)
+                   ELSE enqueued_at < now() - make_interval(secs => %s) END
         ORDER BY id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
         """,
-        (older_than_seconds, limit),
+        (older_than_seconds, stale_after_seconds, limit),
     ).fetchall()
     return [row["id"] for row in rows]
 

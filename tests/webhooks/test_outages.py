@@ -86,3 +86,20 @@ def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_w
     rows = conn.execute("SELECT id, deliveries FROM events").fetchall()
     assert len(rows) == 1 and rows[0]["deliveries"] == 1
     assert queued() == [rows[0]["id"]]
+
+
+def test_an_event_stored_but_never_sent_is_sent_by_the_relay_once_it_is_stale(client, conn, queued):
+    from tests.support import FORM
+    from workers.broker import broker
+
+    body = signed_ipn(items=(samples.SampleItem(license_ref="LICDIED01"),))
+    assert client.post("/ipn", data=body, headers=FORM).status_code == 200
+    broker.flush_all()  # as if the process died between its commit and the send
+    event = conn.execute("SELECT id, status FROM events").fetchone()
+    assert event["status"] == "enqueued"
+
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 0  # may still be on its way
+    conn.execute("UPDATE events SET enqueued_at = now() - interval '16 minutes'")
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 1
+    assert queued() == [event["id"]]
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 0  # sent again once only

@@ -104,3 +104,33 @@ text = st.text(alphabet=st.characters(codec="utf-8"))
 @given(st.lists(st.tuples(text, text)))
 def test_encoding_then_parsing_gives_the_pairs_back(pairs):
     assert form.parse_form(form.encode(pairs)) == pairs
+
+
+_COMPONENT = st.text(alphabet=st.sampled_from([*"aZ09 +&=%/._-~\n", "à", "é", "€", "ü"]))
+
+
+@given(
+    pairs=st.lists(st.tuples(_COMPONENT, _COMPONENT), max_size=6),
+    mangle=st.booleans(),
+)
+def test_the_fast_path_for_ascii_bodies_decodes_exactly_as_the_byte_path(pairs, mangle):
+    body = form.encode(pairs)
+    if mangle:  # raw '+' and '%', and invalid UTF-8 after decoding
+        body = body.replace(b"%2B", b"+").replace(b"%25", b"%").replace(b"%C3", b"%FF", 1)
+
+    def outcome(parse):
+        try:
+            return parse(body)
+        except MalformedNotification as exc:
+            return ("malformed", exc.field)
+
+    def byte_path(raw: bytes) -> list[tuple[str, str]]:
+        decoded = []
+        for chunk in raw.split(b"&"):
+            if chunk:
+                name, _, value = chunk.partition(b"=")
+                field = form._decode(name, None)
+                decoded.append((field, form._decode(value, field)))
+        return decoded
+
+    assert outcome(form.parse_form) == outcome(byte_path)

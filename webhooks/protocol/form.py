@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
-from urllib.parse import quote_plus, unquote_to_bytes
+from urllib.parse import quote_plus, unquote_plus, unquote_to_bytes
 
 from webhooks.protocol.errors import MalformedNotification
 
@@ -15,6 +15,8 @@ Fields = Mapping[str, Sequence[str]]
 
 def parse_form(body: bytes) -> list[tuple[str, str]]:
     """Return the body's (name, value) pairs in wire order, blank values kept, nothing stripped."""
+    if body.isascii():  # what a form-encoded body should be; raw bytes take the careful path
+        return _parse_ascii(body.decode("ascii"))
     pairs: list[tuple[str, str]] = []
     for chunk in body.split(b"&"):
         if not chunk:
@@ -23,6 +25,28 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
         name = _decode(raw_name, None)
         pairs.append((name, _decode(raw_value, name)))
     return pairs
+
+
+def _parse_ascii(text: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for chunk in text.split("&"):
+        if not chunk:
+            continue
+        raw_name, _, raw_value = chunk.partition("=")
+        name = _unescape(raw_name, None)
+        pairs.append((name, _unescape(raw_value, name)))
+    return pairs
+
+
+def _unescape(raw: str, field: str | None) -> str:
+    """The same decoding as _decode, for ASCII text; most components need none."""
+    if "%" not in raw and "+" not in raw:
+        return raw
+    try:
+        return unquote_plus(raw, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        where = f"field {field}" if field is not None else "a field name"
+        raise MalformedNotification(f"{where}: invalid UTF-8", field) from None
 
 
 def _decode(raw: bytes, field: str | None) -> str:

@@ -37,7 +37,10 @@ _DIGESTS = {
 
 def length_prefixed(values: Iterable[str]) -> str:
     """Concatenate each value preceded by its length in UTF-8 bytes."""
-    return "".join(f"{len(value.encode('utf-8'))}{value}" for value in values)
+    return "".join(
+        f"{len(value) if value.isascii() else len(value.encode('utf-8'))}{value}"
+        for value in values
+    )
 
 
 def source_string(fields: Mapping[str, Sequence[str]]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 import dramatiq
 import redis
@@ -10,6 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from workers.config import Settings
+from workers.errors import BrokerUnavailable
 from workers.logs import WorkerLogging
 
 
@@ -31,6 +34,24 @@ def build_broker(redis_url: str, namespace: str = "rinnovo") -> RedisBroker:
 
         broker.add_middleware(Prometheus())
     return broker
+
+
+def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
+    """Send one message per id until the broker fails; the ids it took.
+
+    Raises BrokerUnavailable when it took none; after a partial failure the caller leaves the
+    rest for its relay.
+    """
+    sent: list[int] = []
+    for item in ids:
+        try:
+            actor.send(item)
+        except redis.RedisError as exc:
+            if not sent:
+                raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
+            break
+        sent.append(item)
+    return sent
 
 
 _settings = Settings.from_env()

@@ -56,11 +56,13 @@ def _algorithms(names: tuple[str, ...]) -> tuple[Algorithm, ...]:
     return tuple(Algorithm(name) for name in names) or sim.DEFAULT_ALGORITHMS
 
 
-def _run(build: Callable[[Settings], sim.Notification], url: str, dry_run: bool) -> None:
-    """Build the notification, then post it and report, exiting 1 unless acknowledged."""
+def _run(
+    scenario: Callable[..., sim.Notification], url: str, dry_run: bool, options: dict[str, Any]
+) -> None:
+    """Build the scenario's notification, post it and report; exit 1 unless acknowledged."""
     settings = Settings.from_env()
     try:
-        notification = build(settings)
+        notification = scenario(settings, **options)
         for note in notification.notes:
             click.echo(f"note: {note}")
         ids = f"license {notification.license_code}"
@@ -99,40 +101,9 @@ def simulate() -> None:
 @click.option("--expires", help="IPN_LICENSE_EXP[] [default: one billing period from now].")
 @_signed
 @_common
-def ipn(
-    status: str,
-    email: str | None,
-    product: str | None,
-    license_code: str | None,
-    locale: str,
-    quantity: int,
-    currency: str | None,
-    refno: str | None,
-    expires: str | None,
-    algorithms: tuple[str, ...],
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def ipn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """An order notification (IPN) with any ORDERSTATUS: a new purchase by default."""
-    _run(
-        lambda settings: sim.ipn(
-            settings,
-            status=status,
-            email=email,
-            product=product,
-            license_code=license_code,
-            locale=locale,
-            quantity=quantity,
-            currency=currency,
-            refno=refno,
-            expires=expires,
-            test=test,
-            algorithms=_algorithms(algorithms),
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.ipn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("renewal")
@@ -144,34 +115,9 @@ def ipn(
 @click.option("--expires", help="The new expiry [default: the policy's, or a period from now].")
 @_signed
 @_common
-def renewal(
-    license_code: str,
-    product: str | None,
-    email: str | None,
-    locale: str | None,
-    refno: str | None,
-    expires: str | None,
-    algorithms: tuple[str, ...],
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def renewal(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A renewal order (IPN_LICENSE_TYPE[]=RENEWAL) for an existing license."""
-    _run(
-        lambda settings: sim.renewal(
-            settings,
-            license_code=license_code,
-            product=product,
-            email=email,
-            locale=locale,
-            refno=refno,
-            expires=expires,
-            test=test,
-            algorithms=_algorithms(algorithms),
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.renewal, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("upgrade")
@@ -184,36 +130,9 @@ def renewal(
 @click.option("--expires", help="The new expiry [default: the policy's, or a period from now].")
 @_signed
 @_common
-def upgrade(
-    license_code: str,
-    product: str,
-    quantity: int | None,
-    email: str | None,
-    locale: str | None,
-    refno: str | None,
-    expires: str | None,
-    algorithms: tuple[str, ...],
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def upgrade(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """An upgrade order (IPN_LICENSE_TYPE[]=UPGRADE) moving an existing license to --product."""
-    _run(
-        lambda settings: sim.upgrade(
-            settings,
-            license_code=license_code,
-            product=product,
-            quantity=quantity,
-            email=email,
-            locale=locale,
-            refno=refno,
-            expires=expires,
-            test=test,
-            algorithms=_algorithms(algorithms),
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.upgrade, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("refund")
@@ -226,32 +145,9 @@ def upgrade(
 @click.option("--locale", help="The shopper's LANGUAGE [default: the customer's, if known].")
 @_signed
 @_common
-def refund(
-    license_code: str,
-    refno: str | None,
-    product: str | None,
-    email: str | None,
-    locale: str | None,
-    algorithms: tuple[str, ...],
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def refund(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A refund (ORDERSTATUS REFUND, negative totals) of a license's order."""
-    _run(
-        lambda settings: sim.refund(
-            settings,
-            license_code=license_code,
-            refno=refno,
-            product=product,
-            email=email,
-            locale=locale,
-            test=test,
-            algorithms=_algorithms(algorithms),
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.refund, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("lcn")
@@ -275,36 +171,9 @@ def refund(
 @click.option("--email", help="EMAIL [default: the license's, if known].")
 @_signed
 @_common
-def lcn(
-    license_code: str,
-    status: str,
-    expires: str | None,
-    date_updated: str | None,
-    recurring: bool | None,
-    changed_by: str,
-    email: str | None,
-    algorithms: tuple[str, ...],
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def lcn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A license change notification (LCN) for an existing license."""
-    _run(
-        lambda settings: sim.lcn(
-            settings,
-            license_code=license_code,
-            status=status,
-            expires=expires,
-            date_updated=date_updated,
-            recurring=recurring,
-            changed_by=changed_by,
-            email=email,
-            test=test,
-            algorithms=_algorithms(algorithms),
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.lcn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("ins")
@@ -320,32 +189,9 @@ def lcn(
 @click.option("--email", help=f"customer_email [default: {sim.DEFAULT_EMAIL}].")
 @click.option("--locale", default="en", show_default=True, help="customer_language.")
 @_common
-def ins(
-    message_type: str,
-    sale_id: str | None,
-    invoice_id: str | None,
-    product: str | None,
-    email: str | None,
-    locale: str,
-    url: str,
-    test: bool,
-    dry_run: bool,
-) -> None:
+def ins(url: str, dry_run: bool, **options: Any) -> None:
     """A legacy INS message, signed with the first TWOCHECKOUT_INS_SECRET_WORD."""
-    _run(
-        lambda settings: sim.ins(
-            settings,
-            message_type=message_type,
-            sale_id=sale_id,
-            invoice_id=invoice_id,
-            product=product,
-            email=email,
-            locale=locale,
-            test=test,
-        ),
-        url,
-        dry_run,
-    )
+    _run(sim.ins, url, dry_run, options)
 
 
 COMMANDS = [simulate]

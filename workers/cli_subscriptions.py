@@ -33,20 +33,6 @@ def _load(settings: Settings, license_code: str) -> dict[str, Any]:
     return row
 
 
-def _terms(row: dict[str, Any]) -> policies.Terms:
-    start = row["period_start"] or row["created_at"]
-    return policies.Terms(
-        product_code=row["product_code"],
-        quantity=row["quantity"],
-        cycle=row["cycle"],
-        currency=row["currency"],
-        price_paid=row["price_paid"],
-        period_start=start,
-        expires_at=max(row["expires_at"] or start, start),
-        status=row["status"],
-    )
-
-
 def _print_quote(quote: policies.Quote) -> None:
     if not quote.allowed:
         click.echo(f"refused: {quote.reason}")
@@ -87,7 +73,8 @@ def quote_upgrade(
     product = catalog.find_target(current, target, cycle)
     if product is None:
         raise click.ClickException(f"no single product matches --to {target!r}")
-    _print_quote(policies.quote_upgrade(_terms(row), current, product, _at(at), quantity=quantity))
+    terms = lifecycle.terms(row)
+    _print_quote(policies.quote_upgrade(terms, current, product, _at(at), quantity=quantity))
 
 
 @quote.command("renew")
@@ -101,7 +88,9 @@ def quote_renew(license_code: str, at: str | None) -> None:
     if product is None:
         raise click.ClickException(f"product {row['product_code']} is not in the catalog")
     _print_quote(
-        policies.quote_renewal(_terms(row), product, _at(at), automatic=bool(row["auto_renew"]))
+        policies.quote_renewal(
+            lifecycle.terms(row), product, _at(at), automatic=bool(row["auto_renew"])
+        )
     )
 
 

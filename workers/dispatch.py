@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from workers import db, events
 from workers.actors import process_event
+from workers.broker import send_each
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -19,16 +18,7 @@ STALE_AFTER_SECONDS = 15 * 60
 
 
 def _send(event_ids: list[int]) -> list[int]:
-    sent: list[int] = []
-    for event_id in event_ids:
-        try:
-            process_event.send(event_id)
-        except redis.RedisError as exc:
-            if not sent:
-                raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
-            break  # keep what went through; the rest stays `received` for the relay
-        sent.append(event_id)
-    return sent
+    return send_each(process_event, event_ids)
 
 
 def _unsend(database_url: str, event_ids: list[int]) -> None:

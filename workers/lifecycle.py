@@ -83,6 +83,21 @@ def catalog(settings: Settings) -> Catalog:
     return loaded
 
 
+def terms(sub: dict[str, Any]) -> policies.Terms:
+    """The policy's view of a subscription row as it stands."""
+    start = sub["period_start"] or sub["created_at"]
+    return policies.Terms(
+        product_code=sub["product_code"],
+        quantity=sub["quantity"],
+        cycle=sub["cycle"],
+        currency=sub["currency"],
+        price_paid=sub["price_paid"],
+        period_start=start,
+        expires_at=max(sub["expires_at"] or start, start),
+        status=sub["status"],
+    )
+
+
 def _money(value: str) -> Decimal | None:
     try:
         return Decimal(value.strip()) if value.strip() else None
@@ -199,18 +214,7 @@ class _Run:
 
     def terms(self, sub: dict[str, Any]) -> policies.Terms:
         """The policy's view of a subscription as it stands."""
-        start = sub["period_start"] or sub["created_at"]
-        expires = sub["expires_at"] or start
-        return policies.Terms(
-            product_code=sub["product_code"],
-            quantity=sub["quantity"],
-            cycle=sub["cycle"],
-            currency=sub["currency"],
-            price_paid=sub["price_paid"],
-            period_start=start,
-            expires_at=max(expires, start),
-            status=sub["status"],
-        )
+        return terms(sub)
 
     def renewal_expected(self, sub: dict[str, Any], at: datetime) -> tuple[datetime | None, str]:
         """The expiry the policy predicts for a renewal paid at `at`, and why (or why not)."""

@@ -19,7 +19,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import redis
 from psycopg import sql
 
 from emails.links import portal_url, renewal_url
@@ -28,7 +27,7 @@ from emails.render import KINDS, resolve_locale
 from workers import db
 from workers.config import Settings
 from workers.db import Conn
-from workers.errors import BrokerUnavailable, ConfigError
+from workers.errors import ConfigError
 from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
@@ -207,17 +206,9 @@ def add(
 def _send(email_ids: Iterable[int]) -> list[int]:
     """Hand ids to the broker until it fails; the ones it took."""
     from workers.actors import send_email  # the actors import the lifecycle, which imports us
+    from workers.broker import send_each
 
-    sent: list[int] = []
-    for email_id in email_ids:
-        try:
-            send_email.send(email_id)
-        except redis.RedisError as exc:
-            if not sent:
-                raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
-            break  # keep what went through; the rest waits for the relay
-        sent.append(email_id)
-    return sent
+    return send_each(send_email, email_ids)
 
 
 def _mark_enqueued(conn: Conn, email_ids: list[int]) -> None:

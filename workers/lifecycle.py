@@ -235,12 +235,16 @@ def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool
     # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
     fields = form.group(form.parse_form(bytes(event["raw_body"])))
     kind = event["kind"]
-    if kind == "ipn":
-        outcome = _apply_ipn(run, fields)
-    elif kind == "lcn":
-        outcome = _apply_lcn(run, fields)
-    else:
-        outcome = _apply_ins(run, fields)
+    try:
+        if kind == "ipn":
+            outcome = _apply_ipn(run, fields)
+        elif kind == "lcn":
+            outcome = _apply_lcn(run, fields)
+        else:
+            outcome = _apply_ins(run, fields)
+    except ValueError as exc:
+        # A field the receiver does not check could not be read: retrying will not change it.
+        raise PermanentEventError(f"unreadable notification: {exc}") from exc
     ignored = outcome.startswith("ignored") and not (run.changes or run.email_ids)
     status = "ignored" if ignored else "processed"
     return Applied(status=status, outcome=outcome, changes=run.changes, email_ids=run.email_ids)

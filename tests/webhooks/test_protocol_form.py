@@ -97,8 +97,8 @@ def test_first_is_blank_for_an_absent_field():
     assert form.first({}, "A") == ""
 
 
-# Any text UTF-8 can encode, that is, without surrogates.
-text = st.text(alphabet=st.characters(codec="utf-8"))
+# Any text UTF-8 can encode (no surrogates) and PostgreSQL can store (no NUL, refused as malformed).
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"))
 
 
 @given(st.lists(st.tuples(text, text)))
@@ -134,3 +134,11 @@ def test_the_fast_path_for_ascii_bodies_decodes_exactly_as_the_byte_path(pairs, 
         return decoded
 
     assert outcome(form.parse_form) == outcome(byte_path)
+
+
+@pytest.mark.parametrize(
+    "body", [b"COMPANY=Acme%00Corp", b"COMPANY=Acme\x00Corp", b"COMPANY=\xc3\xa9%00"]
+)
+def test_a_nul_character_is_malformed_whichever_way_it_arrives(body):
+    with pytest.raises(MalformedNotification, match="COMPANY: contains a NUL character"):
+        form.parse_form(body)

@@ -323,3 +323,11 @@ def test_health_and_readiness_answer_when_database_and_redis_do(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json == {"ready": True, "checks": {"database": "ok", "redis": "ok"}}
+
+
+def test_a_nul_character_in_a_value_is_refused_naming_the_field(client, conn):
+    body = signed_ipn(extra={"COMPANY": "Acme\x00Corp"})
+    response = client.post("/ipn", data=body, headers=FORM)
+    assert response.status_code == 400
+    assert response.text == "field COMPANY: contains a NUL character"
+    assert _count(conn) == 0

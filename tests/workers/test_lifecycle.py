@@ -534,3 +534,15 @@ def test_ins_messages_drive_the_legacy_subscription_through_its_life(client, con
     _post_ins(client, _ins("REFUND_ISSUED", invoice_id="6003", timestamp="2026-03-12 00:00:00"))
     drain()
     assert state(conn, code)["status"] == "refunded"
+
+
+def test_an_unreadable_date_fails_the_event_at_once_with_the_reason(client, conn):
+    pairs = _ins("ORDER_CREATED", timestamp="22/11/2026 10:00")
+    _post_ins(client, pairs)
+    drain()
+    row = conn.execute("SELECT status, attempts, last_error FROM events").fetchone()
+    assert row["status"] == "failed"
+    assert row["attempts"] == 1
+    assert (
+        "unreadable notification" in row["last_error"] and "22/11/2026 10:00" in row["last_error"]
+    )

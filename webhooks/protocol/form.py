@@ -41,18 +41,26 @@ def _parse_ascii(text: str) -> list[tuple[str, str]]:
 def _unescape(raw: str, field: str | None) -> str:
     """The same decoding as _decode, for ASCII text; most components need none."""
     if "%" not in raw and "+" not in raw:
-        return raw
+        return _no_nul(raw, field)
     try:
-        return unquote_plus(raw, encoding="utf-8", errors="strict")
+        return _no_nul(unquote_plus(raw, encoding="utf-8", errors="strict"), field)
     except UnicodeDecodeError:
         where = f"field {field}" if field is not None else "a field name"
         raise MalformedNotification(f"{where}: invalid UTF-8", field) from None
 
 
+def _no_nul(text: str, field: str | None) -> str:
+    # PostgreSQL text cannot hold NUL, and no real field carries one: refuse it as malformed.
+    if "\x00" in text:
+        where = f"field {field}" if field is not None else "a field name"
+        raise MalformedNotification(f"{where}: contains a NUL character", field)
+    return text
+
+
 def _decode(raw: bytes, field: str | None) -> str:
     """Decode one form component: '+' is a space, then percent-escapes, then strict UTF-8."""
     try:
-        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        return _no_nul(unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8"), field)
     except UnicodeDecodeError:
         where = f"field {field}" if field is not None else "a field name"
         raise MalformedNotification(f"{where}: invalid UTF-8", field) from None

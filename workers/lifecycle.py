@@ -598,12 +598,9 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
     if sub["status"] == "refunded" and status == "canceled":
         status = "refunded"  # a refund already ended access; disabling it adds nothing
     expiry = form.parse_time(form.first(fields, "EXPIRATION_DATE"))
-    updates: dict[str, Any] = {
-        "status": status,
-        "auto_renew": form.first(fields, "RECURRING") == "1",
-        "expires_at": expiry,
-        "last_change_at": updated,
-    }
+    updates: dict[str, Any] = {"status": status, "expires_at": expiry, "last_change_at": updated}
+    if "RECURRING" in fields:  # absent says nothing about automatic renewal
+        updates["auto_renew"] = form.first(fields, "RECURRING") == "1"
     note = f"LCN {raw_status} by {form.first(fields, 'CHANGED_BY') or 'provider'}"
     renewed = sub["expires_at"] is not None and expiry > sub["expires_at"] and status == "active"
     if expiry != sub["expires_at"]:
@@ -625,7 +622,7 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
         )
     if status != previous["status"]:
         _status_email(run, sub, status, f"lcn/{subs.iso(updated)}")
-    return f"{code}: {status}, expires {subs.iso(expiry)}, auto-renew {updates['auto_renew']}"
+    return f"{code}: {status}, expires {subs.iso(expiry)}, auto-renew {sub['auto_renew']}"
 
 
 def _status_email(run: _Run, sub: dict[str, Any], status: str, fact: str) -> None:

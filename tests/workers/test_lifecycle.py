@@ -546,3 +546,26 @@ def test_an_unreadable_date_fails_the_event_at_once_with_the_reason(client, conn
     assert (
         "unreadable notification" in row["last_error"] and "22/11/2026 10:00" in row["last_error"]
     )
+
+
+def test_an_lcn_without_recurring_leaves_automatic_renewal_as_it_was(client, conn):
+    post_signed(client, "/ipn", ipn("LIC-REC", refno="R30", at="2026-01-10 00:00:00"))
+    drain()
+    post_signed(
+        client,
+        "/lcn",
+        lcn(
+            "LIC-REC", expires="2026-02-10 00:00:00", updated="2026-01-11 00:00:00", recurring=True
+        ),
+    )
+    drain()
+    without = [
+        (name, value)
+        for name, value in lcn(
+            "LIC-REC", expires="2026-02-10 00:00:00", updated="2026-01-12 00:00:00"
+        )
+        if name != "RECURRING"
+    ]
+    post_signed(client, "/lcn", without)
+    drain()
+    assert state(conn, "LIC-REC")["auto_renew"] is True

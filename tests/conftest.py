@@ -31,6 +31,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
+from psycopg import sql  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
@@ -38,7 +39,10 @@ from tests.support import TcpProxy, queued_event_ids  # noqa: E402
 from workers import db as database  # noqa: E402
 from workers.broker import broker  # noqa: E402
 
-TABLES = "emails, subscription_history, orders, subscriptions, customers, events"
+TABLES = ("emails", "subscription_history", "orders", "subscriptions", "customers", "events")
+TRUNCATE = sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+    sql.SQL(", ").join(map(sql.Identifier, TABLES))
+)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +74,10 @@ def _redis_session_keys() -> Iterator[None]:
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied database (autocommit, so tests see what workers committed)."""
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
-        connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        connection.execute(TRUNCATE)
         broker.flush_all()
         yield connection
-        connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+        connection.execute(TRUNCATE)
     broker.flush_all()
 
 

@@ -34,13 +34,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
 from flask import Flask
-from psycopg.conninfo import make_conninfo
 
+from benchmarks._common import own_database_url, own_redis_url
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers import db
@@ -78,15 +77,13 @@ class Run:
 
 
 def database_url() -> str:
-    """The benchmark's own database, on the server DATABASE_URL names (or the local one)."""
-    server = os.environ.get("DATABASE_URL") or "postgresql://127.0.0.1:5432"
-    return make_conninfo(server, dbname=DB_NAME)
+    """The benchmark's own database."""
+    return own_database_url(DB_NAME)
 
 
 def redis_url() -> str:
-    """The benchmark's own Redis db, on the server REDIS_URL names (or the local one)."""
-    parts = urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+    """The benchmark's own Redis db."""
+    return own_redis_url(REDIS_DB)
 
 
 def build_deliveries(count: int, offset: int) -> list[Delivery]:

@@ -19,24 +19,21 @@ import sys
 import time
 import tracemalloc
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
-from psycopg.conninfo import make_conninfo
+from benchmarks._common import own_database_url, own_redis_url
 
 DB_NAME = "rinnovo_bench_reminders"
 REDIS_DB = 14
 
 
 def database_url() -> str:
-    """The benchmark's own database, on the server DATABASE_URL names (or the local one)."""
-    server = os.environ.get("DATABASE_URL") or "postgresql://127.0.0.1:5432"
-    return make_conninfo(server, dbname=DB_NAME)
+    """The benchmark's own database."""
+    return own_database_url(DB_NAME)
 
 
 def redis_url() -> str:
-    """The benchmark's own Redis db, on the server REDIS_URL names (or the local one)."""
-    parts = urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+    """The benchmark's own Redis db."""
+    return own_redis_url(REDIS_DB)
 
 
 # The broker is built from REDIS_URL when first imported: point it at the benchmark's db first.
@@ -70,7 +67,7 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
             INSERT INTO customers (email, first_name, last_name, locale, customer_key)
             SELECT 'customer' || g || '@example.com', 'Name' || g, 'Surname',
                    CASE WHEN g %% 2 = 0 THEN 'it' ELSE 'en' END, 'c' || g
-            FROM generate_series(1, %s) AS g
+            FROM generate_series(1, %s::int) AS g
             """,
             (CUSTOMERS,),
         )
@@ -95,7 +92,7 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
                              + make_interval(secs => g %% 86400)
                    END,
                    'R' || g
-            FROM generate_series(1, %(background)s) AS g
+            FROM generate_series(1, %(background)s::int) AS g
             """,
             {"customers": CUSTOMERS, "background": background, "today": today},
         )
@@ -112,7 +109,7 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
                        %(today)s::timestamptz + make_interval(days => %(days)s)
                            + make_interval(secs => g %% 86400),
                        'R' || g
-                FROM generate_series(%(first)s, %(last)s) AS g
+                FROM generate_series(%(first)s::int, %(last)s::int) AS g
                 """,
                 {
                     "customers": CUSTOMERS,

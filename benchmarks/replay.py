@@ -21,24 +21,21 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
-from psycopg.conninfo import make_conninfo
+from benchmarks._common import own_database_url, own_redis_url
 
 DB_NAME = "rinnovo_bench_replay"
 REDIS_DB = 13
 
 
 def database_url() -> str:
-    """The benchmark's own database, on the server DATABASE_URL names (or the local one)."""
-    server = os.environ.get("DATABASE_URL") or "postgresql://127.0.0.1:5432"
-    return make_conninfo(server, dbname=DB_NAME)
+    """The benchmark's own database."""
+    return own_database_url(DB_NAME)
 
 
 def redis_url() -> str:
-    """The benchmark's own Redis db, on the server REDIS_URL names (or the local one)."""
-    parts = urlsplit(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+    """The benchmark's own Redis db."""
+    return own_redis_url(REDIS_DB)
 
 
 # The broker is built from REDIS_URL when first imported: point it at the benchmark's db first.

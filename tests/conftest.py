@@ -35,7 +35,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from tests.support import TcpProxy, queued_event_ids  # noqa: E402
+from tests.support import Receiver, TcpProxy, queued_event_ids  # noqa: E402
 from workers import db as database  # noqa: E402
 from workers.broker import broker  # noqa: E402
 
@@ -124,3 +124,18 @@ def proxy_factory() -> Iterator[object]:
     yield make
     for proxy in proxies:
         proxy.stop()
+
+
+@pytest.fixture
+def receiver_factory(conn: psycopg.Connection) -> Iterator[object]:
+    """Start the receiver under gunicorn in processes of its own, with environment overrides."""
+    started: list[Receiver] = []
+
+    def start(workers: int = 1, **env: str) -> Receiver:
+        receiver = Receiver(env, workers=workers)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()

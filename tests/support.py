@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +37,13 @@ def signed_ipn(
 ) -> bytes:
     """A signed IPN body as the provider sends it."""
     return form.encode(samples.sign_pairs(samples.ipn_pairs(**kwargs), key, algorithms))  # type: ignore[arg-type]
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port a database or Redis URL names."""
+    found = re.search(r"//(?:[^@/]*@)?([^:/]+):(\d+)", url)
+    assert found is not None, url
+    return found.group(1), int(found.group(2))
 
 
 def free_port() -> int:
@@ -125,6 +134,7 @@ class Receiver:
     def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the server; closed in stop()
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn",
@@ -135,7 +145,7 @@ class Receiver:
             ],
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,  # a file, not a pipe: a full pipe would block the server
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -144,8 +154,10 @@ class Receiver:
                 return
             except (requests.ConnectionError, requests.Timeout):
                 if self.process.poll() is not None:
-                    raise RuntimeError(self.process.stderr.read().decode()) from None  # type: ignore[union-attr]
+                    self.log.seek(0)
+                    raise RuntimeError(self.log.read().decode(errors="replace")) from None
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError("receiver did not start")
 
     def post(self, path: str, body: bytes) -> requests.Response:
@@ -157,8 +169,7 @@ class Receiver:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.log.close()
 
 
 def post_signed(client, path: str, pairs: list[tuple[str, str]]) -> int:

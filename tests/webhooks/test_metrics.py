@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import FORM, Receiver, free_port, signed_ipn
+from tests.support import FORM, host_port, signed_ipn
 from webhooks import metrics
 from webhooks.protocol import form, samples
 
@@ -36,11 +30,6 @@ def value(scrape: Scrape, name: str, **labels: str) -> float:
     return scrape.get((name, frozenset(labels.items())), 0.0)
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    host, port = re.search(r"//(?:[^@/]*@)?([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
-    return host, int(port)
-
-
 def _store_event(conn, *, status: str, age_seconds: int, key: str) -> None:
     conn.execute(
         """
@@ -51,51 +40,6 @@ def _store_event(conn, *, status: str, age_seconds: int, key: str) -> None:
         """,
         (key, status, age_seconds),
     )
-
-
-class Gunicorn(Receiver):
-    """Like Receiver, but waits for slow starts: several workers booting on two cores take time."""
-
-    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "gunicorn",
-                "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(workers),
-                "--log-level", "warning",
-                "webhooks.app:create_app()",
-            ],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                if self.process.poll() is not None:
-                    raise RuntimeError("gunicorn exited") from None
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("receiver did not start")
-
-
-@pytest.fixture
-def receiver_factory():
-    started: list[Receiver] = []
-
-    def start(workers: int = 1, **env: str) -> Receiver:
-        receiver = Gunicorn(env, workers=workers)
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.stop()
 
 
 def test_the_scrape_is_prometheus_text_with_every_documented_family(client, conn):
@@ -264,7 +208,7 @@ def test_counts_add_up_across_gunicorn_worker_processes(conn, receiver_factory):
 def test_with_redis_cut_off_deliveries_are_still_received_and_the_scrape_says_redis_is_down(
     conn, proxy_factory, receiver_factory
 ):
-    redis_proxy = proxy_factory(*_host_port(TEST_REDIS_URL))
+    redis_proxy = proxy_factory(*host_port(TEST_REDIS_URL))
     receiver = receiver_factory(REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/15")
     assert receiver.post("/ipn", signed_ipn()).status_code == 200
     counted = parse(receiver.get("/metrics").text)
@@ -286,7 +230,7 @@ def test_with_redis_cut_off_deliveries_are_still_received_and_the_scrape_says_re
 def test_with_the_database_cut_off_the_scrape_still_answers_and_says_the_database_is_down(
     conn, proxy_factory, receiver_factory
 ):
-    pg_proxy = proxy_factory(*_host_port(TEST_DATABASE_URL))
+    pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
     dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
     receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
     assert receiver.get("/readyz").status_code == 200
@@ -304,7 +248,7 @@ def test_with_the_database_cut_off_the_scrape_still_answers_and_says_the_databas
 def test_a_counter_whose_redis_is_gone_drops_the_count_and_pauses_instead_of_failing(
     proxy_factory,
 ):
-    proxy = proxy_factory(*_host_port(TEST_REDIS_URL))
+    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
     client = redis.Redis(port=proxy.port, db=15, socket_timeout=1, socket_connect_timeout=1)
     counters = metrics.ReceiverCounters(client, key="rinnovo:metrics:test-pause")
     try:

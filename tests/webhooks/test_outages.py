@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import time
 
-import pytest
-
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import Receiver, signed_ipn
+from tests.support import host_port, signed_ipn
 from webhooks.protocol import samples
 from workers import dispatch
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    host, port = re.search(r"//(?:[^@/]*@)?([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
-    return host, int(port)
-
-
-@pytest.fixture
-def receiver_factory():
-    started: list[Receiver] = []
-
-    def start(**env: str) -> Receiver:
-        receiver = Receiver(env)
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.stop()
 
 
 def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_relayed_once(
     conn, queued, proxy_factory, receiver_factory
 ):
-    redis_proxy = proxy_factory(*_host_port(TEST_REDIS_URL))
+    redis_proxy = proxy_factory(*host_port(TEST_REDIS_URL))
     receiver = receiver_factory(REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/15")
     redis_proxy.cut()
 
@@ -59,7 +37,7 @@ def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_re
 def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_writes_nothing(
     conn, queued, proxy_factory, receiver_factory
 ):
-    pg_proxy = proxy_factory(*_host_port(TEST_DATABASE_URL))
+    pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
     dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
     receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
     body = signed_ipn(items=(samples.SampleItem(license_ref="LICPGDOWN1"),))

@@ -18,7 +18,7 @@ import pytest
 import requests
 from dramatiq.brokers.redis import RedisBroker
 
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import REDIS_NAMESPACE, TEST_REDIS_URL
 from tests.support import FORM, free_port, signed_ipn
 from workers import logs
 
@@ -193,7 +193,8 @@ def test_gunicorn_with_the_rinnovo_logger_writes_json_access_and_application_lin
 
 
 def test_a_worker_logs_with_the_id_its_message_carries_in_scope(conn):
-    broker = RedisBroker(url=TEST_REDIS_URL, namespace="rinnovo-logs-test")
+    # Under the session's namespace, so the session's clean-up removes its keys too.
+    broker = RedisBroker(url=TEST_REDIS_URL, namespace=f"{REDIS_NAMESPACE}-logs")
     broker.add_middleware(logs.WorkerLogging())
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -20,26 +21,21 @@ EMAIL_RELAY_EVERY_SECONDS = 60
 REMINDERS_MINUTE = 7
 
 
+def _relay(name: str, relay: Callable[[str], int], settings: Settings) -> None:
+    try:
+        relay(settings.database_url)  # logs what it enqueued
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
+        log.warning("%s skipped this tick: %s", name, exc)
+
+
 def relay_job(settings: Settings) -> None:
     """Enqueue events stored but never enqueued; an outage just waits for the next tick."""
-    try:
-        count = dispatch.relay(settings.database_url)
-    except (DatabaseUnavailable, BrokerUnavailable) as exc:
-        log.warning("relay skipped this tick: %s", exc)
-        return
-    if count:
-        log.info("relay enqueued %d event(s)", count)
+    _relay("relay", dispatch.relay, settings)
 
 
 def email_relay_job(settings: Settings) -> None:
     """Enqueue emails the broker never took (or lost); an outage just waits for the next tick."""
-    try:
-        count = outbox.relay(settings.database_url)
-    except (DatabaseUnavailable, BrokerUnavailable) as exc:
-        log.warning("email relay skipped this tick: %s", exc)
-        return
-    if count:
-        log.info("email relay enqueued %d email(s)", count)
+    _relay("email relay", outbox.relay, settings)
 
 
 def reminder_job(settings: Settings) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from workers import db, events
 from workers.actors import process_event
 from workers.broker import send_each
+from workers.db import Conn
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,20 +52,42 @@ def relay(
     batch: int = 500,
 ) -> int:
     """Send every event stored but never sent (Redis was down, a process died); how many."""
+    return relay_batches(
+        database_url,
+        claim=lambda conn: events.unenqueued(
+            conn,
+            older_than_seconds=older_than_seconds,
+            stale_after_seconds=stale_after_seconds,
+            limit=batch,
+        ),
+        send=_send,
+        mark=events.mark_enqueued,
+        what="stored event(s)",
+    )
+
+
+def relay_batches(
+    database_url: str,
+    *,
+    claim: Callable[[Conn], list[int]],
+    send: Callable[[list[int]], list[int]],
+    mark: Callable[[Conn, list[int]], object],
+    what: str,
+    name: str = "relay",
+) -> int:
+    """Claim a batch of row ids (locked), send them, mark those sent, until none is left; how many.
+
+    Stops early when the broker takes only part of a batch: the rest waits for the next run.
+    """
     total = 0
     while True:
         with db.connection(database_url) as conn, conn.transaction():
-            ids = events.unenqueued(
-                conn,
-                older_than_seconds=older_than_seconds,
-                stale_after_seconds=stale_after_seconds,
-                limit=batch,
-            )
+            ids = claim(conn)
             if not ids:
                 return total
-            sent = _send(ids)
-            events.mark_enqueued(conn, sent)
+            sent = send(ids)
+            mark(conn, sent)
         total += len(sent)
-        log.info("relay enqueued %d stored event(s)", len(sent))
+        log.info("%s enqueued %d %s", name, len(sent), what)
         if len(sent) < len(ids):
             return total

@@ -268,20 +268,18 @@ def relay(
     lost its job (Redis lost it, a worker died) and is enqueued again. A duplicate job is
     harmless: the mailer sends a row once.
     """
-    total = 0
-    while True:
-        with db.connection(database_url) as conn, conn.transaction():
-            ids = _due(
-                conn,
-                older_than_seconds=older_than_seconds,
-                stale_after_seconds=stale_after_seconds,
-                limit=batch,
-            )
-            if not ids:
-                return total
-            sent = _send(ids)
-            _mark_enqueued(conn, sent)
-        total += len(sent)
-        log.info("email relay enqueued %d email(s)", len(sent))
-        if len(sent) < len(ids):
-            return total
+    from workers.dispatch import relay_batches  # it imports the actors, which import us
+
+    return relay_batches(
+        database_url,
+        claim=lambda conn: _due(
+            conn,
+            older_than_seconds=older_than_seconds,
+            stale_after_seconds=stale_after_seconds,
+            limit=batch,
+        ),
+        send=_send,
+        mark=_mark_enqueued,
+        what="email(s)",
+        name="email relay",
+    )

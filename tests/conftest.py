@@ -27,15 +27,17 @@ os.environ.update(
 )
 
 import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from tests.support import Receiver, TcpProxy, queued_event_ids  # noqa: E402
+from tests.support import Receiver, TcpProxy, free_port, queued_event_ids  # noqa: E402
 from workers import db as database  # noqa: E402
 from workers.broker import broker  # noqa: E402
 
@@ -139,3 +141,25 @@ def receiver_factory(conn: psycopg.Connection) -> Iterator[object]:
     yield start
     for receiver in started:
         receiver.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Callable[..., Controller]]:
+    """Start real SMTP servers (aiosmtpd) on localhost; stop them all after the test.
+
+    `start(handler, port=None, **controller_options)`: a free port unless one is given (to bring
+    a server back where it was).
+    """
+    started: list[Controller] = []
+
+    def start(handler: Any, port: int | None = None, **options: Any) -> Controller:
+        controller = Controller(handler, hostname="127.0.0.1", port=port or free_port(), **options)
+        started.append(controller)
+        controller.start()
+        return controller
+
+    try:
+        yield start
+    finally:
+        for controller in started:
+            controller.stop(no_assert=True)

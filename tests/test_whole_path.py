@@ -6,25 +6,22 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from tests.emails.conftest import HOST, Recorder, free_port
+from tests.emails.conftest import Recorder
 from tests.support import FORM, KEY, drain
 from webhooks.protocol import form, samples
 from workers import actors, replay
 
 
 @pytest.fixture
-def smtp_sink(monkeypatch):
+def smtp_sink(monkeypatch, smtp_server):
     """A real SMTP server the workers in this process send to."""
     recorder = Recorder()
-    controller = Controller(recorder, hostname=HOST, port=free_port())
-    controller.start()
-    monkeypatch.setenv("SMTP_URL", f"smtp://{HOST}:{controller.port}")
+    controller = smtp_server(recorder)
+    monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{controller.port}")
     monkeypatch.setenv("MAIL_FROM", "AWDoc <billing@awdoc.example>")
     actors.settings.cache_clear()
     yield recorder
-    controller.stop(no_assert=True)
     actors.settings.cache_clear()
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 HOST = "127.0.0.1"
@@ -71,21 +68,3 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
         capture_output=True,
     )  # fmt: skip
     return Certificate(cert=cert, key=key)
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[Callable[..., Controller]]:
-    """Start aiosmtpd servers on free localhost ports; stop them all after the test."""
-    started: list[Controller] = []
-
-    def start(handler: Any, **kwargs: Any) -> Controller:
-        controller = Controller(handler, hostname=HOST, port=free_port(), **kwargs)
-        started.append(controller)
-        controller.start()
-        return controller
-
-    try:
-        yield start
-    finally:
-        for controller in started:
-            controller.stop(no_assert=True)

@@ -34,24 +34,6 @@ EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
 Start = Callable[..., Controller]
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[Start]:
-    """Start aiosmtpd servers on free localhost ports; stop them all after the test."""
-    started: list[Controller] = []
-
-    def start(handler: Any, port: int | None = None) -> Controller:
-        controller = Controller(handler, hostname=HOST, port=port or free_port())
-        started.append(controller)
-        controller.start()
-        return controller
-
-    try:
-        yield start
-    finally:
-        for controller in started:
-            controller.stop(no_assert=True)
-
-
 class Slow(Recorder):
     """Takes its time over DATA, so a second sender arrives while the first is sending."""
 

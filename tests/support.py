@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -199,3 +200,41 @@ def drain(timeout_ms: int = 60_000, threads: int = 2) -> None:
         worker.join()
     finally:
         worker.stop()
+
+
+_rows = itertools.count(1)
+
+
+def insert_subscription(
+    conn, *, expires_at: object, email: str | None = None, **values: object
+) -> int:
+    """Insert a customer and an active annual subscription in SQL; the subscription's id."""
+    n = next(_rows)
+    customer_id = conn.execute(
+        """
+        INSERT INTO customers (email, first_name, last_name, locale, customer_key)
+        VALUES (%s, 'Giulia', 'Rossi', 'it', %s) RETURNING id
+        """,
+        (email or f"customer{n}@example.com", f"key-{os.getpid()}-{n}"),
+    ).fetchone()["id"]
+    row = {
+        "license_code": f"LIC{n:07d}",
+        "cycle": "annual",
+        "status": "active",
+        "auto_renew": False,
+        "expires_at": expires_at,
+    } | values
+    return int(
+        conn.execute(
+            """
+            INSERT INTO subscriptions (license_code, customer_id, product_code, product, edition,
+                cycle, quantity, status, auto_renew, currency, price_paid, expires_at,
+                last_order_ref)
+            VALUES (%(license_code)s, %(customer_id)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
+                %(cycle)s, 10, %(status)s, %(auto_renew)s, 'EUR', 1000, %(expires_at)s,
+                '170623894')
+            RETURNING id
+            """,
+            row | {"customer_id": customer_id},
+        ).fetchone()["id"]
+    )

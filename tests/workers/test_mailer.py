@@ -25,6 +25,7 @@ from psycopg import sql
 from emails.transport import PermanentEmailError, TransientEmailError
 from tests.conftest import TEST_DATABASE_URL
 from tests.emails.conftest import HOST, Recorder, free_port
+from tests.support import insert_subscription
 from workers import actors, mailer, outbox
 from workers.broker import broker
 from workers.config import Settings
@@ -68,29 +69,12 @@ def settings(tmp_path: Path) -> Settings:
 
 def subscription(conn: psycopg.Connection, **values: Any) -> int:
     """Insert a customer and an active subscription; the subscription's id."""
-    customer_id = conn.execute(
-        """
-        INSERT INTO customers (email, first_name, last_name, locale, customer_key)
-        VALUES (%s, 'Giulia', 'Rossi', 'it', gen_random_uuid()::text) RETURNING id
-        """,
-        (values.pop("email", "giulia.rossi@example.com"),),
-    ).fetchone()["id"]
-    row = {
+    defaults = {
+        "email": "giulia.rossi@example.com",
         "license_code": "DF7K2M9QX4",
-        "status": "active",
-        "auto_renew": False,
         "expires_at": EXPIRES,
-    } | values
-    return conn.execute(
-        """
-        INSERT INTO subscriptions (license_code, customer_id, product_code, product, edition,
-            cycle, quantity, status, auto_renew, currency, price_paid, expires_at, last_order_ref)
-        VALUES (%(license_code)s, %(customer_id)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
-            'annual', 10, %(status)s, %(auto_renew)s, 'EUR', 1000, %(expires_at)s, '170623894')
-        RETURNING id
-        """,
-        row | {"customer_id": customer_id},
-    ).fetchone()["id"]
+    }
+    return insert_subscription(conn, **(defaults | values))
 
 
 def new_email(

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.support import queued_event_ids
+from tests.support import insert_subscription, queued_event_ids
 from workers import reminders
 from workers.config import Settings
 from workers.subscriptions import iso
@@ -33,36 +33,9 @@ def settings() -> Settings:
     )
 
 
-_customers = iter(range(1, 1_000_000))
-
-
 def subscription(conn: psycopg.Connection, **values: Any) -> int:
     """Insert a customer and an active annual subscription; the subscription's id."""
-    n = next(_customers)
-    customer_id = conn.execute(
-        """
-        INSERT INTO customers (email, first_name, last_name, locale, customer_key)
-        VALUES (%s, 'Giulia', 'Rossi', 'it', %s) RETURNING id
-        """,
-        (f"customer{n}@example.com", f"key-{n}"),
-    ).fetchone()["id"]
-    row = {
-        "license_code": f"LIC{n:07d}",
-        "cycle": "annual",
-        "status": "active",
-        "auto_renew": False,
-        "expires_at": EXPIRES,
-    } | values
-    return conn.execute(
-        """
-        INSERT INTO subscriptions (license_code, customer_id, product_code, product, edition,
-            cycle, quantity, status, auto_renew, currency, price_paid, expires_at, last_order_ref)
-        VALUES (%(license_code)s, %(customer_id)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
-            %(cycle)s, 10, %(status)s, %(auto_renew)s, 'EUR', 1000, %(expires_at)s, '170623894')
-        RETURNING id
-        """,
-        row | {"customer_id": customer_id},
-    ).fetchone()["id"]
+    return insert_subscription(conn, **({"expires_at": EXPIRES} | values))
 
 
 def emails(conn: psycopg.Connection, kind: str | None = None) -> list[dict[str, Any]]:

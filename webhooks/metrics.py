@@ -6,19 +6,23 @@ machines, so a counter kept in one process's memory would show one process's sha
 - What the database knows (events by status, queue lag, emails by status, policy mismatches,
   subscriptions by status) is read from it at scrape time: right whichever process answers.
 - What only the receiver sees (deliveries by kind and outcome, the receipt latency histogram) is
-  counted in Redis with HINCRBY in one pipelined round trip per delivery. Redis is already
-  required (it is the broker), the counts add up across processes and machines, and nothing else
-  is needed: prometheus_client's multiprocess mode would need a directory shared by the workers
-  of one machine, wiped at every start, and gunicorn hooks to retire dead workers' files, and it
-  would still count per machine. When Redis does not answer, the delivery is still received;
-  its count is lost, and counting pauses a few seconds so an outage does not slow every request.
+  added up in each process's memory and written to one Redis hash with HINCRBY, in one MULTI/EXEC
+  round trip, at most once a second by a background thread (and before each scrape, and when the
+  process exits). Redis is already required (it is the broker), the counts add up across
+  processes and machines, and a delivery costs no Redis round trip of its own. prometheus_client's
+  multiprocess mode would need a directory shared by the workers of one machine, wiped at every
+  start, and gunicorn hooks to retire dead workers' files, and it would still count per machine.
+  When Redis does not answer, the counts wait in memory (a few dozen numbers: labels come from
+  fixed sets) and are written once it is back; a process killed outright loses its last second.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
-import time
+from collections import Counter
 from collections.abc import Iterator
 
 import redis
@@ -55,7 +59,7 @@ OUTCOMES = (
 )
 # Receipt latency buckets in seconds: a receipt should take milliseconds; the provider waits ~30 s.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-PAUSE_AFTER_FAILURE = 10.0
+FLUSH_EVERY = 1.0  # seconds between writes of a process's counts to Redis
 EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
 SUBSCRIPTION_STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
 
@@ -66,36 +70,76 @@ def _label(value: str, known: tuple[str, ...]) -> str:
 
 
 class ReceiverCounters:
-    """Delivery counts and receipt latencies, kept in one Redis hash shared by every process."""
+    """Delivery counts and receipt latencies, added up in memory and written to one Redis hash.
 
-    def __init__(self, client: redis.Redis, key: str = KEY) -> None:
+    `record` only adds to this process's tallies; `flush` writes them, and a daemon thread of each
+    process calls it every `flush_every` seconds once something was recorded.
+    """
+
+    def __init__(
+        self, client: redis.Redis, key: str = KEY, *, flush_every: float = FLUSH_EVERY
+    ) -> None:
         self.client = client
         self.key = key
-        self._paused_until = 0.0
-        self._lock = threading.Lock()
+        self.flush_every = flush_every
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked worker starts with its own
+        atexit.register(self.flush)
 
-    def record(self, kind: str, outcome: str, seconds: float | None = None) -> bool:
-        """Count a delivery, and its receipt latency when given; False if Redis did not take it."""
-        if time.monotonic() < self._paused_until:
-            return False
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._sums: dict[str, float] = {}
+        self._flusher: threading.Thread | None = None
+
+    def record(self, kind: str, outcome: str, seconds: float | None = None) -> None:
+        """Count a delivery, and its receipt latency when given (written by the next flush)."""
         kind, outcome = _label(kind, KINDS), _label(outcome, OUTCOMES)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(self.key, f"deliveries|{kind}|{outcome}", 1)
-        if seconds is not None:
-            bucket = next((str(le) for le in BUCKETS if seconds <= le), "+Inf")
-            pipe.hincrby(self.key, f"latency|{kind}|{bucket}", 1)
-            pipe.hincrbyfloat(self.key, f"latency_sum|{kind}", seconds)
+        with self._lock:
+            self._counts[f"deliveries|{kind}|{outcome}"] += 1
+            if seconds is not None:
+                bucket = next((str(le) for le in BUCKETS if seconds <= le), "+Inf")
+                self._counts[f"latency|{kind}|{bucket}"] += 1
+                field = f"latency_sum|{kind}"
+                self._sums[field] = self._sums.get(field, 0.0) + seconds
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_forever, name="rinnovo-metrics", daemon=True
+                )
+                self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        stop = threading.Event()  # never set: the thread ends with its process
+        while not stop.wait(self.flush_every):
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write the counts recorded since the last flush; False (counts kept) if Redis refused."""
+        with self._lock:
+            counts, sums = self._counts, self._sums
+            self._counts, self._sums = Counter(), {}
+        if not counts and not sums:
+            return True
+        pipe = self.client.pipeline(transaction=True)  # all of them or none
+        for field, count in counts.items():
+            pipe.hincrby(self.key, field, count)
+        for field, total in sums.items():
+            pipe.hincrbyfloat(self.key, field, total)
         try:
             pipe.execute()
         except redis.RedisError as exc:
             with self._lock:
-                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
-            log.warning("delivery not counted, Redis unavailable: %s", type(exc).__name__)
+                self._counts.update(counts)
+                for field, total in sums.items():
+                    self._sums[field] = self._sums.get(field, 0.0) + total
+            log.warning("delivery counts kept for later, Redis unavailable: %s", type(exc).__name__)
             return False
         return True
 
     def read(self) -> dict[str, str]:
-        """The raw hash (raises redis.RedisError when Redis does not answer)."""
+        """The raw hash, this process's counts included (raises redis.RedisError when Redis does
+        not answer)."""
+        self.flush()
         raw: dict[bytes | str, bytes | str] = self.client.hgetall(self.key)
         return {_text(name): _text(value) for name, value in raw.items()}
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import FORM, host_port, signed_ipn
 from webhooks import metrics
 from webhooks.protocol import form, samples
@@ -190,7 +191,8 @@ def test_emails_subscriptions_and_policy_mismatches_are_read_from_the_database(c
 
 
 def test_counts_add_up_across_gunicorn_worker_processes(conn, receiver_factory):
-    receiver = receiver_factory(workers=3)
+    # A namespace of its own, so that no other test's counts share the hash.
+    receiver = receiver_factory(workers=3, REDIS_NAMESPACE=f"{REDIS_NAMESPACE}-workers")
     received = "rinnovo_notifications_received_total"
     before = value(parse(receiver.get("/metrics").text), received, kind="ipn", outcome="accepted")
 
@@ -199,9 +201,17 @@ def test_counts_add_up_across_gunicorn_worker_processes(conn, receiver_factory):
         statuses = list(pool.map(lambda body: receiver.post("/ipn", body).status_code, bodies))
     assert statuses == [200] * 12
 
+    # Each worker writes its counts within a second (metrics.FLUSH_EVERY) of recording them.
+    deadline = time.monotonic() + 10 * metrics.FLUSH_EVERY
+    scrape = parse(receiver.get("/metrics").text)
+    while value(scrape, received, kind="ipn", outcome="accepted") < before + 12:
+        assert time.monotonic() < deadline, "the workers' counts did not reach Redis"
+        time.sleep(0.1)
+        scrape = parse(receiver.get("/metrics").text)
     for _ in range(3):  # whichever worker process answers the scrape, it sees all twelve
         scrape = parse(receiver.get("/metrics").text)
         assert value(scrape, received, kind="ipn", outcome="accepted") == before + 12
+        assert value(scrape, "rinnovo_receipt_latency_seconds_count", kind="ipn") == before + 12
         assert value(scrape, "rinnovo_events", status="enqueued") == 12
 
 
@@ -245,23 +255,31 @@ def test_with_the_database_cut_off_the_scrape_still_answers_and_says_the_databas
     assert not any(name == "rinnovo_events" for name, _ in scrape)
 
 
-def test_a_counter_whose_redis_is_gone_drops_the_count_and_pauses_instead_of_failing(
+def test_counts_recorded_while_redis_is_gone_are_kept_and_written_once_it_is_back(
     proxy_factory,
 ):
     proxy = proxy_factory(*host_port(TEST_REDIS_URL))
     client = redis.Redis(port=proxy.port, db=15, socket_timeout=1, socket_connect_timeout=1)
-    counters = metrics.ReceiverCounters(client, key="rinnovo:metrics:test-pause")
+    counters = metrics.ReceiverCounters(client, key="rinnovo:metrics:test-outage", flush_every=60)
     try:
-        assert counters.record("ipn", "accepted", 0.003) is True
+        counters.record("ipn", "accepted", 0.003)
+        assert counters.flush() is True
         proxy.cut()
-        assert counters.record("ipn", "accepted", 0.003) is False
+        counters.record("ipn", "accepted", 0.02)
+        counters.record("lcn", "malformed")
+        assert counters.flush() is False
+        counters.record("ipn", "duplicate", 0.004)
         proxy.start()
-        # Paused: Redis is back, but the next count is dropped without trying it.
-        assert counters.record("ipn", "accepted", 0.003) is False
+
+        assert counters.flush() is True
+        assert counters.flush() is True  # nothing left: nothing is written twice
         assert counters.read() == {
-            "deliveries|ipn|accepted": "1",
-            "latency|ipn|0.005": "1",
-            "latency_sum|ipn": "0.003",
+            "deliveries|ipn|accepted": "2",
+            "deliveries|ipn|duplicate": "1",
+            "deliveries|lcn|malformed": "1",
+            "latency|ipn|0.005": "2",
+            "latency|ipn|0.025": "1",
+            "latency_sum|ipn": "0.027",
         }
     finally:
         client.delete(counters.key)

@@ -1,7 +1,9 @@
 """Tests of the form wire format: parsing, grouping, encoding."""
 
+from datetime import datetime
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhooks.protocol import form
@@ -106,6 +108,24 @@ def test_encoding_then_parsing_gives_the_pairs_back(pairs):
     assert form.parse_form(form.encode(pairs)) == pairs
 
 
+def _byte_path(raw: bytes) -> list[tuple[str, str]]:
+    """The reference decoding, one component at a time from bytes."""
+    decoded = []
+    for chunk in raw.split(b"&"):
+        if chunk:
+            name, _, value = chunk.partition(b"=")
+            field = form._decode(name, None)
+            decoded.append((field, form._decode(value, field)))
+    return decoded
+
+
+def _outcome(parse, body: bytes) -> object:
+    try:
+        return parse(body)
+    except MalformedNotification as exc:
+        return ("malformed", exc.field, str(exc))
+
+
 _COMPONENT = st.text(alphabet=st.sampled_from([*"aZ09 +&=%/._-~\n", "à", "é", "€", "ü"]))
 
 
@@ -115,25 +135,30 @@ _COMPONENT = st.text(alphabet=st.sampled_from([*"aZ09 +&=%/._-~\n", "à", "é", 
 )
 def test_the_fast_path_for_ascii_bodies_decodes_exactly_as_the_byte_path(pairs, mangle):
     body = form.encode(pairs)
-    if mangle:  # raw '+' and '%', and invalid UTF-8 after decoding
-        body = body.replace(b"%2B", b"+").replace(b"%25", b"%").replace(b"%C3", b"%FF", 1)
+    if mangle:  # raw '+', '%' and '=', and invalid UTF-8 after decoding
+        body = (
+            body.replace(b"%2B", b"+")
+            .replace(b"%25", b"%")
+            .replace(b"%3D", b"=", 1)
+            .replace(b"%C3", b"%FF", 1)
+        )
 
-    def outcome(parse):
-        try:
-            return parse(body)
-        except MalformedNotification as exc:
-            return ("malformed", exc.field)
+    assert _outcome(form.parse_form, body) == _outcome(_byte_path, body)
 
-    def byte_path(raw: bytes) -> list[tuple[str, str]]:
-        decoded = []
-        for chunk in raw.split(b"&"):
-            if chunk:
-                name, _, value = chunk.partition(b"=")
-                field = form._decode(name, None)
-                decoded.append((field, form._decode(value, field)))
-        return decoded
 
-    assert outcome(form.parse_form) == outcome(byte_path)
+# Raw bodies from the pieces that make decoding hard: separators, escapes of separators, broken
+# and partial escapes, escaped and raw NULs, UTF-8 split across components.
+_PIECE = st.sampled_from(
+    ["a", "Z", "0", "&", "=", "+", "%", "%3D", "%3d", "%26", "%2B", "%20", "%4", "%G1", "%00",
+     "%C3", "%A9", "%E2%82%AC", "%FF", "\x00", "\x01", "IPN_PID[]"]
+)  # fmt: skip
+
+
+@given(st.lists(_PIECE, max_size=24).map("".join))
+def test_any_ascii_body_decodes_and_fails_exactly_as_the_byte_path(text):
+    body = text.encode("ascii")
+
+    assert _outcome(form.parse_form, body) == _outcome(_byte_path, body)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +167,76 @@ def test_the_fast_path_for_ascii_bodies_decodes_exactly_as_the_byte_path(pairs, 
 def test_a_nul_character_is_malformed_whichever_way_it_arrives(body):
     with pytest.raises(MalformedNotification, match="COMPANY: contains a NUL character"):
         form.parse_form(body)
+
+
+_STRPTIME = {form.DATETIME: "%Y-%m-%d %H:%M:%S", form.DATE: "%Y-%m-%d", form.STAMP: "%Y%m%d%H%M%S"}
+
+
+def _strptime_accepts(layout: form.Layout, value: str) -> bool:
+    if not layout.shape.fullmatch(value):
+        return False
+    try:
+        datetime.strptime(value, _STRPTIME[layout])
+    except ValueError:
+        return False
+    return True
+
+
+_PARTS = st.tuples(
+    st.sampled_from([0, 1, 1900, 2024, 2026, 9999]),
+    st.sampled_from([0, 1, 2, 4, 12, 13]),
+    st.sampled_from([0, 1, 28, 29, 30, 31, 32]),
+    st.sampled_from([0, 23, 24]),
+    st.sampled_from([0, 59, 60]),
+    st.sampled_from([0, 59, 60, 61]),
+)
+_SPELLINGS = {
+    form.DATETIME: "{:04d}-{:02d}-{:02d} {:02d}:{:02d}:{:02d}",
+    form.DATE: "{:04d}-{:02d}-{:02d}",
+    form.STAMP: "{:04d}{:02d}{:02d}{:02d}{:02d}{:02d}",
+}
+
+
+@settings(max_examples=400)
+@given(st.data(), st.sampled_from(form.LAYOUTS))
+def test_a_date_is_accepted_exactly_when_strptime_reads_it_in_its_layout(data, layout):
+    # Parts around every calendar boundary (month 13, 30 February, hour 24, second 60), any
+    # digits in the layout's shape, and wrong shapes.
+    value = data.draw(
+        st.one_of(
+            _PARTS.map(lambda parts: _SPELLINGS[layout].format(*parts)),
+            st.from_regex(layout.shape, fullmatch=True),
+            st.text(alphabet="0123456789-: ", max_size=20),
+        )
+    )
+    accepted = _strptime_accepts(layout, value)
+
+    if accepted:
+        layout.check("F", value)
+        assert layout.parse(value) == datetime.strptime(value, _STRPTIME[layout])
+    else:
+        with pytest.raises(MalformedNotification, match=f"F: expected {layout.label}"):
+            layout.check("F", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("2028-02-29 23:59:59", True),
+        ("2026-02-29 00:00:00", False),
+        ("2026-12-31 24:00:00", False),
+        ("2026-12-31 23:60:00", False),
+        ("2026-12-31 23:59:60", False),
+        ("0000-01-01 00:00:00", False),
+        ("2026-00-10 00:00:00", False),
+        ("2026-13-10 00:00:00", False),
+        ("２026-01-01 00:00:00", False),
+    ],
+)
+def test_date_boundaries_are_those_of_the_calendar(value, valid):
+    assert _strptime_accepts(form.DATETIME, value) is valid
+    if valid:
+        form.DATETIME.check("F", value)
+    else:
+        with pytest.raises(MalformedNotification):
+            form.DATETIME.check("F", value)

@@ -5,6 +5,8 @@ import hmac
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from webhooks.protocol import form
 from webhooks.protocol.errors import ProtocolError, SignatureError
@@ -107,6 +109,16 @@ def test_values_are_counted_in_utf8_bytes_not_characters():
     assert length_prefixed(["José"]) == "5José"
     assert length_prefixed(["Müller GmbH"]) == "12Müller GmbH"
     assert length_prefixed(["€"]) == "3€"
+
+
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=6), max_size=8))
+def test_length_prefixing_is_each_value_after_its_utf8_byte_count(values):
+    assert length_prefixed(values) == "".join(f"{len(v.encode('utf-8'))}{v}" for v in values)
+    assert length_prefixed(iter(values)) == length_prefixed(values)
+
+
+def test_a_value_longer_than_the_lengths_spelled_in_advance_is_counted_all_the_same():
+    assert length_prefixed(["x" * 5000, "é" * 2500]) == "5000" + "x" * 5000 + "5000" + "é" * 2500
 
 
 def test_an_empty_value_contributes_zero_and_the_value_zero_contributes_ten():

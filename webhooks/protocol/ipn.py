@@ -44,12 +44,15 @@ def dedupe_key(fields: Mapping[str, Sequence[str]]) -> str:
 def event_key(kind: str, fields: Mapping[str, Sequence[str]], skip: frozenset[str]) -> str:
     """Digest every field not skipped (and no signature) as kind:hex-sha256."""
     parts: list[str] = []
-    for name in fields:
+    for name, found in fields.items():
         if name in SIGNATURE_FIELDS or name in skip:
             continue
-        found = form.values(fields, name)
+        if isinstance(found, str):  # a bare string is one value
+            found = [found]
         # The count keeps the encoding unambiguous: names and values cannot be confused.
-        parts += [name, str(len(found)), *found]
+        parts.append(name)
+        parts.append(str(len(found)))
+        parts.extend(found)
     digest = hashlib.sha256(length_prefixed(parts).encode("utf-8")).hexdigest()
     return f"{kind}:{digest}"
 

@@ -1,0 +1,82 @@
+"""`rinnovo db init` as the release line runs it: create, apply, and apply again harmlessly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.conftest import TEST_DATABASE_URL
+from workers import db
+
+RINNOVO = Path(sys.executable).with_name("rinnovo")
+
+
+@pytest.fixture
+def fresh_url() -> Iterator[str]:
+    """A database name nobody has created yet, dropped afterwards."""
+    url = make_conninfo(TEST_DATABASE_URL, dbname=f"rinnovo_test_{os.getpid()}_init")
+    db.drop_database(url)
+    yield url
+    db.drop_database(url)
+
+
+def db_init(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.run(
+        [str(RINNOVO), "db", "init"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_db_init_creates_the_database_then_applies_again_keeping_what_is_stored(fresh_url):
+    first = db_init(fresh_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "created the database and applied schema.sql"
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO events (kind, dedupe_key, raw_body, content_type, fields, signature_algo,
+                                key_index)
+            VALUES ('ipn', 'kept', 'REFNO=1', 'application/x-www-form-urlencoded', '{}',
+                    'sha256', 0)
+            """
+        )
+
+    again = db_init(fresh_url)
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "applied schema.sql"
+    with psycopg.connect(fresh_url) as conn:
+        kept = conn.execute("SELECT dedupe_key, raw_body FROM events").fetchall()
+    assert kept == [("kept", b"REFNO=1")]
+
+
+def test_stored_bodies_and_fields_are_compressed_with_lz4_where_the_server_has_it(conn):
+    row = conn.execute(
+        """
+        SELECT 'lz4' = ANY(enumvals) AS lz4 FROM pg_settings
+        WHERE name = 'default_toast_compression'
+        """
+    ).fetchone()
+    rows = conn.execute(
+        """
+        SELECT attname AS name, attcompression AS method FROM pg_attribute
+        WHERE attrelid = 'events'::regclass AND attname IN ('raw_body', 'fields')
+        """
+    ).fetchall()
+    expected = "l" if row and row["lz4"] else ""  # "": the server's default, pglz
+    assert {r["name"]: r["method"] for r in rows} == {"raw_body": expected, "fields": expected}
+
+
+def test_db_init_against_a_server_that_does_not_answer_fails_with_a_clear_message():
+    result = db_init("postgresql://127.0.0.1:9/rinnovo?connect_timeout=2")
+
+    assert result.returncode != 0
+    assert "cannot reach PostgreSQL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -22,6 +22,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -109,8 +110,8 @@ class ReceiverCounters:
                 self._flusher.start()
 
     def _flush_forever(self) -> None:
-        stop = threading.Event()  # never set: the thread ends with its process
-        while not stop.wait(self.flush_every):
+        while True:  # a daemon thread: it ends with its process, which flushes at exit
+            time.sleep(self.flush_every)
             self.flush()
 
     def flush(self) -> bool:

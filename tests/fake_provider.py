@@ -64,7 +64,7 @@ class FakeProvider:
     seen: list[Seen] = field(default_factory=list)
     _subscriptions: dict[str, tuple[dict[str, Any], date]] = field(default_factory=dict)
     _orders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _faults: deque[Fault] = field(default_factory=deque)
+    _faults: deque[Fault | None] = field(default_factory=deque)  # None: answer as usual
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -80,11 +80,13 @@ class FakeProvider:
         with self._lock:
             self._orders[str(order["RefNo"])] = order
 
-    def fail_next(self, count: int, kind: str, retry_after: str | None = None) -> None:
-        """Answer the next `count` requests with this fault instead."""
+    def fail_next(
+        self, count: int, kind: str, retry_after: str | None = None, *, after: int = 0
+    ) -> None:
+        """Answer `count` requests with this fault, once `after` more have been answered."""
         assert kind in FAULTS, kind
         with self._lock:
-            self._faults.extend(Fault(kind, retry_after) for _ in range(count))
+            self._faults.extend([None] * after + [Fault(kind, retry_after)] * count)
 
     @property
     def url(self) -> str:

@@ -342,7 +342,7 @@ class Client:
         page, previous = 1, None
         while True:
             answer = self._get(path, {**params, "Limit": str(PAGE_LIMIT), "Page": str(page)})
-            where = f"page {page} of /{path}/"
+            where = f"/{path}/ page {page}"
             if isinstance(answer, list):  # a bare list: the old, unpaginated shape
                 if answer and answer == previous:
                     raise MalformedAnswer(f"{where} repeats the page before: paging is ignored")
@@ -386,7 +386,8 @@ class Client:
                 reason, wait = type(exc).__name__, None
             else:
                 if response.status_code != 429 and response.status_code < 500:
-                    return self._answer(response, path, missing_ok=missing_ok)
+                    where = f"/{path}/" + (f" page {params['Page']}" if "Page" in params else "")
+                    return self._answer(response, where, missing_ok=missing_ok)
                 reason = f"HTTP {response.status_code}"
                 wait = _retry_after(response.headers.get("Retry-After"))
             pause = wait if wait is not None else delay
@@ -410,14 +411,14 @@ class Client:
             "Content-Type": "application/json",
         }
 
-    def _answer(self, response: requests.Response, path: str, *, missing_ok: bool) -> Any:
+    def _answer(self, response: requests.Response, where: str, *, missing_ok: bool) -> Any:
         try:
             body = response.json()
         except ValueError:
             body = None
             if response.ok:
                 raise MalformedAnswer(
-                    f"the provider's answer to /{path}/ is not JSON "
+                    f"the provider's answer to {where} is not JSON "
                     f"({response.headers.get('Content-Type') or 'no content type'})"
                 ) from None
         code, message = _error(body)
@@ -433,7 +434,7 @@ class Client:
             return None
         if code or not response.ok:
             raise ProviderApiError(
-                f"the provider's API refused /{path}/: HTTP {response.status_code} "
+                f"the provider's API refused {where}: HTTP {response.status_code} "
                 f"{code or ''} {message or ''}".rstrip()
             )
         return body

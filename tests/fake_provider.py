@@ -2,7 +2,8 @@
 
 It checks `X-Avangate-Authentication` as the provider documents it (its own implementation, not
 the client's), serves paginated subscriptions and orders from what a test gives it, and can be
-told to answer 429, 5xx, garbage, a wrong shape, a cut connection or nothing for the next requests.
+told to answer the next requests with 429, 5xx, garbage, a wrong shape, a cut connection or body,
+or nothing at all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ HEADER = re.compile(
     r'hash="(?P<hash>[0-9a-f]{64})" algo="(?P<algo>sha256|sha3-256)"'
 )
 DIGESTS = {"sha256": hashlib.sha256, "sha3-256": hashlib.sha3_256, "md5": hashlib.md5}
-FAULTS = ("429", "500", "503", "garbage", "shape", "timeout", "reset")
+FAULTS = ("429", "500", "503", "garbage", "shape", "timeout", "reset", "truncated")
 
 
 def provider_hash(key: str, code: str, when: str, algo: str) -> str:
@@ -148,7 +149,15 @@ class FakeProvider:
             request.close_connection = True
             request.connection.shutdown(socket.SHUT_RDWR)
             return
-        if fault.kind == "garbage":
+        if fault.kind == "truncated":  # promises more body than it sends, then hangs up
+            request.close_connection = True
+            request.send_response(200)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", "1000")
+            request.end_headers()
+            request.wfile.write(b'{"Items": [')
+            request.connection.shutdown(socket.SHUT_RDWR)
+        elif fault.kind == "garbage":
             _send(request, 200, b"<html>Service temporarily unavailable</html>", "text/html")
         elif fault.kind == "shape":
             _send(request, 200, b'{"Items": "none", "Pagination": {}}', "application/json")

@@ -382,7 +382,11 @@ class Client:
                     timeout=(self.connect_timeout, max(0.1, min(self.read_timeout, left))),
                     allow_redirects=False,
                 )
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except (
+                requests.Timeout,
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,  # cut in the middle of the body
+            ) as exc:
                 reason, wait = type(exc).__name__, None
             else:
                 if response.status_code != 429 and response.status_code < 500:

@@ -6,12 +6,15 @@ and reports every difference; it changes no subscription (applying them is not b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+
+import psycopg
 
 from workers.db import Conn
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
@@ -53,7 +56,6 @@ class Sweep:
     orders_checked: int = 0
     differing: int = 0
     deferred: int = 0
-    differences: list[Difference] = field(default_factory=list)
 
     def summary(self) -> str:
         """The counts, as the command's last line."""
@@ -225,7 +227,6 @@ Report = Callable[[Difference], None]
 def _found(sweep: Sweep, differences: list[Difference], report: Report) -> None:
     if differences:
         sweep.differing += 1
-        sweep.differences.extend(differences)
         for difference in differences:
             report(difference)
 
@@ -253,12 +254,17 @@ def _subscriptions(conn: Conn, client: Client, sweep: Sweep, report: Report) -> 
             _found(sweep, compare_subscription(local.get(remote.reference), remote), report)
 
 
+def _concerns(sweep: Sweep, order: Order) -> bool:
+    """Whether the sweep covers this order: every order, or those of its one subscription."""
+    return sweep.license_code is None or sweep.license_code in order.subscription_references
+
+
 def _orders(conn: Conn, client: Client, sweep: Sweep, report: Report, now: datetime) -> None:
     for page in client.search_orders(sweep.window_start, sweep.window_end):
         known = _known_orders(conn, (order.refno for order in page))
         for order in page:
             if order.refno in known:
-                sweep.orders_checked += 1
+                sweep.orders_checked += _concerns(sweep, order)
                 continue
             if not order.subscription_references:
                 # A search may list an order without its items; the order itself has them.
@@ -268,7 +274,7 @@ def _orders(conn: Conn, client: Client, sweep: Sweep, report: Report, now: datet
             if young and not refs:
                 sweep.deferred += 1  # its subscriptions are not attached yet
                 continue
-            if sweep.license_code is not None and sweep.license_code not in refs:
+            if not _concerns(sweep, order):
                 continue
             sweep.orders_checked += 1
             _found(sweep, [order_difference(order)], report)
@@ -292,9 +298,11 @@ def run(
     try:
         _subscriptions(conn, client, sweep, report)
         _orders(conn, client, sweep, report, now)
-    except ProviderApiError as exc:
-        _finish(conn, sweep, str(exc))
-        log.warning("reconcile sweep failed", extra={"run_id": sweep.run_id, "error": str(exc)})
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, ProviderApiError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(psycopg.Error):  # a database gone leaves the run 'running'
+            _finish(conn, sweep, error)
+        log.warning("reconcile sweep failed", extra={"run_id": sweep.run_id, "error": error})
         raise
     _finish(conn, sweep, None)
     log.info(

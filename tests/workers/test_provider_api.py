@@ -188,15 +188,15 @@ def test_a_429_then_a_200_succeeds_after_waiting_as_retry_after_says(fake):
     assert time.monotonic() - start >= 1.0  # Retry-After, not the 0.05 s backoff
 
 
-def test_timeouts_cut_connections_and_5xx_are_retried_until_an_answer_comes(fake):
+def test_timeouts_cut_connections_cut_bodies_and_5xx_are_retried_until_an_answer_comes(fake):
     fake.stall_seconds = 1.5
     fake.add_order(order("123456789", ordered="2026-03-02 10:00:00"))
-    for fault in ("timeout", "reset", "500", "503"):
+    for fault in ("timeout", "reset", "truncated", "500", "503"):
         fake.fail_next(1, fault)
     with client_for(fake, read_timeout=0.3) as client:
         found = client.order("123456789")
     assert found is not None and found.refno == "123456789"
-    assert len(fake.seen) == 5
+    assert len(fake.seen) == 6
 
 
 def test_5xx_without_end_gives_up_within_the_bounded_time(fake):

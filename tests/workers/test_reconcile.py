@@ -200,6 +200,7 @@ def test_one_license_is_looked_up_by_reference(shop, conn):
     assert shop.paths()[0] == "/rest/6.0/subscriptions/RENEW00001/"
     assert "subscription RENEW00001: expiry" in result.output
     assert "NEW0000001" not in result.output.replace("RENEW00001", "")
+    assert result.output.splitlines()[-1] == "checked 1 subscription(s) and 0 order(s): 1 differ"
     assert runs(conn)[0]["license_code"] == "RENEW00001"
     gone = reconcile("--dry-run", "--since", SINCE, "--license", "GONE000001")
     assert "subscription GONE000001: unknown to the provider" in gone.output

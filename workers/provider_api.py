@@ -141,15 +141,16 @@ def _count(raw: Mapping[str, Any], name: str, where: str) -> int:
 
 
 def _time(value: Any, name: str, where: str) -> datetime | None:
-    """`YYYY-MM-DD` (or with ` HH:MM:SS`) as a UTC datetime; None when absent."""
+    """`YYYY-MM-DD` (or an ISO time) as a UTC datetime, a bare one read as UTC; None when absent."""
     if value is None or value == "":
         return None
     try:
-        if not isinstance(value, str) or len(value) not in (10, 19):
+        if not isinstance(value, str):
             raise ValueError(value)
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise MalformedAnswer(f"{where}: {name} {value!r} is not a YYYY-MM-DD date") from None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _money(raw: Mapping[str, Any], name: str, where: str) -> Decimal | None:

@@ -217,6 +217,14 @@ def test_a_retry_after_beyond_the_budget_gives_up_at_once_instead_of_sleeping(fa
     assert len(fake.seen) == 1
 
 
+def test_retry_after_is_read_in_seconds_or_as_an_http_date():
+    assert provider_api._retry_after("7") == 7.0
+    later = datetime.now(UTC) + timedelta(seconds=90)
+    waited = provider_api._retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+    assert waited is not None and 80 < waited <= 90
+    assert provider_api._retry_after("soon") is None
+
+
 @pytest.mark.parametrize("fault", ["garbage", "shape"])
 def test_a_page_that_cannot_be_parsed_stops_the_search_and_yields_nothing_of_it(fake, fault):
     for n in range(250):
@@ -280,6 +288,11 @@ def test_an_order_becomes_a_typed_record_with_its_subscriptions(fake):
     assert found.subscription_references == ("A1", "B2")
     assert found.ordered_at == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert found.items[0].product_code == "AWDOC-TEAM-Y"
+
+
+def test_an_expiry_with_an_offset_is_taken_to_utc():
+    raw = subscription("AAAA000001", expires="2027-01-10T01:00:00+02:00")
+    assert provider_api.parse_subscription(raw).expires_at == datetime(2027, 1, 9, 23, tzinfo=UTC)
 
 
 def test_a_lifetime_subscription_may_come_without_an_expiry():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,8 +15,16 @@ from webhooks.protocol import samples
 from workers.cli import cli
 from workers.reconcile import Difference, visible
 
-TODAY = datetime.now(UTC).date()
-SINCE = (TODAY - timedelta(days=30)).isoformat()
+
+def today() -> date:
+    """The CLI's today, read when used (a run may cross midnight)."""
+    return datetime.now(UTC).date()
+
+
+def since() -> str:
+    return (today() - timedelta(days=30)).isoformat()
+
+
 TABLES = ("subscriptions", "subscription_history", "orders", "emails", "customers")
 
 
@@ -42,7 +50,7 @@ def buy(client, license_code: str, refno: str, expires: str) -> None:
         price="300.00",
         license_exp=f"{expires} 00:00:00",
     )
-    sale = f"{TODAY - timedelta(days=3)} 09:00:00"
+    sale = f"{today() - timedelta(days=3)} 09:00:00"
     post_signed(client, "/ipn", samples.ipn_pairs(items=(item,), refno=refno, sale_date=sale))
 
 
@@ -70,7 +78,7 @@ def shop(client, conn, fake) -> FakeProvider:
         buy(client, license_code, refno, "2027-01-10")
     buy(client, "OFF0000001", "100000003", "2027-01-10")
     drain()
-    modified = TODAY - timedelta(days=2)
+    modified = today() - timedelta(days=2)
     fake.add_subscription(subscription("SAME000001", recurring=False), modified)
     fake.add_subscription(
         subscription("RENEW00001", expires="2028-01-10", recurring=True), modified
@@ -84,11 +92,11 @@ def shop(client, conn, fake) -> FakeProvider:
 
 def test_a_dry_run_prints_every_difference_and_a_summary_and_changes_nothing(shop, conn):
     before = snapshot(conn)
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == (
-        f"dry run: subscriptions changed since {SINCE}, orders of {SINCE} to {TODAY}; "
+        f"dry run: subscriptions changed since {since()}, orders of {since()} to {today()}; "
         "nothing is changed"
     )
     assert lines[1:-1] == [
@@ -99,15 +107,15 @@ def test_a_dry_run_prints_every_difference_and_a_summary_and_changes_nothing(sho
         "AWDOC-TEAM-Y x 1, expires 2027-01-10, enabled, auto-renew on, "
         "customer Mario Rossi <nuovo@example.com>",
         f"order 100000009: never received: Rinnovo has no such order, provider COMPLETE "
-        f"300.00 EUR of {TODAY - timedelta(days=2)} 10:00:00, subscriptions NEW0000001",
+        f"300.00 EUR of {today() - timedelta(days=2)} 10:00:00, subscriptions NEW0000001",
     ]
     assert lines[-1] == "checked 4 subscription(s) and 2 order(s): 4 differ"
     assert snapshot(conn) == before
     (run,) = runs(conn)
     assert run["outcome"] == "succeeded" and run["dry_run"] and run["finished_at"] is not None
     assert (str(run["window_start"]), run["window_end"], run["license_code"]) == (
-        SINCE,
-        TODAY,
+        since(),
+        today(),
         None,
     )
     counts = [run[name] for name in ("subscriptions_checked", "orders_checked", "differing")]
@@ -115,15 +123,15 @@ def test_a_dry_run_prints_every_difference_and_a_summary_and_changes_nothing(sho
 
 
 def test_the_sweep_asks_for_two_hundred_a_page_from_the_day_given(shop):
-    assert reconcile("--dry-run", "--since", SINCE).exit_code == 0
+    assert reconcile("--dry-run", "--since", since()).exit_code == 0
     assert shop.paths() == [
-        f"/rest/6.0/subscriptions/?ModifiedAfter={SINCE}&Limit=200&Page=1",
-        f"/rest/6.0/orders/?StartDate={SINCE}&EndDate={TODAY}&Limit=200&Page=1",
+        f"/rest/6.0/subscriptions/?ModifiedAfter={since()}&Limit=200&Page=1",
+        f"/rest/6.0/orders/?StartDate={since()}&EndDate={today()}&Limit=200&Page=1",
     ]
 
 
 def test_without_dry_run_the_command_refuses_and_asks_the_provider_nothing(shop, conn):
-    result = reconcile("--since", SINCE)
+    result = reconcile("--since", since())
     assert result.exit_code == 2
     assert "applying differences is not available yet; use --dry-run" in result.output
     assert shop.seen == [] and runs(conn) == []
@@ -132,7 +140,7 @@ def test_without_dry_run_the_command_refuses_and_asks_the_provider_nothing(shop,
 def test_a_wrong_key_stops_with_one_clear_line_and_changes_nothing(shop, conn, monkeypatch):
     monkeypatch.setenv("TWOCHECKOUT_SECRET_KEY", "NOT-THE-KEY")
     before = snapshot(conn)
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 1
     (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert "merchant code RINNOVOTEST with algorithm sha3-256" in error
@@ -145,9 +153,9 @@ def test_a_wrong_key_stops_with_one_clear_line_and_changes_nothing(shop, conn, m
 
 def test_a_page_that_cannot_be_parsed_stops_the_sweep_with_the_reason(shop, conn):
     for n in range(200):
-        shop.add_subscription(subscription(f"MORE{n:06d}", email="x@example.com"), TODAY)
+        shop.add_subscription(subscription(f"MORE{n:06d}", email="x@example.com"), today())
     shop.fail_next(1, "garbage", after=1)  # the first page is answered, the second is garbage
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (
         "Error: sweep 1 stopped: the provider's answer to /subscriptions/ page 2 is not JSON "
@@ -160,7 +168,7 @@ def test_a_page_that_cannot_be_parsed_stops_the_sweep_with_the_reason(shop, conn
 
 def test_a_429_then_a_200_sweeps_as_usual(shop, conn):
     shop.fail_next(1, "429", retry_after="0")
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "checked 4 subscription(s) and 2 order(s): 4 differ"
     assert runs(conn)[0]["outcome"] == "succeeded"
@@ -170,7 +178,7 @@ def test_young_orders_without_subscriptions_wait_for_the_next_sweep(fake, conn):
     now = datetime.now(UTC)
     fake.add_order(order("200000001", ordered=f"{now - timedelta(minutes=1):%Y-%m-%d %H:%M:%S}"))
     fake.add_order(order("200000002", ordered=f"{now - timedelta(minutes=30):%Y-%m-%d %H:%M:%S}"))
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 0, result.output
     assert "order 200000001" not in result.output
     assert "order 200000002: never received" in result.output
@@ -186,23 +194,23 @@ def test_young_orders_without_subscriptions_wait_for_the_next_sweep(fake, conn):
 def test_control_characters_from_the_provider_are_shown_escaped(fake, conn):
     fake.add_subscription(
         subscription("EVIL000001", product_code="AW\x1b[2J\u202eDOC", email="a\r\nb@example.com"),
-        TODAY,
+        today(),
     )
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 0, result.output
     assert "AW\\x1b[2J\\u202eDOC" in result.output and "a\\r\\nb@example.com" in result.output
     assert "\x1b" not in result.output and "\u202e" not in result.output
 
 
 def test_one_license_is_looked_up_by_reference(shop, conn):
-    result = reconcile("--dry-run", "--since", SINCE, "--license", "RENEW00001")
+    result = reconcile("--dry-run", "--since", since(), "--license", "RENEW00001")
     assert result.exit_code == 0, result.output
     assert shop.paths()[0] == "/rest/6.0/subscriptions/RENEW00001/"
     assert "subscription RENEW00001: expiry" in result.output
     assert "NEW0000001" not in result.output.replace("RENEW00001", "")
     assert result.output.splitlines()[-1] == "checked 1 subscription(s) and 0 order(s): 1 differ"
     assert runs(conn)[0]["license_code"] == "RENEW00001"
-    gone = reconcile("--dry-run", "--since", SINCE, "--license", "GONE000001")
+    gone = reconcile("--dry-run", "--since", since(), "--license", "GONE000001")
     assert "subscription GONE000001: unknown to the provider" in gone.output
 
 
@@ -231,7 +239,7 @@ def test_without_since_or_a_sweep_the_first_notification_stored_opens_the_window
 
 def test_the_api_is_off_without_a_merchant_code(conn, monkeypatch):
     monkeypatch.delenv("TWOCHECKOUT_MERCHANT_CODE", raising=False)
-    result = reconcile("--dry-run", "--since", SINCE)
+    result = reconcile("--dry-run", "--since", since())
     assert result.exit_code == 1
     assert "TWOCHECKOUT_MERCHANT_CODE is not set" in result.output
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from psycopg import sql
 
 from tests.fake_provider import FakeProvider, order, subscription
 from tests.support import drain, post_signed
@@ -25,7 +26,7 @@ def since() -> str:
     return (today() - timedelta(days=30)).isoformat()
 
 
-TABLES = ("subscriptions", "subscription_history", "orders", "emails", "customers")
+TABLES = ("events", "subscriptions", "subscription_history", "orders", "emails", "customers")
 
 
 @pytest.fixture
@@ -61,7 +62,9 @@ def reconcile(*args: str) -> Result:
 def snapshot(conn) -> dict[str, list[dict[str, Any]]]:
     """Every row of the tables a sweep must not change."""
     return {
-        table: conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()  # noqa: S608
+        table: conn.execute(
+            sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier(table))
+        ).fetchall()
         for table in TABLES
     }
 

@@ -25,7 +25,7 @@ def _day(value: str | None) -> date | None:
 
 
 @click.command("reconcile")
-@click.option("--since", metavar="DATE", help="Sweep from this day (default: the last sweep's).")
+@click.option("--since", metavar="DATE", help="First day (default: the day before the last sweep).")
 @click.option("--license", "license_code", metavar="CODE", help="Only this subscription.")
 @click.option("--dry-run", is_flag=True, help="Print the differences and change nothing.")
 def reconcile_command(since: str | None, license_code: str | None, dry_run: bool) -> None:

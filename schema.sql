@@ -140,3 +140,24 @@ CREATE TABLE IF NOT EXISTS emails (
 );
 CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
 CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
+
+-- Sweeps of the provider's API (`rinnovo reconcile`): the window searched, what was found, how
+-- each ended. The next sweep starts a day before the last successful one that applied its
+-- differences over every subscription (the provider's date filters are per day).
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+    id                    bigserial PRIMARY KEY,
+    window_start          date NOT NULL,        -- ModifiedAfter and StartDate
+    window_end            date NOT NULL,        -- EndDate of the orders searched: the sweep's day
+    license_code          text,                 -- one subscription (--license); NULL: all
+    dry_run               boolean NOT NULL,
+    outcome               text NOT NULL DEFAULT 'running'
+                          CHECK (outcome IN ('running', 'succeeded', 'failed')),
+    error                 text,
+    subscriptions_checked integer NOT NULL DEFAULT 0,
+    orders_checked        integer NOT NULL DEFAULT 0,
+    differing             integer NOT NULL DEFAULT 0,
+    deferred              integer NOT NULL DEFAULT 0,  -- young orders left for the next sweep
+    started_at            timestamptz NOT NULL DEFAULT now(),
+    finished_at           timestamptz
+);
+CREATE INDEX IF NOT EXISTS reconcile_runs_started_idx ON reconcile_runs (started_at DESC);

@@ -61,6 +61,7 @@ def relay(older_than: float) -> None:
 # Each area of the CLI lives in its own module and registers its group here.
 _COMMAND_MODULES: tuple[str, ...] = (
     "workers.cli_events",
+    "workers.cli_reconcile",
     "workers.cli_emails",
     "workers.cli_simulate",
     "workers.cli_subscriptions",

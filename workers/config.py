@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RENEWAL_URL = "https://secure.2checkout.com/renewal/?LICENSE={license_code}"
 DEFAULT_PORTAL_URL = "https://secure.2checkout.com/myaccount/"
+DEFAULT_API_URL = "https://api.2checkout.com/rest/6.0"
+API_ALGORITHMS = ("sha3-256", "sha256")  # what the REST 6.0 `algo` accepts
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -53,6 +56,35 @@ def _whole(name: str, value: str | None, default: int) -> int:
     return number
 
 
+def _merchant_code(value: str | None) -> str | None:
+    """The merchant code, or None (the provider's API off); it goes into a quoted header value."""
+    code = (value or "").strip()
+    if not code:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", code):
+        raise ConfigError(
+            f"TWOCHECKOUT_MERCHANT_CODE must be letters and digits, as the control panel shows it; "
+            f"got {code!r}"
+        )
+    return code
+
+
+def _api_url(value: str | None) -> str:
+    url = (value or "").strip() or DEFAULT_API_URL
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(f"TWOCHECKOUT_API_URL must be an http(s) URL; got {url!r}")
+    return url.rstrip("/")
+
+
+def _api_algo(value: str | None) -> str:
+    algo = (value or "").strip().lower() or API_ALGORITHMS[0]
+    if algo not in API_ALGORITHMS:
+        raise ConfigError(
+            f"TWOCHECKOUT_API_ALGO must be one of {', '.join(API_ALGORITHMS)}; got {value!r}"
+        )
+    return algo
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -76,6 +108,9 @@ class Settings:
     expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
     mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
     redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
+    merchant_code: str | None = None  # the provider's REST API is off without it
+    api_url: str = DEFAULT_API_URL  # the REST 6.0 base, without a trailing slash
+    api_algo: str = API_ALGORITHMS[0]  # HMAC of the API's authentication header
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +137,9 @@ class Settings:
             expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
             mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
             redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
+            merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),
+            api_url=_api_url(env.get("TWOCHECKOUT_API_URL")),
+            api_algo=_api_algo(env.get("TWOCHECKOUT_API_ALGO")),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -173,6 +173,9 @@ def _day(instant: datetime) -> str:
 def quote_renewal(terms: Terms, product: Product, at: datetime, *, automatic: bool) -> Quote:
     """Quote renewing for one period of `product`: from the expiry, or from `at` once lapsed.
 
+    Lapsed: the payment comes at or after the expiry of a manual renewal, or the subscription
+    was already marked expired (an automatic renewal the provider retried past its grace).
+
     `new_price` and `amount_due` are the renewal price × quantity; `renewal_price` stays 0 (it is
     the renewal added to a `maintenance` upgrade).
     """
@@ -185,7 +188,7 @@ def quote_renewal(terms: Terms, product: Product, at: datetime, *, automatic: bo
         reason = f"{product.name} has no renewal price in {currency}"
     if reason is not None:
         return _refused("renewal", product.policy, currency, reason)
-    if automatic:
+    if automatic and terms.status != "expired":
         start = terms.expires_at
         rule = f"automatic renewal: one {product.cycle} period added to the current expiry"
     elif at < terms.expires_at:

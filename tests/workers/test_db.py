@@ -108,7 +108,8 @@ def test_db_init_widens_two_decimal_amounts_of_an_older_database_keeping_them(fr
             """
             SELECT table_name, format_type(atttypid, atttypmod) FROM information_schema.columns
             JOIN pg_attribute ON attrelid = table_name::regclass AND attname = column_name
-            WHERE (table_name, column_name) IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
+            WHERE (table_name, column_name)
+                  IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
             ORDER BY table_name
             """
         ).fetchall()

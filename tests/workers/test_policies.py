@@ -358,8 +358,7 @@ def test_a_restart_credit_counts_whole_seconds_to_the_second() -> None:
     assert quote.credit == Decimal("7.00")
 
 
-def test_a_restart_upgrade_after_the_expiry_is_refused_because_it_needs_an_active_subscription(
-) -> None:
+def test_a_restart_upgrade_after_the_expiry_is_refused_as_it_needs_an_active_subscription() -> None:
     held = terms("AWDOC-TEAM-M", utc(2026, 1, 1), utc(2026, 2, 1), "30.00", status="past_due")
     for at in (utc(2026, 2, 1), utc(2026, 2, 3)):
         quote = upgrade(held, "AWDOC-BUSINESS-M", at)

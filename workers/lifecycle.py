@@ -586,7 +586,9 @@ class _Order:
         return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
 
     def lapsed(self, sub: dict[str, Any]) -> bool:
-        """Whether the subscription had expired when this order was paid."""
+        """Whether the subscription had only expired (not ended otherwise) when this was paid."""
+        if sub["status"] not in ("active", "past_due", "expired"):
+            return False  # a canceled or refunded one is for an operator to look at
         return sub["status"] == "expired" or bool(
             sub["expires_at"] and self.at >= sub["expires_at"]
         )

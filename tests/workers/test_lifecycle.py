@@ -787,3 +787,30 @@ def test_a_past_due_without_automatic_renewal_asks_the_customer_to_renew(client,
         assert "unable to charge" not in rendered.text
         assert "riusciti ad addebitare" not in rendered.text
         assert "retried" not in rendered.text and "ritentato" not in rendered.text
+
+
+def test_an_upgrade_for_a_refunded_subscription_still_fails_for_an_operator(client, conn):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-GONE", refno="R51", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    post_signed(
+        client, "/ipn", ipn("LIC-GONE", status="REFUND", refno="R51", at="2026-01-02 00:00:00")
+    )
+    drain(threads=1)
+    late = post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-GONE",
+            code="AWDOC-BUSINESS-M",
+            price="60.00",
+            refno="R52",
+            at="2026-02-03 00:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain()
+    assert event(conn, late)["status"] == "failed"
+    assert state(conn, "LIC-GONE")["status"] == "refunded"

@@ -561,28 +561,17 @@ class _Order:
             raise PermanentEventError(f"upgrade refused: {quote.reason}")
         assert quote.new_expires_at is not None and quote.new_period_start is not None
         new_expiry = item.expires or quote.new_expires_at
-        previous = self.upgrade_email_before(sub)
-        sub = self.run.change(
+        self.upgraded(
             sub,
-            "upgraded",
-            {
-                "status": "active",
-                "product_code": target.code,
-                "product": target.product,
-                "edition": target.edition,
-                "cycle": target.cycle,
-                "quantity": item.quantity,
-                "price_paid": quote.new_price,
-                "purchase_price": quote.new_price,
-                "period_start": quote.new_period_start,
-                "expires_at": new_expiry,
-                "expected_expires_at": quote.new_expires_at,
-                "last_order_ref": self.refno,
-                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
-            },
+            item,
+            target,
+            price=quote.new_price,
+            start=quote.new_period_start,
+            expires=new_expiry,
+            expected=quote.new_expires_at,
+            credit=quote.credit,
             note=f"{quote.explanation}; credit {quote.credit}, due {quote.amount_due}",
         )
-        self.upgrade_email(sub, previous, item, quote.credit, new_expiry)
         return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
 
     def lapsed(self, sub: dict[str, Any]) -> bool:
@@ -608,60 +597,68 @@ class _Order:
             if target.is_priced(self.currency)
             else self.paid(item, target)
         )
-        previous = self.upgrade_email_before(sub)
         note = f"policy mismatch: recorded as the provider states; {reason}"
-        sub = self.run.change(
+        self.upgraded(
             sub,
-            "upgraded",
-            {
-                "status": "active",
-                "product_code": target.code,
-                "product": target.product,
-                "edition": target.edition,
-                "cycle": target.cycle,
-                "quantity": item.quantity,
-                "price_paid": price,
-                "purchase_price": price,
-                "period_start": start,
-                "expires_at": new_expiry,
-                "expected_expires_at": None,
-                "policy_mismatch": True,
-                "last_order_ref": self.refno,
-                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
-            },
+            item,
+            target,
+            price=price,
+            start=start,
+            expires=new_expiry,
+            expected=None,
+            credit=policies.round_money(Decimal(0), self.currency),
             note=note,
+            mismatch=True,
         )
-        nothing = policies.round_money(Decimal(0), self.currency)
-        self.upgrade_email(sub, previous, item, nothing, new_expiry)
         return (
             f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)} ({note})"
         )
 
-    @staticmethod
-    def upgrade_email_before(sub: dict[str, Any]) -> dict[str, Any]:
-        """What the customer had before an upgrade, as its email shows it."""
-        return {
+    def upgraded(
+        self,
+        sub: dict[str, Any],
+        item: _Item,
+        target: Product,
+        *,
+        price: Decimal,
+        start: datetime,
+        expires: datetime,
+        expected: datetime | None,
+        credit: Decimal,
+        note: str,
+        mismatch: bool | None = None,
+    ) -> None:
+        """Move the subscription to the new plan and confirm it: the credit and what was charged."""
+        previous = {
             "previous_product": sub["product"],
             "previous_edition": sub["edition"],
             "previous_cycle": sub["cycle"],
             "previous_quantity": sub["quantity"],
             "expires_at": sub["expires_at"],
         }
-
-    def upgrade_email(
-        self,
-        sub: dict[str, Any],
-        previous: dict[str, Any],
-        item: _Item,
-        credit: Decimal,
-        new_expiry: datetime,
-    ) -> None:
-        """Tell the customer about the upgrade: the credit applied and what was charged."""
+        updates: dict[str, Any] = {
+            "status": "active",
+            "product_code": target.code,
+            "product": target.product,
+            "edition": target.edition,
+            "cycle": target.cycle,
+            "quantity": item.quantity,
+            "price_paid": price,
+            "purchase_price": price,  # what the new plan cost, credit and money together
+            "period_start": start,
+            "expires_at": expires,
+            "expected_expires_at": expected,
+            "last_order_ref": self.refno,
+            "last_change_at": max(self.at, sub["last_change_at"] or self.at),
+        }
+        if mismatch is not None:
+            updates["policy_mismatch"] = mismatch
+        sub = self.run.change(sub, "upgraded", updates, note=note)
         self.run.email(
             sub,
             "upgrade_confirmation",
             f"upgrade/{self.refno}",
-            {**previous, "credit": credit, "new_expires_at": new_expiry, **self.charged(item)},
+            {**previous, "credit": credit, "new_expires_at": expires, **self.charged(item)},
         )
 
     def end(self, item: _Item, status: str, email_kind: str, reason: str = "") -> str:

@@ -814,3 +814,27 @@ def test_an_upgrade_for_a_refunded_subscription_still_fails_for_an_operator(clie
     drain()
     assert event(conn, late)["status"] == "failed"
     assert state(conn, "LIC-GONE")["status"] == "refunded"
+
+
+def test_ins_emails_state_the_amounts_the_message_carries_for_the_item(client, conn):
+    code = "2CO-5001-AWDOC-TEAM-M"
+    _post_ins(client, _ins("ORDER_CREATED"))
+    drain()
+    failed = _ins(
+        "RECURRING_INSTALLMENT_FAILED", invoice_id="6003", timestamp="2026-02-10 00:05:00"
+    )
+    _post_ins(client, failed)
+    drain()
+    context = email_context(conn, "payment_failed", code)
+    assert (context["amount"], context["automatic"]) == ("30.00", True)
+    # A partial refund of this item, on an invoice of 80.00 in all.
+    refund = _ins(
+        "REFUND_ISSUED",
+        invoice_id="6003",
+        timestamp="2026-02-12 00:00:00",
+        extra={"invoice_list_amount": "80.00"},
+    )
+    refund = [(n, "12.00" if n == "item_list_amount_1" else v) for n, v in refund]
+    _post_ins(client, refund)
+    drain()
+    assert email_context(conn, "refund_notice", code)["amount"] == "12.00"

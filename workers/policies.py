@@ -45,6 +45,20 @@ def _utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def _amount(value: object, name: str) -> Decimal:
+    """A non-negative, finite amount, or a ValueError naming the field."""
+    amount = value
+    if not isinstance(amount, Decimal):
+        # Through str so that a float 30.1 means 30.1, not its binary expansion.
+        try:
+            amount = Decimal(str(amount))
+        except InvalidOperation:
+            raise ValueError(f"{name} must be an amount, not {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{name} must be a non-negative amount, not {value!r}")
+    return amount
+
+
 def add_months(dt: datetime, n: int) -> datetime:
     """The same wall-clock time n calendar months later, the day clamped to the month's last."""
     if dt.tzinfo is None or dt.utcoffset() is None:
@@ -102,15 +116,10 @@ class Terms:
             raise ValueError(f"unknown subscription status {self.status!r}")
         if not self.currency.strip():
             raise ValueError("currency must not be empty")
-        paid = self.price_paid
-        if not isinstance(paid, Decimal):
-            # Through str so that a float 30.1 means 30.1, not its binary expansion.
-            try:
-                paid = Decimal(str(paid))
-            except InvalidOperation:
-                raise ValueError(f"price_paid must be an amount, not {self.price_paid!r}") from None
-        if not paid.is_finite() or paid < 0:
-            raise ValueError(f"price_paid must be a non-negative amount, not {self.price_paid!r}")
+        paid = _amount(self.price_paid, "price_paid")
+        purchase = (
+            paid if self.purchase_price is None else _amount(self.purchase_price, "purchase_price")
+        )
         start = _utc(self.period_start, "period_start")
         end = _utc(self.expires_at, "expires_at")
         if end < start:
@@ -119,9 +128,7 @@ class Terms:
             )
         object.__setattr__(self, "currency", self.currency.strip().upper())
         object.__setattr__(self, "price_paid", paid)
-        object.__setattr__(
-            self, "purchase_price", paid if self.purchase_price is None else self.purchase_price
-        )
+        object.__setattr__(self, "purchase_price", purchase)
         object.__setattr__(self, "period_start", start)
         object.__setattr__(self, "expires_at", end)
 
@@ -322,8 +329,8 @@ def _unused(terms: Terms, at: datetime) -> tuple[Decimal, int, int]:
                 value += terms.price_paid * unused / length
             left += unused
             periods += 1
-            if at >= start or terms.cycle == "lifetime":
-                break
+            if at >= start or terms.cycle == "lifetime" or start.year == 1:
+                break  # the calendar's first year has no period before it
             start, end = add_period(start, terms.cycle, -1), start
     return value, left, periods
 

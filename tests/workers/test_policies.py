@@ -722,3 +722,16 @@ def test_a_past_due_subscription_can_still_be_upgraded() -> None:
 def test_an_upgrade_refuses_a_naive_instant() -> None:
     with pytest.raises(ValueError, match="at must be timezone-aware"):
         upgrade(words(), "GD-TOTAL-NET-SB", datetime(2026, 7, 1))
+
+
+def test_terms_refuse_a_negative_purchase_price_and_default_it_to_the_price_paid() -> None:
+    held = terms("GD-WORDS-NET-SB", BOUGHT, EXPIRES, "600.00", currency="USD")
+    assert held.purchase_price == Decimal("600.00")
+    with pytest.raises(ValueError, match="purchase_price must be a non-negative amount"):
+        dataclasses.replace(held, purchase_price=Decimal("-1"))
+
+
+def test_a_restart_quote_long_before_the_period_walks_back_no_further_than_the_calendar() -> None:
+    held = terms("AWDOC-TEAM-M", utc(2, 1, 15), utc(2, 2, 15), "30.00")
+    quote = upgrade(held, "AWDOC-BUSINESS-M", utc(1, 1, 1))
+    assert quote.allowed and quote.credit > Decimal("30.00")

@@ -243,8 +243,10 @@ def _remind(
     send: _Dispatcher,
     planned: list[outbox.Draft] | None,
 ) -> int:
-    """Write `kind` for every live subscription expiring on `expiry_day` whose current period
-    had begun by `begun_by`; how many were new (or would be, when only `planned`)."""
+    """Write `kind` for live subscriptions expiring on `expiry_day`, period begun by `begun_by`.
+
+    Returns how many were new (or would be, when only `planned`).
+    """
     if expiry_day is None:
         return 0
     lo = day_start(expiry_day)

@@ -838,3 +838,40 @@ def test_ins_emails_state_the_amounts_the_message_carries_for_the_item(client, c
     _post_ins(client, refund)
     drain()
     assert email_context(conn, "refund_notice", code)["amount"] == "12.00"
+
+
+def test_an_upgrade_after_an_early_renewal_credits_the_prepaid_month_too(client, conn):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-PREPAID", refno="R60", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-PREPAID",
+            refno="R61",
+            at="2026-01-01 12:00:00",
+            exp="2026-03-01 00:00:00",
+            license_type="RENEWAL",
+        ),
+    )  # two months prepaid: 60.00 EUR
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-PREPAID",
+            code="AWDOC-BUSINESS-M",
+            price="0.97",
+            refno="R62",
+            at="2026-01-02 00:00:00",
+            exp="2026-02-02 00:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain(threads=1)
+    sub = state(conn, "LIC-PREPAID")
+    assert sub["product_code"] == "AWDOC-BUSINESS-M"
+    # January's 30 unused days at January's rate, and all of February: not just 30.00.
+    assert "credit 59.03, due 0.97" in sub["history"][-1]["note"]

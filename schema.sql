@@ -105,6 +105,23 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (refno, subscription_id, order_status)
 );
+-- Amounts keep their currency's own minor unit (3 decimals for BHD, KWD, JOD, OMR, TND; none for
+-- JPY): the code rounds them, the column keeps what it is given. Databases created when amounts
+-- were numeric(14, 2) are widened once (no rewrite: only the limit is lifted).
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT table_name, column_name FROM information_schema.columns
+        WHERE table_schema = current_schema()
+          AND (table_name, column_name) IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
+          AND data_type = 'numeric' AND numeric_scale IS NOT NULL
+    LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE numeric', col.table_name,
+                       col.column_name);
+    END LOOP;
+END $$;
 
 -- Every change to a subscription: what, from which event, before -> after.
 CREATE TABLE IF NOT EXISTS subscription_history (
@@ -142,21 +159,3 @@ CREATE TABLE IF NOT EXISTS emails (
 );
 CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
 CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
-
--- Amounts keep their currency's own minor unit (3 decimals for BHD, KWD, JOD, OMR, TND; none for
--- JPY): the code rounds them, the column keeps what it is given. Databases created when amounts
--- were numeric(14, 2) are widened once (no rewrite: only the limit is lifted).
-DO $$
-DECLARE
-    col record;
-BEGIN
-    FOR col IN
-        SELECT table_name, column_name FROM information_schema.columns
-        WHERE table_schema = current_schema()
-          AND (table_name, column_name) IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
-          AND data_type = 'numeric' AND numeric_scale IS NOT NULL
-    LOOP
-        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE numeric', col.table_name,
-                       col.column_name);
-    END LOOP;
-END $$;

@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     auto_renew          boolean NOT NULL DEFAULT false,
     test                boolean NOT NULL DEFAULT false,
     currency            text NOT NULL DEFAULT '',
-    price_paid          numeric(14, 2) NOT NULL DEFAULT 0,  -- what the current period cost
+    price_paid          numeric NOT NULL DEFAULT 0,  -- what the current period cost
     period_start        timestamptz,          -- purchase, last renewal or restart instant
     expires_at          timestamptz,          -- as the provider reports it
     expected_expires_at timestamptz,          -- as the catalog's policy predicts it
@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
+-- What the order that bought the current plan cost (the `maintenance` credit); a renewal leaves it.
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS purchase_price numeric;
 CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
 -- The reminder scan walks only live subscriptions in expiry order.
 CREATE INDEX IF NOT EXISTS subscriptions_live_expiry_idx ON subscriptions (expires_at)
@@ -98,11 +100,28 @@ CREATE TABLE IF NOT EXISTS orders (
     refno           text NOT NULL,
     kind            text NOT NULL,            -- new | renewal | upgrade | refund | cancel ...
     order_status    text NOT NULL,
-    amount          numeric(14, 2) NOT NULL DEFAULT 0,
+    amount          numeric NOT NULL DEFAULT 0,
     currency        text NOT NULL DEFAULT '',
     created_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (refno, subscription_id, order_status)
 );
+-- Amounts keep their currency's own minor unit (3 decimals for BHD, KWD, JOD, OMR, TND; none for
+-- JPY): the code rounds them, the column keeps what it is given. Databases created when amounts
+-- were numeric(14, 2) are widened once (no rewrite: only the limit is lifted).
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT table_name, column_name FROM information_schema.columns
+        WHERE table_schema = current_schema()
+          AND (table_name, column_name) IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
+          AND data_type = 'numeric' AND numeric_scale IS NOT NULL
+    LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN %I TYPE numeric', col.table_name,
+                       col.column_name);
+    END LOOP;
+END $$;
 
 -- Every change to a subscription: what, from which event, before -> after.
 CREATE TABLE IF NOT EXISTS subscription_history (

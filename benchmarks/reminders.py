@@ -77,7 +77,7 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
             """
             INSERT INTO subscriptions (license_code, customer_id, product_code, product, edition,
                 cycle, quantity, status, auto_renew, currency, price_paid, expires_at,
-                last_order_ref)
+                last_order_ref, period_start)
             SELECT 'L' || g, 1 + g %% %(customers)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
                    'annual', 1 + g %% 50,
                    (ARRAY['active', 'active', 'past_due', 'expired', 'active', 'canceled',
@@ -91,7 +91,8 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
                                  + CASE WHEN 2 + (g %% 698) >= 29 THEN 1 ELSE 0 END)
                              + make_interval(secs => g %% 86400)
                    END,
-                   'R' || g
+                   'R' || g,
+                   %(today)s::timestamptz - interval '300 days'
             FROM generate_series(1, %(background)s::int) AS g
             """,
             {"customers": CUSTOMERS, "background": background, "today": today},
@@ -103,12 +104,13 @@ def fill(url: str, subscriptions: int, due: int, today: date) -> None:
                 """
                 INSERT INTO subscriptions (license_code, customer_id, product_code, product,
                     edition, cycle, quantity, status, auto_renew, currency, price_paid,
-                    expires_at, last_order_ref)
+                    expires_at, last_order_ref, period_start)
                 SELECT 'L' || g, 1 + g %% %(customers)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
                        'annual', 1, %(status)s, %(auto_renew)s, 'EUR', 1000,
                        %(today)s::timestamptz + make_interval(days => %(days)s)
                            + make_interval(secs => g %% 86400),
-                       'R' || g
+                       'R' || g,
+                       %(today)s::timestamptz - interval '300 days'
                 FROM generate_series(%(first)s::int, %(last)s::int) AS g
                 """,
                 {
@@ -151,6 +153,7 @@ def plan(url: str, today: date) -> str:
         "auto_renew": False,
         "kind": "renewal_reminder",
         "suffix": "/7",
+        "begun_by": reminders.day_start(today),
         "limit": reminders.BATCH,
     }
     with psycopg.connect(url) as conn:

@@ -46,8 +46,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "renewal_reminder": (*COMMON_KEYS, "days_left"),
     "auto_renewal_notice": COMMON_KEYS,
     "expiry_notice": COMMON_KEYS,
-    # amount: what the renewal cost; new_expires_at: the expiry after the renewal.
-    "renewal_confirmation": (*COMMON_KEYS, "new_expires_at", "amount"),
+    # new_expires_at: the expiry after the renewal.
+    "renewal_confirmation": (*COMMON_KEYS, "new_expires_at"),
     # product/edition/cycle/quantity are the new values; previous_* what the customer had.
     "upgrade_confirmation": (
         *COMMON_KEYS,
@@ -56,12 +56,12 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
         "previous_cycle",
         "previous_quantity",
         "credit",
-        "amount_due",
+        # amount: what the provider charged for the upgrade, tax included.
+        "amount",
         "new_expires_at",
     ),
-    # amount: the renewal charge that failed.
-    "payment_failed": (*COMMON_KEYS, "amount"),
-    # amount: what is refunded.
+    "payment_failed": COMMON_KEYS,
+    # amount: what the provider refunded, as the refund notification states it.
     "refund_notice": (*COMMON_KEYS, "amount"),
     "cancellation_notice": COMMON_KEYS,
 }
@@ -74,8 +74,15 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     + {
         # amount: the expected charge, if known.
         "auto_renewal_notice": ("amount",),
+        # amount: what the renewal cost, tax included, when the notification states it (an LCN
+        # carries no amount); tax: the tax in it, when there is some.
+        "renewal_confirmation": ("amount", "tax"),
+        "upgrade_confirmation": ("tax",),
+        "refund_notice": ("tax",),
+        # amount: the charge that failed, if the notification states it; automatic: False when
+        # automatic renewal is off (nothing was charged: the customer is asked to renew);
         # next_retry_at: when the provider tries the charge again, if known.
-        "payment_failed": ("next_retry_at",),
+        "payment_failed": ("amount", "automatic", "next_retry_at"),
     }.get(kind, ())
     for kind in REQUIRED_KEYS
 }
@@ -114,12 +121,15 @@ def sample_context(kind: str) -> dict[str, Any]:
     if kind not in REQUIRED_KEYS:
         raise ValueError(f"unknown email kind: {kind!r}")
     ctx = _base()
+    # What the provider charges, tax (22 % VAT) included.
     renewal_amount = Decimal("1000.00")
+    renewal_tax = Decimal("180.33")
     extra: dict[str, dict[str, Any]] = {
         "renewal_reminder": {"days_left": 30},
         "auto_renewal_notice": {"amount": renewal_amount},
         "renewal_confirmation": {
             "amount": renewal_amount,
+            "tax": renewal_tax,
             "new_expires_at": datetime(2027, 6, 30, tzinfo=UTC),
         },
         # The worked example of the "restart" policy: TEAM monthly to BUSINESS annual.
@@ -130,14 +140,16 @@ def sample_context(kind: str) -> dict[str, Any]:
             "previous_quantity": 5,
             "expires_at": datetime(2026, 2, 1, tzinfo=UTC),
             "credit": Decimal("15.00"),
-            "amount_due": Decimal("585.00"),
+            "amount": Decimal("713.70"),  # 585.00 due + 22 % VAT
+            "tax": Decimal("128.70"),
             "new_expires_at": datetime(2027, 1, 16, 12, tzinfo=UTC),
         },
         "payment_failed": {
             "amount": renewal_amount,
+            "automatic": True,
             "next_retry_at": datetime(2026, 7, 3, 9, 30, tzinfo=UTC),
         },
-        "refund_notice": {"amount": renewal_amount},
+        "refund_notice": {"amount": renewal_amount, "tax": renewal_tax},
     }
     ctx.update(extra.get(kind, {}))
     return ctx

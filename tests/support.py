@@ -223,15 +223,17 @@ def insert_subscription(
         "status": "active",
         "auto_renew": False,
         "expires_at": expires_at,
+        "period_start": None,  # default: a year before the expiry, as if bought then
     } | values
     return int(
         conn.execute(
             """
             INSERT INTO subscriptions (license_code, customer_id, product_code, product, edition,
                 cycle, quantity, status, auto_renew, currency, price_paid, expires_at,
-                last_order_ref)
+                period_start, last_order_ref)
             VALUES (%(license_code)s, %(customer_id)s, 'DOCFLOW-BIZ', 'DocFlow', 'BUSINESS',
                 %(cycle)s, 10, %(status)s, %(auto_renew)s, 'EUR', 1000, %(expires_at)s,
+                COALESCE(%(period_start)s, %(expires_at)s::timestamptz - interval '1 year'),
                 '170623894')
             RETURNING id
             """,

@@ -22,15 +22,36 @@ def reminders_group() -> None:
     "as_of",
     type=click.DateTime(formats=["%Y-%m-%d"]),
     default=None,
-    help="Run for this UTC day (YYYY-MM-DD), e.g. one the clock missed. Default: today.",
+    help="Run for this UTC day (YYYY-MM-DD): today or a past one the clock missed. Default: today.",
 )
-def reminders_run(as_of: datetime | None) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only print what the scan would send and expire (any day, even a future one).",
+)
+def reminders_run(as_of: datetime | None, dry_run: bool) -> None:
     """Run the reminder scan for one day; safe to repeat (nothing is written twice)."""
     from workers import reminders
 
-    day = as_of.date() if as_of is not None else datetime.now(UTC).date()
-    counts = reminders.run(Settings.from_env(), day)
-    click.echo(f"reminder scan for {day.isoformat()}:")
+    today = datetime.now(UTC).date()
+    day = as_of.date() if as_of is not None else today
+    settings = Settings.from_env()
+    if dry_run:
+        counts, planned = reminders.plan(settings, day)
+        click.echo(f"dry run: what the reminder scan for {day.isoformat()} would send:")
+        for draft in planned:
+            days_left = (draft.extra or {}).get("days_left")
+            when = f" ({days_left} days before)" if days_left is not None else ""
+            click.echo(f"  {draft.kind:<20} {draft.source['license_code']}  {draft.fact}{when}")
+    else:
+        if day > today:
+            # A run sends real emails: "expires in 7 days" sent 30 days early would be false.
+            raise click.UsageError(
+                f"--as-of {day.isoformat()} is in the future: a run sends real emails, so it "
+                "runs only for today or a past day; add --dry-run to see what it would send",
+            )
+        counts = reminders.run(settings, day)
+        click.echo(f"reminder scan for {day.isoformat()}:")
     for name, count in counts.items():
         click.echo(f"  {name}: {count}")
 

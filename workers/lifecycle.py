@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from webhooks.protocol import form
+from webhooks.protocol import form, ins
 from workers import policies
 from workers import subscriptions as subs
 from workers.catalog import Catalog, Product, default_path, load
@@ -95,6 +95,7 @@ def terms(sub: dict[str, Any]) -> policies.Terms:
         period_start=start,
         expires_at=max(sub["expires_at"] or start, start),
         status=sub["status"],
+        purchase_price=sub.get("purchase_price"),
     )
 
 
@@ -107,6 +108,17 @@ def _money(value: str) -> Decimal | None:
 
 def _time(value: str) -> datetime | None:
     return form.parse_time(value) if value else None
+
+
+def _amount(value: Decimal | None, currency: str) -> Decimal | None:
+    """An amount a notification carries, unsigned and to the currency's minor unit."""
+    return None if value is None else policies.round_money(abs(value), currency)
+
+
+def charged(amount: Decimal | None, tax: Decimal | None, currency: str) -> dict[str, Any]:
+    """The email context of what the provider charged or refunded: tax included, and the tax."""
+    tax = _amount(tax, currency)
+    return {"amount": _amount(amount, currency), "tax": tax if tax else None}
 
 
 class _Run:
@@ -135,13 +147,16 @@ class _Run:
         self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str = ""
     ) -> dict[str, Any]:
         """Write the columns that really change, with a history row; the updated row."""
+        # A caller may state the mismatch (a change the policy refused); else the dates decide.
+        stated = updates.pop("policy_mismatch", None)
         updates = {key: value for key, value in updates.items() if sub.get(key) != value}
-        if "expires_at" in updates or "expected_expires_at" in updates:
+        mismatch = stated
+        if mismatch is None and ("expires_at" in updates or "expected_expires_at" in updates):
             expires = updates.get("expires_at", sub["expires_at"])
             expected = updates.get("expected_expires_at", sub["expected_expires_at"])
             mismatch = bool(expires and expected and abs(expires - expected) > MISMATCH_TOLERANCE)
-            if mismatch != sub["policy_mismatch"]:
-                updates["policy_mismatch"] = mismatch
+        if mismatch is not None and mismatch != sub["policy_mismatch"]:
+            updates["policy_mismatch"] = mismatch
         quiet = {key: updates.pop(key) for key in ("last_change_at",) if key in updates}
         if not updates:
             if quiet:
@@ -216,17 +231,59 @@ class _Run:
         """The policy's view of a subscription as it stands."""
         return terms(sub)
 
-    def renewal_expected(self, sub: dict[str, Any], at: datetime) -> tuple[datetime | None, str]:
-        """The expiry the policy predicts for a renewal paid at `at`, and why (or why not)."""
+    def renewal_quote(self, sub: dict[str, Any], at: datetime) -> policies.Quote | str:
+        """The policy's quote for a renewal paid at `at`, or why there is none."""
         product = self.catalog.get(sub["product_code"])
         if product is None:
-            return None, f"product {sub['product_code']} is not in the catalog"
+            return f"product {sub['product_code']} is not in the catalog"
         quote = policies.quote_renewal(
             self.terms(sub), product, at, automatic=bool(sub["auto_renew"])
         )
-        if not quote.allowed:
-            return None, quote.reason
-        return quote.new_expires_at, quote.explanation
+        return quote if quote.allowed else quote.reason
+
+    def renew(
+        self,
+        sub: dict[str, Any],
+        *,
+        at: datetime,
+        order_ref: str,
+        provider_expiry: datetime | None,
+        price_paid: Decimal | None,
+        paid: dict[str, Any],
+    ) -> datetime:
+        """Apply a paid renewal by RULES.md's one renewal rule (IPN and INS alike); the new expiry.
+
+        The provider is the authority on the new expiry (recorded beside the policy's, flagged
+        when they differ); a renewal never moves it backwards. The new period starts where the
+        policy says: at the old expiry, or at the payment once the subscription had lapsed.
+        """
+        quote = self.renewal_quote(sub, at)
+        expected = quote.new_expires_at if isinstance(quote, policies.Quote) else None
+        why = quote.explanation if isinstance(quote, policies.Quote) else quote
+        previous = sub["expires_at"]
+        provider = provider_expiry or expected or previous or at
+        new_expiry = max(provider, previous) if previous else provider
+        start = quote.new_period_start if isinstance(quote, policies.Quote) else None
+        if start is None:
+            start = previous if previous and at < previous else at
+        updates: dict[str, Any] = {
+            "status": "active",
+            "expires_at": new_expiry,
+            "expected_expires_at": expected or new_expiry,
+            "period_start": start,
+            "last_order_ref": order_ref,
+            "last_change_at": max(at, sub["last_change_at"] or at),
+        }
+        if price_paid is not None:
+            updates["price_paid"] = price_paid
+        sub = self.change(sub, "renewed", updates, note=why)
+        self.email(
+            sub,
+            "renewal_confirmation",
+            f"renewal/{subs.iso(new_expiry)}",
+            {"new_expires_at": new_expiry, "expires_at": previous, **paid},
+        )
+        return new_expiry
 
 
 def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool = True) -> Applied:
@@ -264,6 +321,8 @@ class _Item:
     price: Decimal | None
     start: datetime | None
     expires: datetime | None
+    total: Decimal | None = None  # the line's total, tax included (IPN_TOTAL[])
+    vat: Decimal | None = None  # the line's tax (IPN_VAT[])
 
 
 def _items(fields: dict[str, list[str]]) -> list[_Item]:
@@ -288,6 +347,8 @@ def _items(fields: dict[str, list[str]]) -> list[_Item]:
                 price=_money(at(column("IPN_PRICE[]"), index)),
                 start=_time(at(column("IPN_LICENSE_START[]"), index)),
                 expires=_time(at(column("IPN_LICENSE_EXP[]"), index)),
+                total=_money(at(column("IPN_TOTAL[]"), index)),
+                vat=_money(at(column("IPN_VAT[]"), index)),
             )
         )
     return items
@@ -305,7 +366,8 @@ def _apply_ipn(run: _Run, fields: dict[str, list[str]]) -> str:
     status = form.first(fields, "ORDERSTATUS").upper()
     fraud = form.first(fields, "FRAUD_STATUS").upper()
     refno = form.first(fields, "REFNO")
-    items = sorted((i for i in _items(fields) if i.license_ref), key=lambda i: i.license_ref)
+    lines = _items(fields)
+    items = sorted((i for i in lines if i.license_ref), key=lambda i: i.license_ref)
     if not items:
         return "ignored: the order carries no license code"
     email = form.first(fields, "CUSTOMEREMAIL")
@@ -327,6 +389,8 @@ def _apply_ipn(run: _Run, fields: dict[str, list[str]]) -> str:
         currency=form.first(fields, "CURRENCY"),
         test=form.first(fields, "TEST_ORDER") == "1",
         customer_id=customer_id,
+        # The order's total stands for its only line when the line's own is missing.
+        order_total=_money(form.first(fields, "IPN_TOTALGENERAL")) if len(lines) == 1 else None,
     )
     results = []
     for item in items:
@@ -358,6 +422,14 @@ class _Order:
     currency: str
     test: bool
     customer_id: int
+    order_total: Decimal | None = None
+
+    def charged(self, item: _Item) -> dict[str, Any]:
+        """What the provider charged (or refunded) for this line, as an email states it."""
+        total = item.total if item.total is not None else self.order_total
+        if total is None and item.price is not None:
+            total = item.price * item.quantity + (item.vat or Decimal(0))
+        return charged(total, item.vat, self.currency)
 
     def paid(self, item: _Item, product: Product) -> Decimal:
         if item.price is not None:
@@ -382,6 +454,7 @@ class _Order:
         start = item.start or self.at
         expected = policies.add_period(start, product.cycle)
         expires = item.expires or expected
+        paid = self.paid(item, product)
         return {
             "license_code": item.license_ref,
             "customer_id": self.customer_id,
@@ -393,7 +466,8 @@ class _Order:
             "status": status,
             "test": self.test,
             "currency": self.currency,
-            "price_paid": self.paid(item, product),
+            "price_paid": paid,
+            "purchase_price": paid,
             "period_start": start,
             "expires_at": expires,
             "expected_expires_at": expected,
@@ -451,41 +525,20 @@ class _Order:
                 f"renewal/{subs.iso(sub['expires_at'])}",
                 {
                     "new_expires_at": sub["expires_at"],
-                    "amount": sub["price_paid"],
                     "expires_at": sub["period_start"],
+                    **self.charged(item),
                 },
             )
             return f"{item.license_ref}: created from renewal {self.refno}"
         if not recorded:
             return f"{item.license_ref}: renewal {self.refno} already applied"
-        expected, why = self.run.renewal_expected(sub, self.at)
-        # The provider is the authority on the new expiry; a renewal never moves it backwards.
-        provider = item.expires or expected or sub["expires_at"]
-        new_expiry = max(provider, sub["expires_at"]) if sub["expires_at"] else provider
-        previous = sub["expires_at"]
-        sub = self.run.change(
+        new_expiry = self.run.renew(
             sub,
-            "renewed",
-            {
-                "status": "active",
-                "expires_at": new_expiry,
-                "expected_expires_at": expected or new_expiry,
-                "period_start": previous if previous and self.at < previous else self.at,
-                "price_paid": self.paid(item, product),
-                "last_order_ref": self.refno,
-                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
-            },
-            note=why,
-        )
-        self.run.email(
-            sub,
-            "renewal_confirmation",
-            f"renewal/{subs.iso(new_expiry)}",
-            {
-                "new_expires_at": new_expiry,
-                "amount": self.paid(item, product),
-                "expires_at": previous,
-            },
+            at=self.at,
+            order_ref=self.refno,
+            provider_expiry=item.expires,
+            price_paid=self.paid(item, product),
+            paid=self.charged(item),
         )
         return f"{item.license_ref}: renewed until {subs.iso(new_expiry)}"
 
@@ -502,53 +555,118 @@ class _Order:
         quote = policies.quote_upgrade(
             self.run.terms(sub), current, target, self.at, quantity=item.quantity
         )
+        if not quote.allowed and self.lapsed(sub):
+            return self.upgrade_as_stated(item, sub, target, quote.reason)
         if not quote.allowed:
             raise PermanentEventError(f"upgrade refused: {quote.reason}")
         assert quote.new_expires_at is not None and quote.new_period_start is not None
         new_expiry = item.expires or quote.new_expires_at
-        previous = dict(sub)
-        sub = self.run.change(
+        self.upgraded(
             sub,
-            "upgraded",
-            {
-                "status": "active",
-                "product_code": target.code,
-                "product": target.product,
-                "edition": target.edition,
-                "cycle": target.cycle,
-                "quantity": item.quantity,
-                "price_paid": quote.new_price,
-                "period_start": quote.new_period_start,
-                "expires_at": new_expiry,
-                "expected_expires_at": quote.new_expires_at,
-                "last_order_ref": self.refno,
-                "last_change_at": max(self.at, sub["last_change_at"] or self.at),
-            },
+            item,
+            target,
+            price=quote.new_price,
+            start=quote.new_period_start,
+            expires=new_expiry,
+            expected=quote.new_expires_at,
+            credit=quote.credit,
             note=f"{quote.explanation}; credit {quote.credit}, due {quote.amount_due}",
         )
+        return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
+
+    def lapsed(self, sub: dict[str, Any]) -> bool:
+        """Whether the subscription had only expired (not ended otherwise) when this was paid."""
+        if sub["status"] not in ("active", "past_due", "expired"):
+            return False  # a canceled or refunded one is for an operator to look at
+        return sub["status"] == "expired" or bool(
+            sub["expires_at"] and self.at >= sub["expires_at"]
+        )
+
+    def upgrade_as_stated(
+        self, item: _Item, sub: dict[str, Any], target: Product, reason: str
+    ) -> str:
+        """Record an upgrade the policy refuses as the provider states it, flagged for operators.
+
+        The provider is the authority on what the customer has: it charged for the new plan, so
+        the subscription follows it; the policy has no expiry to predict, so none is recorded.
+        """
+        start = item.start or self.at
+        new_expiry = item.expires or policies.add_period(start, target.cycle)
+        price = (
+            policies.round_money(target.price(self.currency) * item.quantity, self.currency)
+            if target.is_priced(self.currency)
+            else self.paid(item, target)
+        )
+        note = f"policy mismatch: recorded as the provider states; {reason}"
+        self.upgraded(
+            sub,
+            item,
+            target,
+            price=price,
+            start=start,
+            expires=new_expiry,
+            expected=None,
+            credit=policies.round_money(Decimal(0), self.currency),
+            note=note,
+            mismatch=True,
+        )
+        return (
+            f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)} ({note})"
+        )
+
+    def upgraded(
+        self,
+        sub: dict[str, Any],
+        item: _Item,
+        target: Product,
+        *,
+        price: Decimal,
+        start: datetime,
+        expires: datetime,
+        expected: datetime | None,
+        credit: Decimal,
+        note: str,
+        mismatch: bool | None = None,
+    ) -> None:
+        """Move the subscription to the new plan and confirm it: the credit and what was charged."""
+        previous = {
+            "previous_product": sub["product"],
+            "previous_edition": sub["edition"],
+            "previous_cycle": sub["cycle"],
+            "previous_quantity": sub["quantity"],
+            "expires_at": sub["expires_at"],
+        }
+        updates: dict[str, Any] = {
+            "status": "active",
+            "product_code": target.code,
+            "product": target.product,
+            "edition": target.edition,
+            "cycle": target.cycle,
+            "quantity": item.quantity,
+            "price_paid": price,
+            "purchase_price": price,  # what the new plan cost, credit and money together
+            "period_start": start,
+            "expires_at": expires,
+            "expected_expires_at": expected,
+            "last_order_ref": self.refno,
+            "last_change_at": max(self.at, sub["last_change_at"] or self.at),
+        }
+        if mismatch is not None:
+            updates["policy_mismatch"] = mismatch
+        sub = self.run.change(sub, "upgraded", updates, note=note)
         self.run.email(
             sub,
             "upgrade_confirmation",
             f"upgrade/{self.refno}",
-            {
-                "previous_product": previous["product"],
-                "previous_edition": previous["edition"],
-                "previous_cycle": previous["cycle"],
-                "previous_quantity": previous["quantity"],
-                "credit": quote.credit,
-                "amount_due": quote.amount_due,
-                "new_expires_at": new_expiry,
-                "expires_at": previous["expires_at"],
-            },
+            {**previous, "credit": credit, "new_expires_at": expires, **self.charged(item)},
         )
-        return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
 
     def end(self, item: _Item, status: str, email_kind: str, reason: str = "") -> str:
         reason = reason or self.status
         sub = subs.lock(self.run.conn, item.license_ref)
         if sub is None:
             return f"{item.license_ref}: ignored: {reason} for an unknown license"
-        amount = abs(item.price or Decimal(0)) * item.quantity
+        amount = policies.round_money(abs(item.price or Decimal(0)) * item.quantity, self.currency)
         # Recorded under the reason, not the order's status: a fraud denial of an order that
         # already completed is a new fact about it, not a repeat of COMPLETE.
         if not subs.add_order(
@@ -563,7 +681,7 @@ class _Order:
         ):
             return f"{item.license_ref}: {reason} {self.refno} already applied"
         sub = self.run.change(sub, status, {"status": status}, note=f"order {self.refno}")
-        self.run.email(sub, email_kind, f"{status}/{self.refno}", {"amount": amount})
+        self.run.email(sub, email_kind, f"{status}/{self.refno}", self.charged(item))
         return f"{item.license_ref}: {status}"
 
 
@@ -614,22 +732,23 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
             sub,
             "renewal_confirmation",
             f"renewal/{subs.iso(expiry)}",
-            {
-                "new_expires_at": expiry,
-                "amount": sub["price_paid"],
-                "expires_at": previous["expires_at"],
-            },
+            # An LCN carries no amount: the email states none rather than guess one.
+            {"new_expires_at": expiry, "expires_at": previous["expires_at"]},
         )
     if status != previous["status"]:
         _status_email(run, sub, status, f"lcn/{subs.iso(updated)}")
     return f"{code}: {status}, expires {subs.iso(expiry)}, auto-renew {sub['auto_renew']}"
 
 
-def _status_email(run: _Run, sub: dict[str, Any], status: str, fact: str) -> None:
-    """The email a change of status calls for, if any."""
+def _status_email(
+    run: _Run, sub: dict[str, Any], status: str, fact: str, amount: Decimal | None = None
+) -> None:
+    """The email a change of status calls for, if any (`amount`: what the notification carries)."""
     if status == "past_due":
+        # Without automatic renewal nothing was charged: the customer is asked to renew instead.
         run.email(sub, "payment_failed", f"past_due/{subs.iso(sub['expires_at'])}",
-                  {"amount": sub["price_paid"]})  # fmt: skip
+                  {"amount": _amount(amount, sub["currency"]),
+                   "automatic": bool(sub["auto_renew"])})  # fmt: skip
     elif status == "expired":
         # The same fact the clock uses, so an LCN and the clock never both send it.
         run.email(sub, "expiry_notice", subs.iso(sub["expires_at"]) or "")
@@ -640,39 +759,17 @@ def _status_email(run: _Run, sub: dict[str, Any], status: str, fact: str) -> Non
 # --- INS ------------------------------------------------------------------------------------
 
 
-def _ins_items(fields: dict[str, list[str]]) -> list[tuple[int, dict[str, str]]]:
-    count = form.first(fields, "item_count")
-    total = int(count) if count.isdigit() else 0
-    items = []
-    for n in range(1, total + 1):
-        item = {
-            key: form.first(fields, f"{key}_{n}")
-            for key in (
-                "item_name",
-                "item_id",
-                "item_list_amount",
-                "item_type",
-                "item_rec_status",
-                "item_rec_date_next",
-                "item_recurrence",
-            )
-        }
-        if item["item_type"] in ("", "bill", "refund") and item["item_id"]:
-            items.append((n, item))
-    return items
-
-
 def _apply_ins(run: _Run, fields: dict[str, list[str]]) -> str:
     message = form.first(fields, "message_type").upper()
     sale_id = form.first(fields, "sale_id")
-    items = _ins_items(fields)
+    items = ins.items(fields)
     if not items:
         return f"ignored: {message} names no billed item"
     if message in ("SHIP_STATUS_CHANGED",):
         return f"ignored: {message} does not concern subscriptions"
     results = []
-    for _, item in sorted(items, key=lambda pair: pair[1]["item_id"]):
-        code = f"2CO-{sale_id}-{item['item_id']}"
+    for item in sorted(items, key=lambda item: item["item_id"]):
+        code = ins.license_code(sale_id, item["item_id"])
         results.append(_apply_ins_item(run, fields, message, code, item))
     return "; ".join(results)
 
@@ -686,6 +783,7 @@ def _apply_ins_item(
     stamp = form.first(fields, "timestamp") or form.first(fields, "sale_date_placed")
     at = form.parse_time(stamp) if stamp else datetime.now().astimezone()
     next_date = _time(item["item_rec_date_next"])
+    amount = _amount(_money(item["item_list_amount"]), currency)
     if message == "ORDER_CREATED":
         product = run.product(item["item_id"])
         email = form.first(fields, "customer_email")
@@ -753,41 +851,23 @@ def _apply_ins_item(
             refno=invoice,
             kind="renewal",
             order_status=message,
-            amount=_money(item["item_list_amount"]) or Decimal(0),
+            amount=amount or Decimal(0),
             currency=currency,
         ):
             return f"{code}: installment {invoice} already applied"
-        expected, why = run.renewal_expected(sub, at)
-        provider = next_date or expected or sub["expires_at"]
-        new_expiry = max(provider, sub["expires_at"]) if sub["expires_at"] else provider
-        previous = sub["expires_at"]
-        sub = run.change(
+        new_expiry = run.renew(
             sub,
-            "renewed",
-            {
-                "status": "active",
-                "expires_at": new_expiry,
-                "expected_expires_at": expected or new_expiry,
-                "period_start": previous or at,
-                "last_order_ref": invoice,
-            },
-            note=why,
-        )
-        run.email(
-            sub,
-            "renewal_confirmation",
-            f"renewal/{subs.iso(new_expiry)}",
-            {
-                "new_expires_at": new_expiry,
-                "amount": _money(item["item_list_amount"]) or sub["price_paid"],
-                "expires_at": previous,
-            },
+            at=at,
+            order_ref=invoice,
+            provider_expiry=next_date,
+            price_paid=amount,
+            paid=charged(amount, None, currency),
         )
         return f"{code}: renewed until {subs.iso(new_expiry)}"
     if message == "RECURRING_INSTALLMENT_FAILED":
         if sub["status"] == "active":
             sub = run.change(sub, "past_due", {"status": "past_due"}, note=f"invoice {invoice}")
-            _status_email(run, sub, "past_due", invoice)
+            _status_email(run, sub, "past_due", invoice, amount)
         return f"{code}: {sub['status']}"
     if message in ("RECURRING_STOPPED", "RECURRING_COMPLETE", "RECURRING_RESTARTED"):
         on = message == "RECURRING_RESTARTED"
@@ -795,8 +875,8 @@ def _apply_ins_item(
         return f"{code}: auto-renew {'on' if on else 'off'}"
     if message == "REFUND_ISSUED":
         if sub["status"] != "refunded":
-            amount = _money(form.first(fields, "invoice_list_amount")) or Decimal(0)
+            # The item's own amount: the invoice's total would be wrong for a sale of several.
             sub = run.change(sub, "refunded", {"status": "refunded"}, note=f"invoice {invoice}")
-            run.email(sub, "refund_notice", f"refunded/{invoice}", {"amount": abs(amount)})
+            run.email(sub, "refund_notice", f"refunded/{invoice}", charged(amount, None, currency))
         return f"{code}: {sub['status']}"
     return f"{code}: ignored: INS {message}"

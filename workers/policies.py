@@ -45,6 +45,20 @@ def _utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def _amount(value: object, name: str) -> Decimal:
+    """A non-negative, finite amount, or a ValueError naming the field."""
+    amount = value
+    if not isinstance(amount, Decimal):
+        # Through str so that a float 30.1 means 30.1, not its binary expansion.
+        try:
+            amount = Decimal(str(amount))
+        except InvalidOperation:
+            raise ValueError(f"{name} must be an amount, not {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{name} must be a non-negative amount, not {value!r}")
+    return amount
+
+
 def add_months(dt: datetime, n: int) -> datetime:
     """The same wall-clock time n calendar months later, the day clamped to the month's last."""
     if dt.tzinfo is None or dt.utcoffset() is None:
@@ -86,6 +100,9 @@ class Terms:
     period_start: datetime
     expires_at: datetime
     status: str
+    # What the order that bought the current plan cost (a renewal does not change it); the
+    # `maintenance` credit. None: the price paid for the current period.
+    purchase_price: Decimal | None = None
 
     def __post_init__(self) -> None:
         """Check the terms and normalise instants to UTC and the currency to upper case."""
@@ -99,15 +116,10 @@ class Terms:
             raise ValueError(f"unknown subscription status {self.status!r}")
         if not self.currency.strip():
             raise ValueError("currency must not be empty")
-        paid = self.price_paid
-        if not isinstance(paid, Decimal):
-            # Through str so that a float 30.1 means 30.1, not its binary expansion.
-            try:
-                paid = Decimal(str(paid))
-            except InvalidOperation:
-                raise ValueError(f"price_paid must be an amount, not {self.price_paid!r}") from None
-        if not paid.is_finite() or paid < 0:
-            raise ValueError(f"price_paid must be a non-negative amount, not {self.price_paid!r}")
+        paid = _amount(self.price_paid, "price_paid")
+        purchase = (
+            paid if self.purchase_price is None else _amount(self.purchase_price, "purchase_price")
+        )
         start = _utc(self.period_start, "period_start")
         end = _utc(self.expires_at, "expires_at")
         if end < start:
@@ -116,6 +128,7 @@ class Terms:
             )
         object.__setattr__(self, "currency", self.currency.strip().upper())
         object.__setattr__(self, "price_paid", paid)
+        object.__setattr__(self, "purchase_price", purchase)
         object.__setattr__(self, "period_start", start)
         object.__setattr__(self, "expires_at", end)
 
@@ -167,6 +180,9 @@ def _day(instant: datetime) -> str:
 def quote_renewal(terms: Terms, product: Product, at: datetime, *, automatic: bool) -> Quote:
     """Quote renewing for one period of `product`: from the expiry, or from `at` once lapsed.
 
+    Lapsed: the payment comes at or after the expiry of a manual renewal, or the subscription
+    was already marked expired (an automatic renewal the provider retried past its grace).
+
     `new_price` and `amount_due` are the renewal price × quantity; `renewal_price` stays 0 (it is
     the renewal added to a `maintenance` upgrade).
     """
@@ -179,7 +195,7 @@ def quote_renewal(terms: Terms, product: Product, at: datetime, *, automatic: bo
         reason = f"{product.name} has no renewal price in {currency}"
     if reason is not None:
         return _refused("renewal", product.policy, currency, reason)
-    if automatic:
+    if automatic and terms.status != "expired":
         start = terms.expires_at
         rule = f"automatic renewal: one {product.cycle} period added to the current expiry"
     elif at < terms.expires_at:
@@ -227,7 +243,7 @@ def upgrade_refusal(
     if current.policy == "maintenance":
         reason = _maintenance_refusal(current, target, terms, at)
     else:
-        reason = _restart_refusal(current, target)
+        reason = _restart_refusal(current, target, terms, at)
     if reason is not None:
         return reason
     if _CYCLE_RANK[target.cycle] < _CYCLE_RANK[current.cycle]:
@@ -267,8 +283,13 @@ def _maintenance_refusal(
     return None
 
 
-def _restart_refusal(current: Product, target: Product) -> str | None:
-    """The `restart` policy's own refusals: product line and edition."""
+def _restart_refusal(current: Product, target: Product, terms: Terms, at: datetime) -> str | None:
+    """The `restart` policy's own refusals: expiry, product line and edition."""
+    if at >= terms.expires_at:
+        return (
+            f"the subscription expired on {_day(terms.expires_at)}: only an active subscription "
+            "can be upgraded; renew it first"
+        )
     if target.product != current.product or target.platform != current.platform:
         return f"different product: {current.product} to {target.product} is not an upgrade"
     if target.edition_rank < current.edition_rank:
@@ -290,20 +311,46 @@ def quote_upgrade(
     return _restart(terms, target, at, units)
 
 
+def _unused(terms: Terms, at: datetime) -> tuple[Decimal, int, int]:
+    """The value of the paid seconds left after `at`, exactly; (value, seconds left, periods).
+
+    The current period is valued by its own seconds, as RULES.md's formula says; time before it
+    (prepaid by an early renewal) belongs to earlier periods of the same cycle, each valued by
+    its own length, so a prepaid month is worth one month's price whatever its number of days.
+    """
+    value, left, periods = Decimal(0), 0, 0
+    start, end = terms.period_start, terms.expires_at
+    with localcontext() as exact:
+        exact.prec = 60
+        while end > at:
+            length = (end - start) // _SECOND
+            unused = (end - max(at, start)) // _SECOND
+            if length > 0:
+                value += terms.price_paid * unused / length
+            left += unused
+            periods += 1
+            if at >= start or terms.cycle == "lifetime" or start.year == 1:
+                break  # the calendar's first year has no period before it
+            start, end = add_period(start, terms.cycle, -1), start
+    return value, left, periods
+
+
 def _restart(terms: Terms, target: Product, at: datetime, units: int) -> Quote:
-    """A new period from `at`; the unused whole seconds of the old one are credited pro rata."""
+    """A new period from `at`; every unused whole second paid for is credited pro rata."""
     currency = terms.currency
-    period = (terms.expires_at - terms.period_start) // _SECOND
-    remaining = min(max((terms.expires_at - at) // _SECOND, 0), period)
-    if period > 0:
-        with localcontext() as exact:
-            exact.prec = 60
-            credit = round_money(terms.price_paid * remaining / period, currency)
-    else:
-        credit = round_money(Decimal(0), currency)
+    value, remaining, periods = _unused(terms, at)
+    credit = round_money(value, currency)
     # Rounding cannot lift the credit above what was paid unless the price had sub-cent digits.
-    credit = min(credit, terms.price_paid)
+    credit = min(credit, terms.price_paid * max(periods, 1))
     new_price = round_money(target.price(currency) * units, currency)
+    if periods > 1:
+        unused = (
+            f"the unused {remaining:,} seconds to the expiry, over {periods} paid periods, "
+            "are credited"
+        )
+    else:
+        period = (terms.expires_at - terms.period_start) // _SECOND
+        unused = f"the unused {remaining:,} of {period:,} seconds of the old period are credited"
     return Quote(
         kind="upgrade",
         allowed=True,
@@ -316,10 +363,7 @@ def _restart(terms: Terms, target: Product, at: datetime, units: int) -> Quote:
         currency=currency,
         new_period_start=at,
         new_expires_at=add_period(at, target.cycle),
-        explanation=(
-            f"a new {target.cycle} period starts at the upgrade: the unused {remaining:,} of "
-            f"{period:,} seconds of the old period are credited"
-        ),
+        explanation=f"a new {target.cycle} period starts at the upgrade: {unused}",
     )
 
 
@@ -327,7 +371,8 @@ def _maintenance(terms: Terms, target: Product, at: datetime, units: int) -> Quo
     """The whole original purchase is credited; the 90-day windows decide expiry and renewal."""
     currency = terms.currency
     zero = round_money(Decimal(0), currency)
-    credit = min(round_money(terms.price_paid, currency), terms.price_paid)
+    assert terms.purchase_price is not None  # set by Terms itself
+    credit = min(round_money(terms.purchase_price, currency), terms.purchase_price)
     new_price = round_money(target.price(currency) * units, currency)
     renewal = zero
     if at <= terms.period_start + WINDOW:

@@ -11,6 +11,7 @@ on several clocks at once, writes nothing twice. Days are UTC calendar days.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ EXPIRY_NOTE = "expiry passed without renewal (clock)"
 # Lifetime licenses expire 9999-12-31; whatever their cycle says, they are never reminded.
 LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+_START_OF_TIME = datetime.min.replace(tzinfo=UTC)
 
 # The expiry instant as outbox facts spell it (workers.subscriptions.iso): ISO 8601 in UTC with
 # a Z, microseconds only when there are some.
@@ -50,6 +52,9 @@ _DUE = sql.SQL(
       AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
       AND s.auto_renew = %(auto_renew)s
       AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
+      -- The customer held the current period for the whole day the offset falls on: no
+      -- "renews soon" on the day of purchase, nor for a period not started yet.
+      AND COALESCE(s.period_start, s.created_at) < %(begun_by)s
       AND NOT EXISTS (
           SELECT 1 FROM emails e
           WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(suffix)s
@@ -68,6 +73,7 @@ _EXPIRED = sql.SQL(
       AND s.expires_at < %(cutoff)s
       AND (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s)
       AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
+      AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
     ORDER BY s.expires_at, s.id
     LIMIT %(limit)s
     FOR UPDATE OF s SKIP LOCKED
@@ -137,9 +143,30 @@ def run(settings: Settings, as_of: date, *, now: datetime | None = None) -> dict
 
     Subscriptions are expired once their expiry has passed both by the end of `as_of` and by
     `now` (so even a run for a future day never expires anything early); auto-renewing ones
-    only `expiry_grace_days` later, since the provider's renewal may arrive late.
+    only `expiry_grace_days` later, since the provider's renewal may arrive late. A reminder
+    offset is skipped for a subscription whose current period had not begun when that day began.
+    """
+    return _scan(settings, as_of, now or datetime.now(UTC), None)
+
+
+def plan(
+    settings: Settings, as_of: date, *, now: datetime | None = None
+) -> tuple[dict[str, int], list[outbox.Draft]]:
+    """What a scan for `as_of` would write, without writing, sending or expiring anything.
+
+    A future day is planned as if scanned at its end, with what is stored today.
     """
     now = now or datetime.now(UTC)
+    if as_of > now.date():
+        now = _next_day_start(as_of)
+    planned: list[outbox.Draft] = []
+    return _scan(settings, as_of, now, planned), planned
+
+
+def _scan(
+    settings: Settings, as_of: date, now: datetime, planned: list[outbox.Draft] | None
+) -> dict[str, int]:
+    """The scan itself; with `planned`, the drafts are collected there and nothing is kept."""
     counts = {
         "expired": 0,
         "expiry_notice": 0,
@@ -147,44 +174,79 @@ def run(settings: Settings, as_of: date, *, now: datetime | None = None) -> dict
         "auto_renewal_notice": 0,
     }
     cutoff = min(now, _next_day_start(as_of))
+    begun_by = day_start(as_of)
     with _Dispatcher(settings.database_url) as send:
-        expired, notices = _expire(settings, cutoff, send)
+        expired, notices = _expire(settings, cutoff, send, planned)
         counts["expired"] += expired
         counts["expiry_notice"] += notices
         for days in settings.reminder_days:
             counts["renewal_reminder"] += _remind(
                 settings,
                 _later(as_of, days),
+                begun_by,
                 kind="renewal_reminder",
                 auto_renew=False,
                 suffix=f"/{days}",
                 extra={"days_left": days},
                 send=send,
+                planned=planned,
             )
         counts["auto_renewal_notice"] += _remind(
             settings,
             _later(as_of, settings.auto_renewal_notice_days),
+            begun_by,
             kind="auto_renewal_notice",
             auto_renew=True,
             suffix="",
             extra=None,
             send=send,
+            planned=planned,
         )
-    log.info("reminder scan for %s: %s", as_of.isoformat(), counts)
+    if planned is None:
+        log.info("reminder scan for %s: %s", as_of.isoformat(), counts)
     return counts
+
+
+def _batch(
+    settings: Settings,
+    query: sql.Composed,
+    params: dict[str, Any],
+    draft: Callable[[dict[str, Any]], outbox.Draft],
+    planned: list[outbox.Draft] | None,
+    mark: Callable[[Conn, list[dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """One batch of the scan in its own transaction: the rows read and the outbox ids written.
+
+    With `planned`, the drafts are collected there and the transaction is rolled back.
+    """
+    dry = planned is not None
+    with db.connection(settings.database_url) as conn, conn.transaction(force_rollback=dry):
+        rows = conn.execute(query, params).fetchall()
+        if rows and mark is not None:
+            mark(conn, rows)
+        drafts = [draft(row) for row in rows]
+        if planned is not None:
+            planned.extend(drafts)
+            return rows, []
+        return rows, outbox.write(conn, settings, drafts)
 
 
 def _remind(
     settings: Settings,
     expiry_day: date | None,
+    begun_by: datetime,
     *,
     kind: str,
     auto_renew: bool,
     suffix: str,
     extra: dict[str, Any] | None,
     send: _Dispatcher,
+    planned: list[outbox.Draft] | None,
 ) -> int:
-    """Write `kind` for every live subscription expiring on `expiry_day`; how many were new."""
+    """Write `kind` for live subscriptions expiring on `expiry_day`, period begun by `begun_by`.
+
+    Returns how many were new (or would be, when only `planned`).
+    """
     if expiry_day is None:
         return 0
     lo = day_start(expiry_day)
@@ -197,48 +259,48 @@ def _remind(
         "auto_renew": auto_renew,
         "kind": kind,
         "suffix": suffix,
+        "begun_by": begun_by,
         "limit": BATCH,
     }
+
+    def draft(row: dict[str, Any]) -> outbox.Draft:
+        return outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
+
     written = 0
     while True:
-        with db.connection(settings.database_url) as conn, conn.transaction():
-            rows = conn.execute(_DUE, params).fetchall()
-            drafts = [
-                outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
-                for row in rows
-            ]
-            ids = outbox.write(conn, settings, drafts)
+        rows, ids = _batch(settings, _DUE, params, draft, planned)
         send(ids)
-        written += len(ids)
+        written += len(rows) if planned is not None else len(ids)
         if len(rows) < BATCH:
             return written
         params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
 
 
-def _expire(settings: Settings, cutoff: datetime, send: _Dispatcher) -> tuple[int, int]:
+def _expire(
+    settings: Settings, cutoff: datetime, send: _Dispatcher, planned: list[outbox.Draft] | None
+) -> tuple[int, int]:
     """Expire live subscriptions whose expiry passed before `cutoff`; (expired, notices written)."""
-    params = {
+    params: dict[str, Any] = {
         "cutoff": cutoff,
         "grace_cutoff": cutoff - timedelta(days=settings.expiry_grace_days),
         "lifetime": LIFETIME_FROM,
+        "after_at": _START_OF_TIME,
+        "after_id": 0,
         "limit": BATCH,
     }
+
+    def draft(row: dict[str, Any]) -> outbox.Draft:
+        return outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
+
     expired = notices = 0
     while True:
-        with db.connection(settings.database_url) as conn, conn.transaction():
-            rows = conn.execute(_EXPIRED, params).fetchall()
-            if rows:
-                _mark_expired(conn, rows)
-            drafts = [
-                outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
-                for row in rows
-            ]
-            ids = outbox.write(conn, settings, drafts)
+        rows, ids = _batch(settings, _EXPIRED, params, draft, planned, _mark_expired)
         send(ids)
         expired += len(rows)
-        notices += len(ids)
+        notices += len(rows) if planned is not None else len(ids)
         if len(rows) < BATCH:
             return expired, notices
+        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
 
 
 def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:

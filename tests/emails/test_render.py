@@ -25,8 +25,8 @@ LEFTOVERS = ("{{", "}}", "{%", "%}", "{#", "#}", "None", "undefined", "Undefined
 
 # The sample data's dates and amounts as each locale writes them (NBSP shown as a space).
 EXPECTED: dict[str, dict[str, Any]] = {
-    "it": {"expiry": "30 giu 2026", "money": "1.000,00 €", "upgrade": ("16 gen 2027", "585,00 €")},
-    "en": {"expiry": "Jun 30, 2026", "money": "€1,000.00", "upgrade": ("Jan 16, 2027", "€585.00")},
+    "it": {"expiry": "30 giu 2026", "money": "1.000,00 €", "upgrade": ("16 gen 2027", "713,70 €")},
+    "en": {"expiry": "Jun 30, 2026", "money": "€1,000.00", "upgrade": ("Jan 16, 2027", "€713.70")},
 }
 # Refunds and cancellations end access: no expiry date is shown.
 WITHOUT_DATES = {"refund_notice", "cancellation_notice"}
@@ -262,7 +262,19 @@ def test_the_upgrade_confirmation_shows_what_changed_and_the_credit() -> None:
     assert "Quantità: 5 → 10" in text
     assert "Cadenza di fatturazione: mensile → annuale" in text
     assert "Prodotto: DocFlow\n" in text  # unchanged: no arrow
-    assert "15,00 €" in text and "585,00 €" in text
+    assert "Credito dall'abbonamento precedente: 15,00 €" in text
+    # What the provider charged, tax included, and the tax in it.
+    assert "Importo addebitato: 713,70 €" in text and "di cui IVA: 128,70 €" in text
+
+
+def test_amounts_are_left_out_where_no_notification_stated_them() -> None:
+    ctx = context("renewal_confirmation", amount=None, tax=None)
+    text = render("renewal_confirmation", "en", ctx).text
+    assert "Amount paid" not in text and "Tax included" not in text
+    ctx = context("payment_failed", amount=None)
+    rendered = render("payment_failed", "it", ctx)
+    assert "addebitare per il rinnovo" in spaced(rendered.text)
+    assert "Importo" not in rendered.text and "Importo" not in rendered.html
 
 
 def test_italian_dates_take_the_right_article() -> None:

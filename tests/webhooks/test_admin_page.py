@@ -388,3 +388,22 @@ def test_the_license_lookup_goes_to_the_subscription_or_says_there_is_none(logge
     assert missing.status_code == 404
     assert "No subscription has license LIC X." in missing.text
     assert logged_in.get("/admin/subscriptions?license=").status_code == 400
+
+
+def test_a_change_the_policy_refused_is_flagged_without_a_policy_expiry_to_compare(logged_in, conn):
+    customer = conn.execute(
+        "INSERT INTO customers (email, customer_key) VALUES ('r@example.com', 'r') RETURNING id"
+    ).fetchone()["id"]
+    conn.execute(
+        """
+        INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
+                                   expires_at, expected_expires_at, policy_mismatch)
+        VALUES ('LICSUB0002', %s, 'AWDOC-BUSINESS-M', 'AWDoc', 'active', '2026-03-03', NULL, true)
+        """,
+        (customer,),
+    )
+
+    page = logged_in.get("/admin/subscriptions/LICSUB0002")
+
+    assert "the policy refused a change the provider made" in page.text
+    assert "None" not in page.text

@@ -129,7 +129,19 @@ def test_a_different_message_type_has_a_different_dedupe_key():
 def test_summary_license_codes_and_demo_flag():
     fields = message()
     assert ins.summary(fields) == "RECURRING_INSTALLMENT_SUCCESS"
-    assert ins.license_codes(fields) == []
+    assert ins.license_codes(fields) == ["2CO-4596431256-AWD-TEAM-M"]
     assert not ins.is_test(fields)
     assert ins.is_test(message(demo=True))
     assert not ins.is_test(dict(fields, demo=["N"]))
+
+
+def test_license_codes_name_every_billed_item_and_no_shipping_line_nor_phantom_number():
+    fields = message(
+        items=[
+            ("AWDoc TEAM (monthly)", "AWD-TEAM-M", "30.00", "2026-04-01"),
+            ("Setup", "SETUP", "5.00", ""),
+        ],
+        extra={"item_type_2": "shipping", "item_count": "999999999"},
+    )
+    assert ins.license_codes(fields) == ["2CO-4596431256-AWD-TEAM-M"]
+    assert ins.license_codes(dict(fields, item_count=["0"])) == []

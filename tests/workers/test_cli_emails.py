@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,8 @@ def test_the_cli_lists_the_reminders_and_emails_groups(runner):
     assert "reminders" in result.output and "emails" in result.output
 
 
-def test_reminders_run_as_of_a_day_writes_that_days_reminders_once(runner, conn):
+def a_subscription_expiring(conn, expires_at: datetime) -> None:
+    """One live subscription bought a year before `expires_at`, automatic renewal off."""
     customer_id = conn.execute(
         "INSERT INTO customers (email, locale, customer_key) "
         "VALUES ('giulia@example.com', 'it', 'giulia') RETURNING id"
@@ -30,21 +31,72 @@ def test_reminders_run_as_of_a_day_writes_that_days_reminders_once(runner, conn)
     conn.execute(
         """
         INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
-                                   currency, expires_at)
-        VALUES ('LIC0000001', %s, 'DOCFLOW-BIZ', 'DocFlow', 'active', 'EUR', %s)
+                                   currency, expires_at, period_start)
+        VALUES ('LIC0000001', %s, 'DOCFLOW-BIZ', 'DocFlow', 'active', 'EUR', %s,
+                %s - interval '1 year')
         """,
-        (customer_id, datetime(2030, 6, 30, tzinfo=UTC)),
+        (customer_id, expires_at, expires_at),
     )
 
-    first = runner.invoke(cli, ["reminders", "run", "--as-of", "2030-06-23"])
-    again = runner.invoke(cli, ["reminders", "run", "--as-of", "2030-06-23"])
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=UTC)
+
+
+def test_reminders_run_as_of_a_day_writes_that_days_reminders_once(runner, conn):
+    today = datetime.now(UTC).date()
+    a_subscription_expiring(conn, midnight(today + timedelta(days=7)))
+
+    first = runner.invoke(cli, ["reminders", "run", "--as-of", today.isoformat()])
+    again = runner.invoke(cli, ["reminders", "run", "--as-of", today.isoformat()])
 
     assert first.exit_code == 0, first.output
-    assert "reminder scan for 2030-06-23" in first.output
+    assert f"reminder scan for {today.isoformat()}" in first.output
     assert "renewal_reminder: 1" in first.output
     assert "renewal_reminder: 0" in again.output
     facts = [row["fact"] for row in conn.execute("SELECT fact FROM emails").fetchall()]
-    assert facts == ["2030-06-30T00:00:00Z/7"]
+    assert facts == [f"{(today + timedelta(days=7)).isoformat()}T00:00:00Z/7"]
+
+
+def test_reminders_run_refuses_a_future_day_and_sends_nothing(runner, conn):
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    a_subscription_expiring(conn, midnight(tomorrow + timedelta(days=7)))
+
+    result = runner.invoke(cli, ["reminders", "run", "--as-of", tomorrow.isoformat()])
+
+    assert result.exit_code == 2
+    assert f"{tomorrow.isoformat()} is in the future" in result.output
+    assert "--dry-run" in result.output
+    assert conn.execute("SELECT count(*) AS n FROM emails").fetchone()["n"] == 0
+
+
+def test_reminders_run_dry_run_prints_what_it_would_send_and_writes_nothing(runner, conn):
+    later = datetime.now(UTC).date() + timedelta(days=30)
+    a_subscription_expiring(conn, midnight(later + timedelta(days=7)))
+
+    result = runner.invoke(cli, ["reminders", "run", "--as-of", later.isoformat(), "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert f"dry run: what the reminder scan for {later.isoformat()} would send" in result.output
+    assert "renewal_reminder" in result.output and "LIC0000001" in result.output
+    assert "renewal_reminder: 1" in result.output
+    assert conn.execute("SELECT count(*) AS n FROM emails").fetchone()["n"] == 0
+    status = conn.execute("SELECT status FROM subscriptions").fetchone()["status"]
+    assert status == "active"
+
+
+def test_a_dry_run_lists_expiries_without_expiring_anything(runner, conn):
+    today = datetime.now(UTC).date()
+    a_subscription_expiring(conn, midnight(today - timedelta(days=2)))
+
+    result = runner.invoke(cli, ["reminders", "run", "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert "expiry_notice" in result.output and "expired: 1" in result.output
+    assert conn.execute("SELECT status FROM subscriptions").fetchone()["status"] == "active"
+    assert conn.execute("SELECT count(*) AS n FROM emails").fetchone()["n"] == 0
+    history = conn.execute("SELECT count(*) AS n FROM subscription_history").fetchone()
+    assert history["n"] == 0
 
 
 def test_reminders_run_refuses_a_malformed_day(runner, conn):

@@ -111,3 +111,51 @@ def test_an_unknown_license_is_a_clear_error(conn):
     result = CliRunner().invoke(cli, ["subscriptions", "show", "NOPE"])
     assert result.exit_code == 1
     assert "no subscription with license code NOPE" in result.output
+
+
+def test_quote_upgrade_after_expiry_is_refused_with_the_reason(client, conn):
+    _buy(
+        client,
+        "LIC-Q9",
+        "AWDOC-TEAM-M",
+        "30.00",
+        "2026-01-01 00:00:00",
+        "2026-02-01 00:00:00",
+        "EUR",
+    )
+    args = ["quote", "upgrade", "LIC-Q9", "--to", "BUSINESS", "--at", "2026-02-03T00:00:00Z"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert (
+        "refused: the subscription expired on 2026-02-01: only an active subscription can be "
+        "upgraded; renew it first"
+    ) in result.output
+
+
+def test_quote_upgrade_after_a_renewal_credits_the_original_maintenance_purchase(client, conn):
+    _buy(
+        client,
+        "LIC-Q10",
+        "GD-WORDS-JAVA-SB",
+        "920.00",
+        "2025-01-10 00:00:00",
+        "2026-01-10 00:00:00",
+        "EUR",
+    )
+    renewal = samples.SampleItem(
+        code="GD-WORDS-JAVA-SB", pid="", name="GD", license_ref="LIC-Q10", price="552.00",
+        license_type="RENEWAL", license_exp="2027-02-01 00:00:00",
+    )  # fmt: skip
+    post_signed(
+        client,
+        "/ipn",
+        samples.ipn_pairs(
+            items=(renewal,), refno="Q10R", sale_date="2026-02-01 00:00:00", currency="EUR"
+        ),
+    )
+    drain()
+    args = ["quote", "upgrade", "LIC-Q10", "--to", "GD-TOTAL-JAVA-SB", "--at", "2026-07-01"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "credit:       920.00 EUR" in result.output
+    assert "amount due:   1840.00 EUR" in result.output

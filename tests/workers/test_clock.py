@@ -41,9 +41,9 @@ def subscription(conn: psycopg.Connection, expires_at: datetime, **values: Any) 
     return conn.execute(
         """
         INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
-            auto_renew, currency, expires_at)
+            auto_renew, currency, expires_at, period_start)
         VALUES (%(license_code)s, %(customer_id)s, 'DOCFLOW-BIZ', 'DocFlow', 'active',
-            %(auto_renew)s, 'EUR', %(expires_at)s)
+            %(auto_renew)s, 'EUR', %(expires_at)s, %(expires_at)s - interval '1 year')
         RETURNING id
         """,
         row | {"customer_id": customer_id, "expires_at": expires_at},

@@ -80,3 +80,40 @@ def test_db_init_against_a_server_that_does_not_answer_fails_with_a_clear_messag
     assert result.returncode != 0
     assert "cannot reach PostgreSQL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_db_init_widens_two_decimal_amounts_of_an_older_database_keeping_them(fresh_url):
+    assert db_init(fresh_url).returncode == 0
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        # The database as it was when amounts were cut to two decimals.
+        conn.execute("ALTER TABLE subscriptions ALTER COLUMN price_paid TYPE numeric(14, 2)")
+        conn.execute("ALTER TABLE orders ALTER COLUMN amount TYPE numeric(14, 2)")
+        conn.execute(
+            "INSERT INTO customers (email, customer_key) VALUES ('a@example.com', 'k') RETURNING id"
+        )
+        conn.execute(
+            """
+            INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
+                                       price_paid)
+            SELECT 'LIC-OLD', id, 'P', 'P', 'active', 12.34 FROM customers
+            """
+        )
+
+    again = db_init(fresh_url)
+    assert again.returncode == 0, again.stderr
+    assert db_init(fresh_url).returncode == 0  # and again: nothing left to change
+
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        types = conn.execute(
+            """
+            SELECT table_name, format_type(atttypid, atttypmod) FROM information_schema.columns
+            JOIN pg_attribute ON attrelid = table_name::regclass AND attname = column_name
+            WHERE (table_name, column_name)
+                  IN (('subscriptions', 'price_paid'), ('orders', 'amount'))
+            ORDER BY table_name
+            """
+        ).fetchall()
+        assert types == [("orders", "numeric"), ("subscriptions", "numeric")]
+        conn.execute("UPDATE subscriptions SET price_paid = 1.234 WHERE license_code = 'LIC-OLD'")
+        kept = conn.execute("SELECT price_paid::text FROM subscriptions").fetchone()
+    assert kept == ("1.234",)

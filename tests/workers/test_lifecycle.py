@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+from emails.render import render
 from tests.support import drain, post_signed
 from webhooks.protocol import samples
-from workers import lifecycle, subscriptions
+from workers import events, lifecycle, subscriptions
 from workers.actors import settings
 
 
@@ -569,3 +570,308 @@ def test_an_lcn_without_recurring_leaves_automatic_renewal_as_it_was(client, con
     post_signed(client, "/lcn", without)
     drain()
     assert state(conn, "LIC-REC")["auto_renew"] is True
+
+
+def email_context(conn, kind: str, license_code: str) -> dict:
+    row = conn.execute(
+        """
+        SELECT e.context FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
+        WHERE e.kind = %s AND s.license_code = %s
+        """,
+        (kind, license_code),
+    ).fetchone()
+    assert row is not None, f"no {kind} email for {license_code}"
+    return row["context"]
+
+
+def test_a_renewal_email_states_the_order_total_with_its_tax_not_the_unit_price(client, conn):
+    post_signed(client, "/ipn", ipn("LIC-TAX", refno="R40", at="2026-01-01 00:00:00"))
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-TAX", refno="R41", at="2026-01-31 10:00:00", license_type="RENEWAL"),
+    )
+    drain(threads=1)
+    context = email_context(conn, "renewal_confirmation", "LIC-TAX")
+    # 30.00 + 22 % VAT: the customer was charged 36.60.
+    assert (context["amount"], context["tax"]) == ("36.60", "6.60")
+    text = render("renewal_confirmation", "it", context).text
+    assert "36,60" in text and "6,60" in text and "30,00" not in text
+
+
+def test_an_upgrade_email_states_what_the_provider_charged_with_its_tax(client, conn):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-UPTAX", refno="R42", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-UPTAX",
+            code="AWDOC-BUSINESS-Y",
+            price="585.00",
+            refno="R43",
+            at="2026-01-16 12:00:00",
+            exp="2027-01-16 12:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain(threads=1)
+    context = email_context(conn, "upgrade_confirmation", "LIC-UPTAX")
+    assert (context["credit"], context["amount"], context["tax"]) == ("15.00", "713.70", "128.70")
+    rendered = render("upgrade_confirmation", "en", context)
+    assert "713.70" in rendered.text and "713.70" in rendered.html
+    assert "585.00" not in rendered.text
+
+
+def test_a_refund_email_states_the_amount_the_refund_notification_carries(client, conn):
+    post_signed(client, "/ipn", ipn("LIC-REFUND", refno="R44", at="2026-01-10 00:00:00"))
+    drain()
+    refund = ipn("LIC-REFUND", status="REFUND", refno="R44", at="2026-01-12 00:00:00")
+    # A partial refund: the provider refunds 10.00 of the 36.60 paid.
+    refund = [
+        (name, "-10.00" if name in ("IPN_TOTAL[]", "IPN_TOTALGENERAL") else value)
+        for name, value in refund
+    ]
+    post_signed(client, "/ipn", refund)
+    drain()
+    assert email_context(conn, "refund_notice", "LIC-REFUND")["amount"] == "10.00"
+
+
+def test_a_maintenance_upgrade_after_a_renewal_credits_the_original_purchase(client, conn):
+    common = {"currency": "EUR", "code": "GD-WORDS-JAVA-SB"}
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-ORIG", price="920.00", refno="R45", at="2025-01-10 00:00:00",
+            exp="2026-01-10 00:00:00", **common,
+        ),
+    )  # fmt: skip
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-ORIG", price="552.00", refno="R46", at="2026-02-01 00:00:00",
+            exp="2027-02-01 00:00:00", license_type="RENEWAL", **common,
+        ),
+    )  # fmt: skip
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-ORIG", code="GD-TOTAL-JAVA-SB", price="1840.00", refno="R47",
+            at="2026-07-01 00:00:00", exp="2027-02-01 00:00:00", license_type="UPGRADE",
+        ),
+    )  # fmt: skip
+    drain(threads=1)
+    sub = state(conn, "LIC-ORIG")
+    assert sub["product_code"] == "GD-TOTAL-JAVA-SB"
+    assert "credit 920.00, due 1840.00" in sub["history"][-1]["note"]
+
+
+def test_an_upgrade_the_provider_sends_after_expiry_is_recorded_and_flagged_with_the_reason(
+    client, conn
+):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-LATEUP", refno="R48", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    late = post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-LATEUP",
+            code="AWDOC-BUSINESS-M",
+            price="60.00",
+            refno="R49",
+            at="2026-02-03 00:00:00",
+            exp="2026-03-03 00:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain(threads=1)
+    assert event(conn, late)["status"] == "processed"
+    sub = state(conn, "LIC-LATEUP")
+    assert (sub["product_code"], sub["expires_at"]) == ("AWDOC-BUSINESS-M", "2026-03-03T00:00:00Z")
+    assert sub["policy_mismatch"] is True
+    note = sub["history"][-1]["note"]
+    assert "policy mismatch" in note and "only an active subscription can be upgraded" in note
+    assert "policy mismatch" in event(conn, late)["outcome"]
+
+
+@pytest.mark.parametrize(
+    ("currency", "price", "stored"),
+    [("BHD", "12.345", "12.345"), ("KWD", "0.125", "0.125"), ("JPY", "3000", "3000")],
+)
+def test_amounts_are_stored_to_the_minor_unit_of_their_currency(
+    client, conn, currency, price, stored
+):
+    post_signed(
+        client,
+        "/ipn",
+        ipn(f"LIC-{currency}", refno=f"R-{currency}", at="2026-01-10 00:00:00",
+            price=price, currency=currency),
+    )  # fmt: skip
+    drain()
+    assert state(conn, f"LIC-{currency}")["price_paid"] == stored
+    order = conn.execute("SELECT amount FROM orders").fetchone()
+    assert str(order["amount"]) == stored
+
+
+def test_an_ins_renewal_after_a_lapse_follows_the_one_renewal_rule(client, conn):
+    code = "2CO-5001-AWDOC-TEAM-M"
+    _post_ins(client, _ins("ORDER_CREATED"))
+    drain()
+    _post_ins(client, _ins("RECURRING_STOPPED", timestamp="2026-01-20 00:00:00"))
+    drain()
+    renewal = _ins(
+        "RECURRING_INSTALLMENT_SUCCESS",
+        invoice_id="6010",
+        next_date="2026-04-01",
+        timestamp="2026-03-01 00:00:00",
+    )
+    renewal = [(n, "25.00" if n == "item_list_amount_1" else v) for n, v in renewal]
+    _post_ins(client, renewal)
+    drain()
+    sub = state(conn, code)
+    # Lapsed on 2026-02-10: the new period starts at the payment, not at the old expiry.
+    assert (sub["period_start"], sub["expires_at"]) == (
+        "2026-03-01T00:00:00Z",
+        "2026-04-01T00:00:00Z",
+    )
+    assert sub["price_paid"] == "25.00"
+    assert sub["policy_mismatch"] is False
+    row = conn.execute(
+        "SELECT last_change_at FROM subscriptions WHERE license_code = %s", (code,)
+    ).fetchone()
+    assert row["last_change_at"] == t("2026-03-01 00:00:00")
+    assert email_context(conn, "renewal_confirmation", code)["amount"] == "25.00"
+
+
+def test_ins_events_record_their_license_so_they_can_be_found_by_it(client, conn):
+    _post_ins(client, _ins("ORDER_CREATED"))
+    drain()
+    row = conn.execute("SELECT license_codes FROM events").fetchone()
+    assert row["license_codes"] == ["2CO-5001-AWDOC-TEAM-M"]
+    found = events.search(conn, events.EventFilter(license_code="2CO-5001-AWDOC-TEAM-M"))
+    assert [found_event["kind"] for found_event in found] == ["ins"]
+
+
+def test_a_past_due_without_automatic_renewal_asks_the_customer_to_renew(client, conn):
+    post_signed(client, "/ipn", ipn("LIC-MANUAL", refno="R50", at="2026-01-10 00:00:00"))
+    drain()
+    post_signed(
+        client,
+        "/lcn",
+        lcn(
+            "LIC-MANUAL",
+            status="PASTDUE",
+            expires="2026-02-10 00:00:00",
+            updated="2026-02-10 01:00:00",
+            recurring=False,
+        ),
+    )
+    drain()
+    context = email_context(conn, "payment_failed", "LIC-MANUAL")
+    for locale in ("en", "it"):
+        rendered = render("payment_failed", locale, context)
+        for part in (rendered.text, rendered.html):
+            assert (
+                context["renewal_url"].replace("&", "&amp;" if part is rendered.html else "&")
+                in part
+            )
+        assert "unable to charge" not in rendered.text
+        assert "riusciti ad addebitare" not in rendered.text
+        assert "retried" not in rendered.text and "ritentato" not in rendered.text
+
+
+def test_an_upgrade_for_a_refunded_subscription_still_fails_for_an_operator(client, conn):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-GONE", refno="R51", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    post_signed(
+        client, "/ipn", ipn("LIC-GONE", status="REFUND", refno="R51", at="2026-01-02 00:00:00")
+    )
+    drain(threads=1)
+    late = post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-GONE",
+            code="AWDOC-BUSINESS-M",
+            price="60.00",
+            refno="R52",
+            at="2026-02-03 00:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain()
+    assert event(conn, late)["status"] == "failed"
+    assert state(conn, "LIC-GONE")["status"] == "refunded"
+
+
+def test_ins_emails_state_the_amounts_the_message_carries_for_the_item(client, conn):
+    code = "2CO-5001-AWDOC-TEAM-M"
+    _post_ins(client, _ins("ORDER_CREATED"))
+    drain()
+    failed = _ins(
+        "RECURRING_INSTALLMENT_FAILED", invoice_id="6003", timestamp="2026-02-10 00:05:00"
+    )
+    _post_ins(client, failed)
+    drain()
+    context = email_context(conn, "payment_failed", code)
+    assert (context["amount"], context["automatic"]) == ("30.00", True)
+    # A partial refund of this item, on an invoice of 80.00 in all.
+    refund = _ins(
+        "REFUND_ISSUED",
+        invoice_id="6003",
+        timestamp="2026-02-12 00:00:00",
+        extra={"invoice_list_amount": "80.00"},
+    )
+    refund = [(n, "12.00" if n == "item_list_amount_1" else v) for n, v in refund]
+    _post_ins(client, refund)
+    drain()
+    assert email_context(conn, "refund_notice", code)["amount"] == "12.00"
+
+
+def test_an_upgrade_after_an_early_renewal_credits_the_prepaid_month_too(client, conn):
+    post_signed(
+        client,
+        "/ipn",
+        ipn("LIC-PREPAID", refno="R60", at="2026-01-01 00:00:00", exp="2026-02-01 00:00:00"),
+    )
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-PREPAID",
+            refno="R61",
+            at="2026-01-01 12:00:00",
+            exp="2026-03-01 00:00:00",
+            license_type="RENEWAL",
+        ),
+    )  # two months prepaid: 60.00 EUR
+    post_signed(
+        client,
+        "/ipn",
+        ipn(
+            "LIC-PREPAID",
+            code="AWDOC-BUSINESS-M",
+            price="0.97",
+            refno="R62",
+            at="2026-01-02 00:00:00",
+            exp="2026-02-02 00:00:00",
+            license_type="UPGRADE",
+        ),
+    )
+    drain(threads=1)
+    sub = state(conn, "LIC-PREPAID")
+    assert sub["product_code"] == "AWDOC-BUSINESS-M"
+    # January's 30 unused days at January's rate, and all of February: not just 30.00.
+    assert "credit 59.03, due 0.97" in sub["history"][-1]["note"]

@@ -265,9 +265,11 @@ def test_a_context_the_template_cannot_render_marks_the_email_failed(conn, setti
     recorder = Recorder()
     smtp = dataclasses.replace(settings, smtp_url=smtp_url(smtp_server(recorder).port))
     email_id = new_email(conn, settings)
-    conn.execute("UPDATE emails SET context = context - 'amount' WHERE id = %s", (email_id,))
+    conn.execute(
+        "UPDATE emails SET context = context - 'new_expires_at' WHERE id = %s", (email_id,)
+    )
 
-    with pytest.raises(PermanentEmailError, match="amount"):
+    with pytest.raises(PermanentEmailError, match="new_expires_at"):
         mailer.send(smtp, email_id, final=False)
 
     failed = row(conn, email_id)

@@ -167,7 +167,7 @@ def test_extra_values_override_and_extend_the_context_and_are_stored_json_safe(c
     )  # fmt: skip
 
     context = email_row(conn, email_id)["context"]
-    assert context["credit"] == "15.00" and context["amount_due"] == "585.00"
+    assert context["credit"] == "15.00" and context["amount"] == "713.70"
     assert context["new_expires_at"] == "2027-01-16T12:00:00Z"
     assert context["expires_at"] == "2026-02-01T01:30:15.000250Z"
     assert context["previous_quantity"] == 5 and context["merchant_name"] == "DocFlow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -357,17 +358,35 @@ def test_a_restart_credit_counts_whole_seconds_to_the_second() -> None:
     assert quote.credit == Decimal("7.00")
 
 
-def test_a_restart_upgrade_after_the_expiry_of_a_past_due_subscription_credits_nothing() -> None:
+def test_a_restart_upgrade_after_the_expiry_is_refused_as_it_needs_an_active_subscription() -> None:
     held = terms("AWDOC-TEAM-M", utc(2026, 1, 1), utc(2026, 2, 1), "30.00", status="past_due")
-    quote = upgrade(held, "AWDOC-BUSINESS-M", utc(2026, 2, 3))
-    assert quote.allowed
-    assert (quote.credit, quote.amount_due) == (Decimal("0.00"), Decimal("60.00"))
+    for at in (utc(2026, 2, 1), utc(2026, 2, 3)):
+        quote = upgrade(held, "AWDOC-BUSINESS-M", at)
+        assert not quote.allowed
+        assert quote.reason == (
+            "the subscription expired on 2026-02-01: only an active subscription can be "
+            "upgraded; renew it first"
+        )
+    assert upgrade(held, "AWDOC-BUSINESS-M", utc(2026, 2, 1) - SECOND).allowed
 
 
 def test_a_restart_upgrade_at_the_period_start_credits_everything_paid() -> None:
     held = terms("AWDOC-TEAM-M", utc(2026, 1, 1), utc(2026, 2, 1), "30.00")
     assert upgrade(held, "AWDOC-BUSINESS-M", utc(2026, 1, 1)).credit == Decimal("30.00")
-    assert upgrade(held, "AWDOC-BUSINESS-M", utc(2025, 12, 1)).credit == Decimal("30.00")
+
+
+def test_a_restart_upgrade_after_an_early_renewal_credits_the_prepaid_periods_too() -> None:
+    # Bought 2026-01-01 for 30.00 and renewed by hand the same day: 60.00 paid, the current
+    # (renewed) period runs 2026-02-01 -> 2026-03-01. One day later every unused second counts:
+    # the rest of January at January's rate (30 of 31 days) and the whole of February.
+    held = terms("AWDOC-TEAM-M", utc(2026, 2, 1), utc(2026, 3, 1), "30.00")
+    quote = upgrade(held, "AWDOC-BUSINESS-M", utc(2026, 1, 2))
+    assert quote.allowed, quote.reason
+    assert quote.credit == Decimal("59.03")  # 30 × 30/31 + 30
+    assert quote.amount_due == Decimal("0.97")
+    assert "5,011,200 seconds to the expiry" in quote.explanation
+    # Halfway through the renewed period only the half left counts, as in the worked example.
+    assert upgrade(held, "AWDOC-BUSINESS-M", utc(2026, 2, 15)).credit == Decimal("15.00")
 
 
 def test_a_credit_larger_than_the_new_price_leaves_nothing_due() -> None:
@@ -519,6 +538,17 @@ def test_more_units_of_the_same_library_is_an_upgrade() -> None:
     quote = upgrade(words(), "GD-WORDS-NET-SB", utc(2026, 7, 1), quantity=3)
     assert quote.allowed
     assert quote.amount_due == Decimal("2000.00")
+
+
+def test_the_maintenance_credit_after_a_renewal_is_the_original_purchase_not_the_renewal() -> None:
+    # Bought for 920.00, lapsed, renewed for 552.00: the order that bought the plan is credited.
+    held = dataclasses.replace(
+        terms("GD-WORDS-JAVA-SB", utc(2027, 2, 1), utc(2028, 2, 1), "552.00", currency="EUR"),
+        purchase_price=Decimal("920.00"),
+    )
+    quote = upgrade(held, "GD-TOTAL-JAVA-SB", utc(2027, 7, 1))
+    assert (quote.credit, quote.new_price) == (Decimal("920.00"), Decimal("2760.00"))
+    assert quote.amount_due == Decimal("1840.00")
 
 
 def test_the_maintenance_credit_is_the_whole_price_paid_even_in_euro() -> None:
@@ -692,3 +722,16 @@ def test_a_past_due_subscription_can_still_be_upgraded() -> None:
 def test_an_upgrade_refuses_a_naive_instant() -> None:
     with pytest.raises(ValueError, match="at must be timezone-aware"):
         upgrade(words(), "GD-TOTAL-NET-SB", datetime(2026, 7, 1))
+
+
+def test_terms_refuse_a_negative_purchase_price_and_default_it_to_the_price_paid() -> None:
+    held = terms("GD-WORDS-NET-SB", BOUGHT, EXPIRES, "600.00", currency="USD")
+    assert held.purchase_price == Decimal("600.00")
+    with pytest.raises(ValueError, match="purchase_price must be a non-negative amount"):
+        dataclasses.replace(held, purchase_price=Decimal("-1"))
+
+
+def test_a_restart_quote_long_before_the_period_walks_back_no_further_than_the_calendar() -> None:
+    held = terms("AWDOC-TEAM-M", utc(2, 1, 15), utc(2, 2, 15), "30.00")
+    quote = upgrade(held, "AWDOC-BUSINESS-M", utc(1, 1, 1))
+    assert quote.allowed and quote.credit > Decimal("30.00")

@@ -337,6 +337,7 @@ def test_the_scan_queries_can_use_the_live_expiry_index(conn, query):
         "cutoff": NOW,
         "grace_cutoff": NOW,
         "lifetime": reminders.LIFETIME_FROM,
+        "begun_by": NOW,
     }
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
@@ -345,3 +346,44 @@ def test_the_scan_queries_can_use_the_live_expiry_index(conn, query):
         ).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)
     assert "subscriptions_live_expiry_idx" in text
+
+
+def bought(conn: psycopg.Connection, at: datetime, expires: datetime, **values: Any) -> int:
+    """A monthly subscription whose current period started at `at`; its id."""
+    return subscription(conn, cycle="monthly", expires_at=expires, period_start=at, **values)
+
+
+def test_no_reminder_goes_out_for_an_offset_that_falls_on_the_day_of_purchase(conn, settings):
+    # A 30-day month: the 30-days-before offset falls on the day it was bought.
+    today = bought(conn, datetime(2030, 4, 1, 10, tzinfo=UTC), datetime(2030, 5, 1, 10, tzinfo=UTC))
+    # Bought the day before: the whole offset day was inside its period.
+    earlier = bought(
+        conn, datetime(2030, 3, 31, 23, tzinfo=UTC), datetime(2030, 5, 1, 9, tzinfo=UTC)
+    )
+    run_days(settings, date(2030, 3, 30), date(2030, 5, 1))
+    written = {
+        sub_id: [row["fact"][-3:] for row in emails(conn) if row["subscription_id"] == sub_id]
+        for sub_id in (today, earlier)
+    }
+    assert written == {today: ["Z/7", "Z/1"], earlier: ["/30", "Z/7", "Z/1"]}
+
+
+def test_no_reminder_goes_out_for_an_offset_before_the_current_period_started(conn, settings):
+    # Renewed early by hand: the new period starts at the old expiry, 2030-06-01.
+    sub_id = bought(conn, datetime(2030, 6, 1, tzinfo=UTC), datetime(2030, 7, 1, tzinfo=UTC))
+    run_days(settings, date(2030, 5, 25), date(2030, 7, 1))
+    assert [row["fact"] for row in emails(conn) if row["subscription_id"] == sub_id] == [
+        "2030-07-01T00:00:00Z/7",
+        "2030-07-01T00:00:00Z/1",
+    ]
+
+
+def test_no_automatic_renewal_notice_goes_out_on_the_day_of_purchase(conn, settings):
+    fresh = bought(
+        conn,
+        datetime(2030, 6, 23, 8, tzinfo=UTC),
+        datetime(2030, 6, 30, 8, tzinfo=UTC),
+        auto_renew=True,
+    )
+    reminders.run(settings, date(2030, 6, 23), now=NOW)
+    assert [row for row in emails(conn) if row["subscription_id"] == fresh] == []

@@ -18,6 +18,18 @@ PER_DELIVERY_FIELDS = frozenset({"md5_hash", "timestamp", "message_id"})
 
 _REQUIRED = ("message_type", "sale_id", "vendor_id", "invoice_id", "md5_hash")
 _NEXT_BILLING = re.compile(r"item_rec_date_next_[0-9]+")
+_ITEM_ID = re.compile(r"item_id_([0-9]{1,6})")
+# Item types that bill (or refund) a subscription; others (shipping, tax, coupon) do not.
+BILLED_TYPES = frozenset({"", "bill", "refund"})
+_ITEM_KEYS = (
+    "item_name",
+    "item_id",
+    "item_list_amount",
+    "item_type",
+    "item_rec_status",
+    "item_rec_date_next",
+    "item_recurrence",
+)
 
 
 def validate(fields: Mapping[str, Sequence[str]]) -> None:
@@ -45,9 +57,33 @@ def summary(fields: Mapping[str, Sequence[str]]) -> str:
     return form.first(fields, "message_type")
 
 
+def items(fields: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    """Return the billed items (numbered up to item_count), each as its item_* fields unnumbered.
+
+    Only numbers that have an item_id field are read, so a huge item_count costs nothing.
+    """
+    count = form.first(fields, "item_count")
+    total = int(count) if count.isdigit() else 0
+    numbers = sorted(
+        {int(found.group(1)) for name in fields if (found := _ITEM_ID.fullmatch(name))}
+    )
+    billed = []
+    for number in (n for n in numbers if 1 <= n <= total):
+        item = {key: form.first(fields, f"{key}_{number}") for key in _ITEM_KEYS}
+        if item["item_type"] in BILLED_TYPES and item["item_id"]:
+            billed.append(item)
+    return billed
+
+
+def license_code(sale_id: str, item_id: str) -> str:
+    """Return the license code Rinnovo gives an INS subscription: INS has none of its own."""
+    return f"2CO-{sale_id}-{item_id}"
+
+
 def license_codes(fields: Mapping[str, Sequence[str]]) -> list[str]:
-    """Return no license codes: INS has none, it identifies a subscription by sale_id."""
-    return []
+    """Return the license codes of the billed items: one subscription per sale and item."""
+    sale_id = form.first(fields, "sale_id")
+    return sorted({license_code(sale_id, item["item_id"]) for item in items(fields)})
 
 
 def is_test(fields: Mapping[str, Sequence[str]]) -> bool:

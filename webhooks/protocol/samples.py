@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from babel.numbers import get_currency_precision
+
 from webhooks.protocol import form, ins
 from webhooks.protocol.signature import SIGNATURE_FIELDS, Algorithm, sign, source_string
 
@@ -113,13 +115,15 @@ def ipn_pairs(
     expiries = [
         item.license_exp or _month_after(start) for item, start in zip(lines, starts, strict=True)
     ]
+    # Amounts in the currency's own minor unit, as the provider sends them (3 decimals for BHD).
+    minor = Decimal(1).scaleb(-get_currency_precision(currency.upper()))
     nets = [Decimal(item.price) * item.quantity for item in lines]
-    vats = [(net * _VAT_RATE / 100).quantize(_CENT) for net in nets]
+    vats = [(net * _VAT_RATE / 100).quantize(minor) for net in nets]
     totals = [net + vat for net, vat in zip(nets, vats, strict=True)]
     general = sum(totals, Decimal(0))
 
     def money(amount: Decimal) -> str:
-        return str((amount * sign_of_totals).quantize(_CENT))
+        return str((amount * sign_of_totals).quantize(minor))
 
     def each(name: str, values: Sequence[str]) -> Pairs:
         return [(name, value) for value in values]

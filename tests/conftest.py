@@ -24,6 +24,8 @@ os.environ.update(
     TWOCHECKOUT_SECRET_KEY=SECRET_KEYS,
     TWOCHECKOUT_INS_SECRET_WORD=INS_SECRET_WORD,
     TWOCHECKOUT_ACCEPT_MD5="",
+    MERCHANT_NAME="Example Shop",
+    SUPPORT_EMAIL="help@shop.example",
 )
 
 import threading  # noqa: E402

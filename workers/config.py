@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from emails.links import check_http_url
+from emails.message import parse_mailbox
 from workers.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
@@ -76,6 +78,10 @@ class Settings:
     expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
     mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
     redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
+    # The merchant's voice in every email: the signature and where customers ask for help.
+    merchant_name: str = ""
+    support_email: str = ""
+    support_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +108,9 @@ class Settings:
             expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
             mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
             redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
+            merchant_name=(env.get("MERCHANT_NAME") or "").strip(),
+            support_email=(env.get("SUPPORT_EMAIL") or "").strip(),
+            support_url=(env.get("SUPPORT_URL") or "").strip(),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -112,3 +121,37 @@ class Settings:
                 "(set it to the secret key from the 2Checkout control panel)"
             )
         return self.secret_keys
+
+    def merchant_voice(self) -> dict[str, str]:
+        """The signature and support contact of every email, or a ConfigError naming what to set.
+
+        There is no fallback: an email that tells the customer to contact support must say
+        where, and one signed by nobody in particular reads like spam.
+        """
+        missing = [
+            name
+            for name, value in (
+                ("MERCHANT_NAME", self.merchant_name),
+                ("SUPPORT_EMAIL", self.support_email),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: every email is signed with MERCHANT_NAME "
+                "and tells the customer to write to SUPPORT_EMAIL (e.g. MERCHANT_NAME='Example "
+                "Shop' SUPPORT_EMAIL=support@example.com)"
+            )
+        try:
+            parse_mailbox(self.support_email, "SUPPORT_EMAIL")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            if self.support_url:
+                check_http_url(self.support_url)
+        except ValueError as exc:
+            raise ConfigError(f"SUPPORT_URL: {exc}") from None
+        voice = {"merchant_name": self.merchant_name, "support_email": self.support_email}
+        if self.support_url:
+            voice["support_url"] = self.support_url
+        return voice

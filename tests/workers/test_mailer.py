@@ -289,6 +289,46 @@ def test_a_malformed_smtp_url_is_retried_as_a_configuration_error(conn, settings
     assert row(conn, email_id)["status"] == "failed"
 
 
+@pytest.mark.parametrize("locale", ["en", "it"])
+def test_a_sent_email_is_signed_by_the_merchant_and_names_the_support_address(
+    conn, settings, locale
+):
+    voice = dataclasses.replace(
+        settings,
+        merchant_name="Bottega Nova",
+        support_email="aiuto@bottega.example",
+        support_url="https://bottega.example/help",
+    )
+    email_id = new_email(conn, settings, locale=locale)
+
+    mailer.send(voice, email_id, final=False)
+
+    [path] = voice.mail_dir.glob("*.eml")
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert isinstance(message, EmailMessage)
+    for part in ("plain", "html"):
+        body = message.get_body((part,))
+        assert body is not None
+        content = body.get_content()
+        assert "Bottega Nova" in content and "aiuto@bottega.example" in content
+        assert "https://bottega.example/help" in content
+
+
+@pytest.mark.parametrize("unset", ["merchant_name", "support_email"])
+def test_without_the_merchant_voice_an_email_waits_as_a_configuration_error(conn, settings, unset):
+    email_id = new_email(conn, settings)
+    silent = dataclasses.replace(settings, **{unset: ""})
+
+    with pytest.raises(ConfigError, match=unset.upper()):
+        mailer.send(silent, email_id, final=False)
+
+    waiting = row(conn, email_id)
+    assert waiting["status"] == "pending" and unset.upper() in waiting["last_error"]
+    assert not settings.mail_dir.exists()
+    mailer.send(settings, email_id, final=False)  # set in time: it is delivered
+    assert row(conn, email_id)["status"] == "sent"
+
+
 def test_without_smtp_url_the_email_is_written_once_as_an_eml_file(conn, settings):
     email_id = new_email(conn, settings)
 

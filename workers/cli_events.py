@@ -215,6 +215,11 @@ def _preview_lines(preview: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _progress(line: str) -> None:
+    """Progress goes to stderr: stdout carries only the command's result."""
+    click.echo(line, err=True)
+
+
 @events_group.command("replay")
 @click.argument("event_ids", nargs=-1, type=EVENT_ID)
 @click.option("--failed", is_flag=True, help="Every event whose retries are exhausted.")
@@ -257,7 +262,7 @@ def replay_events(
             ids,
             dry_run=dry_run,
             emails=not no_emails,
-            progress=None if dry_run else click.echo,
+            progress=None if dry_run else _progress,
         )
     except EventNotFound as exc:
         raise click.ClickException(str(exc)) from None

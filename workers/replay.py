@@ -353,8 +353,8 @@ def replay(
             "now storing today's reading of their bodies"
         )
     refreshed, errors = refresh(settings, ids)
-    for error in errors:
-        log.warning("event %s: %s", error["event_id"], error["error"])
+    for error in errors:  # the report carries them to the caller, who shows them
+        log.info("event %s: %s", error["event_id"], error["error"])
     return ReplayReport(
         event_ids=ids, enqueued=enqueued, dry_run=False, errors=errors, refreshed=refreshed
     )

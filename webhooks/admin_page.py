@@ -266,7 +266,7 @@ def replay_event(event_id: str) -> Any:
         return _message("No such event", f"There is no event {event_id}.", 404)
     emails = request.form.get("emails", "1") != "0"
     try:
-        report = replay.replay(_settings(), [number], emails=emails)
+        report = replay.replay(_settings(), [number], emails=emails, by="replay-page")
     except EventNotFound:
         return _message("No such event", f"There is no event {number}.", 404)
     except BrokerUnavailable as exc:

@@ -30,6 +30,12 @@ def settings() -> Settings:
 lifecycle.catalog(settings())
 
 
+def _retry_number() -> int:
+    """Which retry of its message the running attempt is (0: the first try)."""
+    message = CurrentMessage.get_current_message()
+    return 0 if message is None else int(message.options.get("retries", 0))
+
+
 def _is_final_attempt(actor_max_retries: int) -> bool:
     """Whether the running message has no retry left (per-message options override the actor's)."""
     message = CurrentMessage.get_current_message()
@@ -45,7 +51,12 @@ def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
     try:
         with db.connection(settings().database_url) as conn, conn.transaction():
             events.record_failure(
-                conn, event_id, error=error, traceback=traceback.format_exc(), final=final
+                conn,
+                event_id,
+                error=error,
+                traceback=traceback.format_exc(),
+                final=final,
+                retry=_retry_number(),
             )
     except DatabaseUnavailable:
         log.warning("event %s: could not record the failure, database unavailable", event_id)
@@ -63,7 +74,9 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
         applied = lifecycle.apply(conn, event, settings(), emails=emails)
-        events.finish(conn, event_id, status=applied.status, outcome=applied.outcome)
+        events.finish(
+            conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
+        )
     if applied.email_ids:
         from workers import outbox
 

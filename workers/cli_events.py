@@ -163,6 +163,14 @@ def describe(detail: dict[str, Any]) -> str:
     if len(shown) < len(fields):
         field_lines.append(f"({len(fields) - len(shown)} blank field(s) not shown)")
     lines += _section(f"Fields ({len(fields)})", field_lines)
+    lines += _section(
+        f"Attempts ({len(detail['attempt_history'])})",
+        [
+            f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}"
+            + (f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else "")
+            for attempt in detail["attempt_history"]
+        ],
+    )
     if detail["last_error"]:
         trace = (detail["last_traceback"] or "").rstrip().splitlines()
         lines += _section("Last error", [detail["last_error"], *trace])

@@ -292,3 +292,31 @@ def test_an_error_is_one_line_on_stderr_and_exit_status_1_not_a_traceback(conn, 
         f"Error: {catalog}, line 1, column 10: invalid TOML: Expected ']]' at the end of an "
         "array declaration"
     ]
+
+
+def test_a_replay_keeps_the_first_attempt_and_events_show_lists_every_attempt(
+    client, conn, catalog_file, mail_dir
+):
+    event_id = post_signed(client, "/ipn", ipn("LIC-H1", refno="R300"))
+    drain()  # fails for good: the product is not in the catalog yet
+    first = row(conn, event_id)
+    add_monthly_product(catalog_file)
+
+    assert rinnovo("replay", str(event_id)).exit_code == 0
+    drain()
+
+    attempts = conn.execute(
+        "SELECT * FROM event_attempts WHERE event_id = %s ORDER BY id", (event_id,)
+    ).fetchall()
+    assert [(a["requested_by"], a["status"]) for a in attempts] == [
+        ("delivery", "failed"),
+        ("replay-cli", "processed"),
+    ]
+    assert "unknown product AWDOC-TEAM-M" in attempts[0]["outcome"]
+    assert attempts[0]["at"] <= first["processed_at"] < attempts[1]["at"]
+    assert attempts[0]["enqueued_at"] == first["enqueued_at"] < attempts[1]["enqueued_at"]
+
+    shown = rinnovo("show", str(event_id)).output
+    section = shown[shown.index("Attempts (2)") :].splitlines()[1:3]
+    assert "failed" in section[0] and "provider delivery: PermanentEventError" in section[0]
+    assert "processed" in section[1] and "replay (CLI): LIC-H1: active until" in section[1]

@@ -143,7 +143,8 @@ def describe(detail: dict[str, Any]) -> str:
         f"  received      {_when(detail['received_at'])} UTC, delivered {detail['deliveries']} "
         f"time(s), last {_when(detail['last_delivery_at'])}",
         f"  enqueued      {_when(detail['enqueued_at'])}",
-        f"  processed     {_when(detail['processed_at'])}",
+        f"  {events.FINISHED_LABELS.get(detail['status'], 'Processed').lower():<13} "
+        f"{_when(detail['processed_at'])}",
         f"  attempts      {detail['attempts']}",
         f"  licenses      {', '.join(detail['license_codes']) or '-'}",
         f"  dedupe key    {detail['dedupe_key']}",

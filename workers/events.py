@@ -87,6 +87,15 @@ REQUESTERS: dict[str, str] = {
 }
 
 
+# What the time an event's processing ended means, by its status: a failed event was not
+# "processed".
+FINISHED_LABELS: dict[str, str] = {
+    "processed": "Processed",
+    "ignored": "Ignored",
+    "failed": "Failed",
+}
+
+
 def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
     """Record that the relay's broker took these events; a worker that already finished one wins."""
     cur = conn.execute(

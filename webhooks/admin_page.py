@@ -207,10 +207,10 @@ def _not_found(exc: NotFound) -> Any:
 
     path = request.path
     if path.startswith("/admin/") and not (path == PREFIX or path.startswith(PREFIX + "/")):
-        # No route matched, so the blueprint's after_request does not run: its headers, here.
-        return _headers(
-            make_response(_message("Page not found", f"There is no admin page at {path}.", 404))
-        )
+        # No route matched, so the blueprint's context and headers are not applied: here they are.
+        text = f"There is no admin page at {path}."
+        page = _page("message.html", 404, title="Page not found", text=text, **_template_globals())
+        return _headers(make_response(page))
     return http_error(exc)
 
 

@@ -44,16 +44,20 @@ def _verbosity(verbose: int) -> int:
     return _LEVELS[min(verbose, len(_LEVELS) - 1)]
 
 
+def _log_at(level: int) -> None:
+    """Log JSON to stderr at `level`; below info, libraries' retry chatter is left out too."""
+    configure_logging(level)
+    for name in _QUIET_AT_DEFAULT:
+        logging.getLogger(name).setLevel(logging.ERROR if level > logging.INFO else logging.NOTSET)
+
+
 @click.group(cls=_Group)
 @click.option(
     "-v", "--verbose", count=True, help="Log more: -v info, -vv debug (default: warnings)."
 )
 def cli(verbose: int) -> None:
     """Rinnovo: 2Checkout notifications in, subscriptions and customer emails out."""
-    level = _verbosity(verbose)
-    configure_logging(level)
-    for name in _QUIET_AT_DEFAULT:
-        logging.getLogger(name).setLevel(logging.ERROR if level == logging.WARNING else level)
+    _log_at(_verbosity(verbose))
 
 
 @cli.group()
@@ -79,7 +83,7 @@ def clock(ctx: click.Context) -> None:
 
     # A service, not a command a person waits on: it logs what it does at info level at least.
     root = ctx.find_root().params.get("verbose", 0)
-    configure_logging(min(_verbosity(root), logging.INFO))
+    _log_at(min(_verbosity(root), logging.INFO))
     scheduler.run(_settings())
 
 

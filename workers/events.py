@@ -97,7 +97,7 @@ FINISHED_LABELS: dict[str, str] = {
 
 
 def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
-    """Record that the relay's broker took these events; a worker that already finished one wins."""
+    """Record that the relay handed these events to the broker; a worker that finished one wins."""
     cur = conn.execute(
         """
         UPDATE events SET status = 'enqueued', enqueued_at = now(), enqueued_by = 'relay'

@@ -8,7 +8,7 @@ import time
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.support import FORM, signed_ipn
+from tests.support import FORM, insert_subscription, signed_ipn
 from webhooks import admin_page
 from webhooks.app import create_app
 from webhooks.protocol import form, samples
@@ -398,16 +398,7 @@ def test_the_license_lookup_goes_to_the_subscription_or_says_there_is_none(logge
 
 def test_times_read_to_the_second_and_history_reads_as_before_and_after(logged_in, conn):
     event_id = store_event(conn, received_at="2026-01-31T10:00:00.123456Z")
-    customer = conn.execute(
-        "INSERT INTO customers (email, customer_key) VALUES ('a@example.com', 'a') RETURNING id"
-    ).fetchone()["id"]
-    sub = conn.execute(
-        """
-        INSERT INTO subscriptions (license_code, customer_id, product_code, product, status)
-        VALUES ('LIC0000001', %s, 'P', 'DocFlow', 'active') RETURNING id
-        """,
-        (customer,),
-    ).fetchone()["id"]
+    sub = insert_subscription(conn, license_code="LIC0000001", expires_at=None)
     conn.execute(
         """
         INSERT INTO subscription_history (subscription_id, event_id, change, before, after, at)

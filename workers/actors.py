@@ -13,7 +13,12 @@ import workers.broker  # noqa: F401  # sets the broker before any actor is decla
 from emails.transport import PermanentEmailError
 from workers import db, events, lifecycle
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, PermanentEventError
+from workers.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    PermanentEventError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,10 @@ def settings() -> Settings:
 
 # A malformed catalog stops the worker at start-up, naming the line, instead of failing events.
 lifecycle.catalog(settings())
+try:
+    settings().merchant_voice()
+except ConfigError as exc:  # events are still applied; their emails wait for the setting
+    log.error("emails will wait until this is fixed: %s", exc)
 
 
 def _retry_number() -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -526,3 +529,13 @@ def test_through_the_worker_an_smtp_outage_is_retried_until_delivered(
 
     assert len(recorder.envelopes) == 1
     assert row(conn, email_id)["attempts"] >= 3
+
+
+def test_a_worker_started_without_the_merchant_voice_says_at_once_that_emails_will_wait():
+    env = {key: value for key, value in os.environ.items() if key != "SUPPORT_EMAIL"}
+    started = subprocess.run(
+        [sys.executable, "-c", "import workers.actors"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert "emails will wait until this is fixed: SUPPORT_EMAIL not set" in started.stderr

@@ -24,7 +24,11 @@ def _copy(target: Path, env: str = "") -> Path:
     target.mkdir()
     shutil.copytree(ROOT / "scripts", target / "scripts")
     for name in ("Procfile", "pyproject.toml"):
-        shutil.copy2(ROOT / name, target / name)  # its time kept: setup has nothing to install
+        shutil.copy2(ROOT / name, target / name)
+    # Older than the shared virtualenv's install stamp: setup installs nothing from the copy
+    # (without the stamp it would reinstall the package from the copy into the shared one).
+    assert (ROOT / ".venv" / ".rinnovo-installed").is_file(), "run scripts/setup first"
+    os.utime(target / "pyproject.toml", (0, 0))
     (target / ".venv").symlink_to(ROOT / ".venv")
     if env:
         (target / ".env").write_text(env, encoding="utf-8")

@@ -126,9 +126,10 @@ def test_setup_without_postgresql_redis_or_apt_stops_first_with_the_commands(tmp
         assert found is not None
         (bin_dir / tool).symlink_to(found)
 
-    # In a network namespace of its own, nothing answers on 127.0.0.1:5432 or :6379.
+    # In a network namespace of its own (a user namespace too: no privilege needed), nothing
+    # answers on 127.0.0.1:5432 or :6379.
     result = subprocess.run(
-        [shutil.which("unshare") or "unshare", "--net", "scripts/setup"],
+        [shutil.which("unshare") or "unshare", "--map-root-user", "--net", "scripts/setup"],
         cwd=checkout,
         env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
         capture_output=True,

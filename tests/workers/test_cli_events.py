@@ -30,11 +30,17 @@ def rinnovo(*args: str) -> Result:
     return CliRunner().invoke(cli, ["events", *args])
 
 
-def console(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def console(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the installed `rinnovo` console script, as a person would, in its own process."""
     script = Path(sys.executable).with_name("rinnovo")
     return subprocess.run(
-        [str(script), *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **env},
     )
 
 
@@ -281,11 +287,7 @@ def test_rinnovo_reads_dotenv_in_the_current_directory_and_the_environment_wins(
 def test_an_error_is_one_line_on_stderr_and_exit_status_1_not_a_traceback(conn, tmp_path):
     catalog = tmp_path / "catalog.toml"
     catalog.write_text("[[product]\n", encoding="utf-8")
-    result = subprocess.run(
-        [str(Path(sys.executable).with_name("rinnovo")), "simulate", "ipn", "--dry-run"],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "CATALOG": str(catalog)},
-    )  # fmt: skip
+    result = console("simulate", "ipn", "--dry-run", CATALOG=str(catalog))
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [

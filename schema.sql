@@ -44,6 +44,24 @@ CREATE INDEX IF NOT EXISTS events_license_codes_idx ON events USING gin (license
 DROP INDEX IF EXISTS events_unenqueued_idx;
 CREATE INDEX IF NOT EXISTS events_waiting_idx ON events (id) WHERE status IN ('received', 'enqueued');
 
+-- Who last handed an event to the workers: the attempt it starts is recorded as theirs.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS enqueued_by text NOT NULL DEFAULT 'delivery';
+
+-- Every attempt at applying an event, never overwritten (a replay adds one): when, who asked
+-- for it, what it did. Written in the same transaction as the attempt's outcome.
+CREATE TABLE IF NOT EXISTS event_attempts (
+    id              bigserial PRIMARY KEY,
+    event_id        bigint NOT NULL REFERENCES events (id),
+    at              timestamptz NOT NULL DEFAULT now(),
+    -- delivery | relay | replay-cli | replay-api | replay-page (events.REQUESTERS)
+    requested_by    text NOT NULL,
+    enqueued_at     timestamptz,             -- when it was handed to the workers
+    retry           integer NOT NULL DEFAULT 0,  -- the worker's retry of that hand-over (0: first)
+    status          text NOT NULL CHECK (status IN ('processed', 'ignored', 'failed', 'retrying')),
+    outcome         text NOT NULL DEFAULT '' -- what applying it did, or the error
+);
+CREATE INDEX IF NOT EXISTS event_attempts_event_idx ON event_attempts (event_id, id);
+
 CREATE TABLE IF NOT EXISTS customers (
     id              bigserial PRIMARY KEY,
     email           text NOT NULL,

@@ -9,7 +9,9 @@ Every kind requires ``COMMON_KEYS``:
 - ``expires_at``: the subscription's expiry (aware datetime or ISO 8601 string). In
   ``renewal_confirmation`` and ``upgrade_confirmation`` it is the expiry *before* the change;
 - ``portal_url``, ``renewal_url``: built with :mod:`emails.links`, never by hand;
-- ``currency`` (ISO 4217 code, e.g. ``"EUR"``), ``test`` (bool: a test order, flagged in the email).
+- ``currency`` (ISO 4217 code, e.g. ``"EUR"``), ``test`` (bool: a test order, flagged in the email);
+- ``merchant_name``, ``support_email`` (``MERCHANT_KEYS``): the signature and the support address,
+  from the settings of the same names (optional ``support_url``: a help page).
 
 Kind-specific required keys are in ``REQUIRED_KEYS``. Optional keys (``OPTIONAL_KEYS``) may be
 left out or set to ``None``; the email then simply omits them. Money amounts are ``Decimal``
@@ -40,6 +42,10 @@ COMMON_KEYS: tuple[str, ...] = (
     "test",
 )
 
+# The merchant's voice, from the MERCHANT_NAME and SUPPORT_EMAIL settings (every kind): the
+# signature and the address the "contact our support" line gives. SUPPORT_URL is optional.
+MERCHANT_KEYS: tuple[str, ...] = ("merchant_name", "support_email")
+
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "order_confirmation": COMMON_KEYS,
     # days_left: whole days until expires_at (0 means today).
@@ -66,8 +72,10 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "cancellation_notice": COMMON_KEYS,
 }
 
-# Every kind also accepts merchant_name (signature) and support_email (shown in the closing).
-COMMON_OPTIONAL_KEYS: tuple[str, ...] = ("merchant_name", "support_email")
+REQUIRED_KEYS = {kind: (*keys, *MERCHANT_KEYS) for kind, keys in REQUIRED_KEYS.items()}
+
+# Every kind also accepts support_url (a help page, linked beside the support address).
+COMMON_OPTIONAL_KEYS: tuple[str, ...] = ("support_url",)
 
 OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
     kind: COMMON_OPTIONAL_KEYS
@@ -111,8 +119,9 @@ def _base() -> dict[str, Any]:
         ),
         "currency": "EUR",
         "test": False,
-        "merchant_name": "DocFlow",
-        "support_email": "supporto@example.com",
+        # Tests render with this voice; `rinnovo emails preview` replaces it with the settings'.
+        "merchant_name": "Example Shop",
+        "support_email": "support@example.com",
     }
 
 

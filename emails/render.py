@@ -62,7 +62,7 @@ _IT_ARTICLES: dict[str, tuple[str, str]] = {
     "da": ("dal ", "dall'"),
     "di": ("del ", "dell'"),
 }
-_URL_KEYS = ("portal_url", "renewal_url")
+_URL_KEYS = ("portal_url", "renewal_url", "support_url")
 
 
 class TemplateError(Exception):
@@ -88,6 +88,12 @@ def _language(tag: str | None) -> str:
     for sep in (".", "@", "_"):
         tag = tag.split(sep, 1)[0]
     return tag.lower()
+
+
+def template_locale(tag: str | None) -> str | None:
+    """Return the locale with templates that ``tag`` names ("it_IT" -> "it"), or None."""
+    language = _language(tag)
+    return language if language in LOCALES else None
 
 
 def resolve_locale(requested: str | None, default: str) -> str:
@@ -252,6 +258,8 @@ def render(
     if missing:
         raise TemplateError(f"{kind}: missing context values: {', '.join(missing)}")
     for key in _URL_KEYS:
+        if key not in REQUIRED_KEYS[kind] and context.get(key) is None:
+            continue
         try:
             check_http_url(context[key])
         except ValueError as exc:

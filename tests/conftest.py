@@ -24,6 +24,8 @@ os.environ.update(
     TWOCHECKOUT_SECRET_KEY=SECRET_KEYS,
     TWOCHECKOUT_INS_SECRET_WORD=INS_SECRET_WORD,
     TWOCHECKOUT_ACCEPT_MD5="",
+    MERCHANT_NAME="Example Shop",
+    SUPPORT_EMAIL="help@shop.example",
 )
 
 import threading  # noqa: E402
@@ -41,7 +43,15 @@ from tests.support import Receiver, TcpProxy, free_port, queued_event_ids  # noq
 from workers import db as database  # noqa: E402
 from workers.broker import broker  # noqa: E402
 
-TABLES = ("emails", "subscription_history", "orders", "subscriptions", "customers", "events")
+TABLES = (
+    "event_attempts",
+    "emails",
+    "subscription_history",
+    "orders",
+    "subscriptions",
+    "customers",
+    "events",
+)
 TRUNCATE = sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
     sql.SQL(", ").join(map(sql.Identifier, TABLES))
 )

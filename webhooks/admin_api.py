@@ -253,6 +253,7 @@ def replay_event(event_id: str) -> tuple[Response, int]:
         [number],
         dry_run=_flag(body, "dry_run", False),
         emails=_flag(body, "emails", True),
+        by="replay-api",
     )
     return _report(report)
 
@@ -277,6 +278,7 @@ def replay_events() -> tuple[Response, int]:
         ids,
         dry_run=_flag(body, "dry_run", False),
         emails=_flag(body, "emails", True),
+        by="replay-api",
     )
     return _report(report)
 

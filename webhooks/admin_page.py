@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from flask import (
     Response,
     current_app,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
@@ -29,6 +31,7 @@ from flask import (
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import NotFound
 
 from webhooks.protocol import form
 from webhooks.protocol.errors import MalformedNotification
@@ -74,6 +77,45 @@ def _configure(state: BlueprintSetupState) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
+
+
+# --- how values read on the page -------------------------------------------------------------
+
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+@bp.app_template_filter("admin_time")
+def admin_time(value: str | None) -> str:
+    """An ISO 8601 UTC instant as operators read it, to the second: `2026-01-31 10:00:00 UTC`."""
+    if not value:
+        return ""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if moment.utcoffset() is not None else "")
+
+
+@bp.app_template_filter("admin_value")
+def admin_value(value: Any) -> str:
+    """A stored value as a person reads it: yes/no, a readable instant, "none" for null."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and _INSTANT.match(value):
+        return admin_time(value)
+    if isinstance(value, list):
+        return ", ".join(admin_value(item) for item in value) or "none"
+    return str(value)
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    """Each changed value as (name, before or None for a new value, after), readable."""
+    return [
+        (name, admin_value(before[name]) if name in before else None, admin_value(value))
+        for name, value in after.items()
+    ]
 
 
 def _settings() -> Settings:
@@ -122,6 +164,9 @@ def _template_globals() -> dict[str, Any]:
         "logged_in": enabled and _logged_in(),
         "statuses": events.STATUSES,
         "kinds": events.KINDS,
+        "diff": diff,
+        "requested_by": events.requested_by,
+        "finished_labels": events.FINISHED_LABELS,
     }
 
 
@@ -153,6 +198,20 @@ def _headers(response: Response) -> Response:
 def _database_down(exc: DatabaseUnavailable) -> tuple[str, int]:
     log.error("admin page: %s", exc)
     return _message("Database unavailable", "PostgreSQL did not answer; try again shortly.", 503)
+
+
+@bp.app_errorhandler(NotFound)
+def _not_found(exc: NotFound) -> Any:
+    """An unknown page under /admin/ is this page's own 404; elsewhere the app's answer stands."""
+    from webhooks.admin_api import PREFIX, http_error
+
+    path = request.path
+    if path.startswith("/admin/") and not (path == PREFIX or path.startswith(PREFIX + "/")):
+        # No route matched, so the blueprint's context and headers are not applied: here they are.
+        text = f"There is no admin page at {path}."
+        page = _page("message.html", 404, title="Page not found", text=text, **_template_globals())
+        return _headers(make_response(page))
+    return http_error(exc)
 
 
 @bp.errorhandler(replay.BadFilter)
@@ -247,7 +306,10 @@ def event_detail(event_id: str) -> Any:
     if detail is None:
         return _message("No such event", f"There is no event {event_id}.", 404)
     waiting = detail["status"] in ("received", "enqueued")
-    return _page("event.html", event=detail, fields=_wire_order(detail), waiting=waiting)
+    fields = _wire_order(detail)
+    filled = {name: values for name, values in fields.items() if any(values)}
+    blank = [name for name, values in fields.items() if not any(values)]
+    return _page("event.html", event=detail, fields=filled, blank=blank, waiting=waiting)
 
 
 def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
@@ -266,7 +328,7 @@ def replay_event(event_id: str) -> Any:
         return _message("No such event", f"There is no event {event_id}.", 404)
     emails = request.form.get("emails", "1") != "0"
     try:
-        report = replay.replay(_settings(), [number], emails=emails)
+        report = replay.replay(_settings(), [number], emails=emails, by="replay-page")
     except EventNotFound:
         return _message("No such event", f"There is no event {number}.", 404)
     except BrokerUnavailable as exc:

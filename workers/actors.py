@@ -13,7 +13,12 @@ import workers.broker  # noqa: F401  # sets the broker before any actor is decla
 from emails.transport import PermanentEmailError
 from workers import db, events, lifecycle
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, PermanentEventError
+from workers.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    PermanentEventError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,16 @@ def settings() -> Settings:
 
 # A malformed catalog stops the worker at start-up, naming the line, instead of failing events.
 lifecycle.catalog(settings())
+try:
+    settings().merchant_voice()
+except ConfigError as exc:  # events are still applied; their emails wait for the setting
+    log.error("emails will wait until this is fixed: %s", exc)
+
+
+def _retry_number() -> int:
+    """Which retry of its message the running attempt is (0: the first try)."""
+    message = CurrentMessage.get_current_message()
+    return 0 if message is None else int(message.options.get("retries", 0))
 
 
 def _is_final_attempt(actor_max_retries: int) -> bool:
@@ -45,7 +60,12 @@ def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
     try:
         with db.connection(settings().database_url) as conn, conn.transaction():
             events.record_failure(
-                conn, event_id, error=error, traceback=traceback.format_exc(), final=final
+                conn,
+                event_id,
+                error=error,
+                traceback=traceback.format_exc(),
+                final=final,
+                retry=_retry_number(),
             )
     except DatabaseUnavailable:
         log.warning("event %s: could not record the failure, database unavailable", event_id)
@@ -63,7 +83,9 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
         applied = lifecycle.apply(conn, event, settings(), emails=emails)
-        events.finish(conn, event_id, status=applied.status, outcome=applied.outcome)
+        events.finish(
+            conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
+        )
     if applied.email_ids:
         from workers import outbox
 

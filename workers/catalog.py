@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 from babel.numbers import get_currency_precision
 
+from workers.errors import ConfigError
+
 CYCLES = ("monthly", "annual", "lifetime")
 POLICIES = ("restart", "maintenance")
 COMPONENTS = ("users", "storage_gb", "document_domains", "archived_mailboxes")
@@ -34,7 +36,7 @@ _PRODUCT_HEADER = re.compile(r"^\s*\[\[\s*product\s*\]\]")
 _SYNTAX_LOCATION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
-class CatalogError(Exception):
+class CatalogError(ConfigError):
     """The catalog file cannot be read or says something impossible; the message names the line."""
 
     def __init__(self, path: str | Path, line: int | None, message: str, column: int | None = None):

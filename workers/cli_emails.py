@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from emails.render import KINDS
+from emails.render import KINDS, LOCALES, template_locale
 from workers.config import Settings
 
 
@@ -74,14 +74,24 @@ def emails_group() -> None:
     help="Write the HTML body to this file ('-' for standard output) instead of the text.",
 )
 def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> None:
-    """Render KIND with sample data: the subject and text body, or the HTML body to a file."""
+    """Render KIND with sample data in the configured merchant's voice (MERCHANT_NAME, ...).
+
+    Prints the subject and text body, or writes the HTML body to a file.
+    """
     from emails.preview import preview
 
-    chosen = locale or Settings.from_env().default_locale
+    settings = Settings.from_env()
+    voice = settings.merchant_voice()
+    chosen = locale or settings.default_locale
+    if template_locale(chosen) is None:
+        raise click.BadParameter(
+            f"no templates in {chosen!r}; the locales are: {', '.join(LOCALES)}",
+            param_hint="'--locale'" if locale else "DEFAULT_LOCALE",
+        )
     if html_file is None:
-        click.echo(preview(kind, chosen, "text").rstrip("\n"))
+        click.echo(preview(kind, chosen, "text", voice).rstrip("\n"))
         return
-    html = preview(kind, chosen, "html")
+    html = preview(kind, chosen, "html", voice)
     if str(html_file) == "-":
         click.echo(html.rstrip("\n"))
         return

@@ -143,7 +143,8 @@ def describe(detail: dict[str, Any]) -> str:
         f"  received      {_when(detail['received_at'])} UTC, delivered {detail['deliveries']} "
         f"time(s), last {_when(detail['last_delivery_at'])}",
         f"  enqueued      {_when(detail['enqueued_at'])}",
-        f"  processed     {_when(detail['processed_at'])}",
+        f"  {events.FINISHED_LABELS.get(detail['status'], 'Processed').lower():<13} "
+        f"{_when(detail['processed_at'])}",
         f"  attempts      {detail['attempts']}",
         f"  licenses      {', '.join(detail['license_codes']) or '-'}",
         f"  dedupe key    {detail['dedupe_key']}",
@@ -163,6 +164,14 @@ def describe(detail: dict[str, Any]) -> str:
     if len(shown) < len(fields):
         field_lines.append(f"({len(fields) - len(shown)} blank field(s) not shown)")
     lines += _section(f"Fields ({len(fields)})", field_lines)
+    lines += _section(
+        f"Attempts ({len(detail['attempt_history'])})",
+        [
+            f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}"
+            + (f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else "")
+            for attempt in detail["attempt_history"]
+        ],
+    )
     if detail["last_error"]:
         trace = (detail["last_traceback"] or "").rstrip().splitlines()
         lines += _section("Last error", [detail["last_error"], *trace])
@@ -215,6 +224,11 @@ def _preview_lines(preview: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _progress(line: str) -> None:
+    """Progress goes to stderr: stdout carries only the command's result."""
+    click.echo(line, err=True)
+
+
 @events_group.command("replay")
 @click.argument("event_ids", nargs=-1, type=EVENT_ID)
 @click.option("--failed", is_flag=True, help="Every event whose retries are exhausted.")
@@ -257,7 +271,7 @@ def replay_events(
             ids,
             dry_run=dry_run,
             emails=not no_emails,
-            progress=None if dry_run else click.echo,
+            progress=None if dry_run else _progress,
         )
     except EventNotFound as exc:
         raise click.ClickException(str(exc)) from None

@@ -20,8 +20,8 @@ def _common(command: Command) -> Command:
     options = [
         click.option(
             "--url",
-            default=sim.DEFAULT_URL,
-            show_default=True,
+            default=sim.default_url,
+            show_default=f"http://localhost:$PORT, {sim.DEFAULT_PORT} when unset",
             help="The receiver's base URL; the kind's path (/ipn, /lcn, /ins) is added.",
         ),
         click.option(

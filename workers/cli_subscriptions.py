@@ -33,10 +33,19 @@ def _load(settings: Settings, license_code: str) -> dict[str, Any]:
     return row
 
 
+class Refused(click.ClickException):
+    """The question was understood and the answer is no: exit status 3, not an error's 1."""
+
+    exit_code = 3
+
+    def show(self, file: Any = None) -> None:
+        """Print the refusal as the command's result, on standard output."""
+        click.echo(f"refused: {self.format_message()}", file=file)
+
+
 def _print_quote(quote: policies.Quote) -> None:
     if not quote.allowed:
-        click.echo(f"refused: {quote.reason}")
-        raise SystemExit(2)
+        raise Refused(quote.reason)
     click.echo(f"policy:       {quote.policy}")
     click.echo(f"credit:       {quote.credit} {quote.currency}")
     click.echo(f"new price:    {quote.new_price} {quote.currency}")

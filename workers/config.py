@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from emails.links import check_http_url
+from emails.message import parse_mailbox
 from workers.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
@@ -111,6 +113,10 @@ class Settings:
     merchant_code: str | None = None  # the provider's REST API is off without it
     api_url: str = DEFAULT_API_URL  # the REST 6.0 base, without a trailing slash
     api_algo: str = API_ALGORITHMS[0]  # HMAC of the API's authentication header
+    # The merchant's voice in every email: the signature and where customers ask for help.
+    merchant_name: str = ""
+    support_email: str = ""
+    support_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +146,9 @@ class Settings:
             merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),
             api_url=_api_url(env.get("TWOCHECKOUT_API_URL")),
             api_algo=_api_algo(env.get("TWOCHECKOUT_API_ALGO")),
+            merchant_name=(env.get("MERCHANT_NAME") or "").strip(),
+            support_email=(env.get("SUPPORT_EMAIL") or "").strip(),
+            support_url=(env.get("SUPPORT_URL") or "").strip(),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -150,3 +159,37 @@ class Settings:
                 "(set it to the secret key from the 2Checkout control panel)"
             )
         return self.secret_keys
+
+    def merchant_voice(self) -> dict[str, str]:
+        """The signature and support contact of every email, or a ConfigError naming what to set.
+
+        There is no fallback: an email that tells the customer to contact support must say
+        where, and one signed by nobody in particular reads like spam.
+        """
+        missing = [
+            name
+            for name, value in (
+                ("MERCHANT_NAME", self.merchant_name),
+                ("SUPPORT_EMAIL", self.support_email),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: every email is signed with MERCHANT_NAME "
+                "and tells the customer to write to SUPPORT_EMAIL (e.g. MERCHANT_NAME='Example "
+                "Shop' SUPPORT_EMAIL=support@example.com)"
+            )
+        try:
+            parse_mailbox(self.support_email, "SUPPORT_EMAIL")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            if self.support_url:
+                check_http_url(self.support_url)
+        except ValueError as exc:
+            raise ConfigError(f"SUPPORT_URL: {exc}") from None
+        voice = {"merchant_name": self.merchant_name, "support_email": self.support_email}
+        if self.support_url:
+            voice["support_url"] = self.support_url
+        return voice

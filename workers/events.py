@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,11 +77,30 @@ def store(conn: Conn, event: NewEvent) -> Stored:
     return Stored(event_id=row["id"], inserted=row["inserted"], status=row["status"])
 
 
+# Who hands an event to the workers, as attempts record it, and how operators read it.
+REQUESTERS: dict[str, str] = {
+    "delivery": "provider delivery",
+    "relay": "relay",
+    "replay-cli": "replay (CLI)",
+    "replay-api": "replay (API)",
+    "replay-page": "replay (admin page)",
+}
+
+
+# What the time an event's processing ended means, by its status: a failed event was not
+# "processed".
+FINISHED_LABELS: dict[str, str] = {
+    "processed": "Processed",
+    "ignored": "Ignored",
+    "failed": "Failed",
+}
+
+
 def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
-    """Record that the broker took these events; a worker that already finished one wins."""
+    """Record that the relay handed these events to the broker; a worker that finished one wins."""
     cur = conn.execute(
         """
-        UPDATE events SET status = 'enqueued', enqueued_at = now()
+        UPDATE events SET status = 'enqueued', enqueued_at = now(), enqueued_by = 'relay'
         WHERE id = ANY(%s) AND status IN ('received', 'enqueued')
         """,
         (event_ids,),
@@ -128,31 +148,74 @@ def get(conn: Conn, event_id: int) -> dict[str, Any] | None:
     return conn.execute("SELECT * FROM events WHERE id = %s", (event_id,)).fetchone()
 
 
-def finish(conn: Conn, event_id: int, *, status: str, outcome: str) -> None:
-    """Record that applying the event is over: processed, or ignored with the reason."""
+# The event's row says how it stands; the attempt row added by the same statement keeps what
+# this attempt did, so a later attempt (a replay) overwrites nothing of it.
+_ATTEMPT = sql.SQL(
+    """
+    INSERT INTO event_attempts (event_id, requested_by, enqueued_at, retry, status, outcome)
+    SELECT id, enqueued_by, enqueued_at, %s, %s, %s FROM updated
+    """
+)
+
+
+def finish(conn: Conn, event_id: int, *, status: str, outcome: str, retry: int = 0) -> None:
+    """Record that applying the event is over (processed, or ignored with the reason), and the
+    attempt; `retry` is the worker's retry number of this hand-over."""
     conn.execute(
+        sql.SQL(
+            """
+        WITH updated AS (
+            UPDATE events
+            SET status = %s, outcome = %s, processed_at = now(), attempts = attempts + 1,
+                last_error = NULL, last_traceback = NULL
+            WHERE id = %s
+            RETURNING id, enqueued_by, enqueued_at
+        )
         """
-        UPDATE events
-        SET status = %s, outcome = %s, processed_at = now(), attempts = attempts + 1,
-            last_error = NULL, last_traceback = NULL
-        WHERE id = %s
-        """,
-        (status, outcome, event_id),
+        )
+        + _ATTEMPT,
+        (status, outcome, event_id, retry, status, outcome),
     )
 
 
-def record_failure(conn: Conn, event_id: int, *, error: str, traceback: str, final: bool) -> None:
-    """Keep the error of a failed attempt; the final one moves the event to `failed`."""
+def record_failure(
+    conn: Conn, event_id: int, *, error: str, traceback: str, final: bool, retry: int = 0
+) -> None:
+    """Keep the error of a failed attempt, and the attempt; the final one moves the event to
+    `failed`, an earlier one is `retrying`."""
     conn.execute(
+        sql.SQL(
+            """
+        WITH updated AS (
+            UPDATE events
+            SET attempts = attempts + 1, last_error = %s, last_traceback = %s,
+                status = CASE WHEN %s THEN 'failed' ELSE status END,
+                processed_at = CASE WHEN %s THEN now() ELSE processed_at END
+            WHERE id = %s
+            RETURNING id, enqueued_by, enqueued_at
+        )
         """
-        UPDATE events
-        SET attempts = attempts + 1, last_error = %s, last_traceback = %s,
-            status = CASE WHEN %s THEN 'failed' ELSE status END,
-            processed_at = CASE WHEN %s THEN now() ELSE processed_at END
-        WHERE id = %s
-        """,
-        (error, traceback, final, final, event_id),
+        )
+        + _ATTEMPT,
+        (error, traceback, final, final, event_id, retry, "failed" if final else "retrying", error),
     )
+
+
+def requested_by(attempt: Mapping[str, Any]) -> str:
+    """Who asked for an attempt, as operators read it: "replay (CLI)", "relay, retry 2"."""
+    who = REQUESTERS.get(attempt["requested_by"], attempt["requested_by"])
+    return who + (f", retry {attempt['retry']}" if attempt["retry"] else "")
+
+
+def attempts(conn: Conn, event_id: int) -> list[dict[str, Any]]:
+    """Every attempt at applying the event, oldest first."""
+    return conn.execute(
+        """
+        SELECT at, requested_by, enqueued_at, retry, status, outcome
+        FROM event_attempts WHERE event_id = %s ORDER BY id
+        """,
+        (event_id,),
+    ).fetchall()
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,8 @@ def superseded(row: dict[str, Any]) -> str | None:
 
 def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
     """Render and build the row's message; PermanentEmailError when the row cannot make one."""
-    context = row["context"]
+    # The merchant's voice is the settings' at sending time, not a fact stored with the row.
+    context = row["context"] | settings.merchant_voice()
     try:
         rendered = render(
             row["kind"], row["locale"], context, default_locale=settings.default_locale

@@ -279,17 +279,21 @@ def _check_exist(conn: Conn, ids: Sequence[int]) -> None:
         raise EventNotFound(f"no event with id {shown}")
 
 
-def enqueue(settings: Settings, event_ids: Sequence[int], *, emails: bool = True) -> int:
+def enqueue(
+    settings: Settings, event_ids: Sequence[int], *, emails: bool = True, by: str = "replay-cli"
+) -> int:
     """Move the events back to `enqueued` and hand them to the workers; how many were taken.
 
     A chunk at a time: one transaction and one Redis round trip each. Ids that name no event
     are skipped.
     """
     with db.connection(settings.database_url) as conn:
-        return _enqueue(conn, sorted(event_ids), emails=emails)
+        return _enqueue(conn, sorted(event_ids), emails=emails, by=by)
 
 
-def _enqueue(conn: Conn, ids: Sequence[int], *, emails: bool) -> int:
+def _enqueue(conn: Conn, ids: Sequence[int], *, emails: bool, by: str) -> int:
+    if by not in events.REQUESTERS:
+        raise ValueError(f"unknown requester {by!r}: one of {', '.join(events.REQUESTERS)}")
     enqueued = 0
     for chunk in _chunks(ids):
         try:
@@ -299,12 +303,15 @@ def _enqueue(conn: Conn, ids: Sequence[int], *, emails: bool) -> int:
                     "SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (chunk,)
                 ).fetchall()
                 taken = [row["id"] for row in rows]
+                # The attempts' history stays in event_attempts; the row shows the latest.
                 conn.execute(
                     """
-                    UPDATE events SET status = 'enqueued', enqueued_at = now(), processed_at = NULL
+                    UPDATE events
+                    SET status = 'enqueued', enqueued_at = now(), processed_at = NULL,
+                        enqueued_by = %s
                     WHERE id = ANY(%s)
                     """,
-                    (taken,),
+                    (by, taken),
                 )
                 # Sent before the commit on purpose: if Redis refuses, the rows roll back and
                 # stay as they were. A worker that gets a message first waits on the row lock.
@@ -325,6 +332,7 @@ def replay(
     dry_run: bool = False,
     emails: bool = True,
     progress: Callable[[str], None] | None = None,
+    by: str = "replay-cli",
 ) -> ReplayReport:
     """Apply events again, as today's code reads their stored bodies.
 
@@ -335,7 +343,8 @@ def replay(
     changes nothing and sends nothing. A dry run applies each event in a transaction that is
     rolled back and reports what it would do. `emails=False` applies state without writing
     outbox rows. Unknown ids raise EventNotFound before anything changes. `progress` is told,
-    in a sentence, when the events are with the workers and the bodies are being re-read.
+    in a sentence, when the events are with the workers and the bodies are being re-read. `by`
+    names who asked (`replay-cli`, `replay-api`, `replay-page`), for the attempts it starts.
     """
     ids = sorted(set(event_ids))
     with db.connection(settings.database_url) as conn:
@@ -345,7 +354,7 @@ def replay(
             previews = [_preview(conn, settings, event_id, emails=emails) for event_id in ids]
             return ReplayReport(event_ids=ids, enqueued=0, dry_run=True, previews=previews)
         started = time.monotonic()
-        enqueued = _enqueue(conn, ids, emails=emails)
+        enqueued = _enqueue(conn, ids, emails=emails, by=by)
     log.info("replay enqueued %d event(s)%s", enqueued, "" if emails else " without emails")
     if progress is not None:
         progress(
@@ -353,8 +362,8 @@ def replay(
             "now storing today's reading of their bodies"
         )
     refreshed, errors = refresh(settings, ids)
-    for error in errors:
-        log.warning("event %s: %s", error["event_id"], error["error"])
+    for error in errors:  # the report carries them to the caller, who shows them
+        log.info("event %s: %s", error["event_id"], error["error"])
     return ReplayReport(
         event_ids=ids, enqueued=enqueued, dry_run=False, errors=errors, refreshed=refreshed
     )
@@ -482,6 +491,7 @@ def event_detail(conn: Conn, event_id: int) -> dict[str, Any] | None:
         "last_traceback": row["last_traceback"],
         "changes": jsonable(changes),
         "emails": [email_summary(email) for email in emails],
+        "attempt_history": jsonable(events.attempts(conn, event_id)),
     }
 
 

@@ -12,8 +12,9 @@ policy does, as the provider would; otherwise, or with explicit options, it uses
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -28,14 +29,22 @@ from workers import catalog as catalogs
 from workers import db, policies
 from workers.catalog import Catalog, Product
 from workers.config import Settings
-from workers.errors import DatabaseUnavailable, RinnovoError
+from workers.errors import ConfigError, DatabaseUnavailable, RinnovoError
 
-DEFAULT_URL = "http://localhost:8000"
+DEFAULT_PORT = "8000"  # the Procfile's when PORT is unset
 DEFAULT_EMAIL = "customer@example.com"
 # The provider now signs with both; the receipt then answers with the stronger.
 DEFAULT_ALGORITHMS = (Algorithm.SHA256, Algorithm.SHA3_256)
 _DATETIME = "%Y-%m-%d %H:%M:%S"
 _STRENGTH = (Algorithm.SHA3_256, Algorithm.SHA256, Algorithm.MD5)
+
+
+def default_url(env: Mapping[str, str] | None = None) -> str:
+    """The local receiver's URL: on the port the Procfile serves it on (PORT, else 8000)."""
+    port = ((os.environ if env is None else env).get("PORT") or DEFAULT_PORT).strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"PORT must be a TCP port number, e.g. 8000; got {port!r}")
+    return f"http://localhost:{int(port)}"
 
 
 class SimulationError(RinnovoError):

@@ -24,8 +24,16 @@ def test_the_html_preview_is_a_whole_document_in_the_locale() -> None:
     assert html.rstrip().endswith("</html>")
 
 
-def test_an_unsupported_locale_previews_in_english() -> None:
-    assert preview("expiry_notice", "de").startswith("Subject: Your DocFlow BUSINESS")
+def test_a_locale_without_templates_is_refused_naming_the_locales_there_are() -> None:
+    with pytest.raises(ValueError, match=r"'fr'.*en, it"):
+        preview("expiry_notice", "fr")
+
+
+def test_the_preview_speaks_in_the_voice_it_is_given() -> None:
+    voice = {"merchant_name": "Bottega Nova", "support_email": "aiuto@bottega.example"}
+    text = preview("expiry_notice", "en", "text", voice)
+    assert "support team at aiuto@bottega.example." in text
+    assert text.rstrip().split("--")[0].rstrip().endswith("The Bottega Nova team")
 
 
 def test_an_unknown_kind_or_format_is_a_value_error() -> None:

@@ -95,7 +95,12 @@ def test_no_template_builds_a_link_by_hand() -> None:
         assert "://" not in source, path
         assert "mailto:" not in source, path
         for href in re.findall(r'href="([^"]*)"', source):
-            assert href in ("{{ url }}", "{{ portal_url }}", "{{ renewal_url }}"), (path, href)
+            assert href in (
+                "{{ url }}",
+                "{{ portal_url }}",
+                "{{ renewal_url }}",
+                "{{ support_url }}",
+            ), (path, href)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -115,7 +120,7 @@ def test_optional_values_may_be_left_out(kind: str) -> None:
     for locale in LOCALES:
         rendered = render(kind, locale, minimal)
         assert "None" not in rendered.text + rendered.html
-    assert set(OPTIONAL_KEYS[kind]) >= {"merchant_name", "support_email"}
+    assert "support_url" in OPTIONAL_KEYS[kind]
 
 
 def test_an_unknown_kind_is_a_template_error() -> None:
@@ -326,3 +331,28 @@ def test_rendered_is_a_frozen_value() -> None:
     assert isinstance(rendered, Rendered)
     with pytest.raises(AttributeError):
         rendered.subject = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_email_is_signed_by_the_merchant_and_gives_the_support_address(
+    kind: str, locale: str
+) -> None:
+    voice = {
+        "merchant_name": "Bottega Nova",
+        "support_email": "aiuto@bottega.example",
+        "support_url": "https://bottega.example/help",
+    }
+    rendered = render(kind, locale, sample_context(kind) | voice)
+    for body in (rendered.text, rendered.html):
+        assert "Bottega Nova" in body
+        assert "aiuto@bottega.example" in body
+        assert "https://bottega.example/help" in body
+
+
+@pytest.mark.parametrize("key", ["merchant_name", "support_email"])
+def test_an_email_without_the_merchant_voice_is_refused_never_rendered_blank(key: str) -> None:
+    context = sample_context("expiry_notice")
+    del context[key]
+    with pytest.raises(TemplateError, match=key):
+        render("expiry_notice", "en", context)

@@ -445,3 +445,19 @@ def test_with_the_database_down_the_api_answers_503_in_json(conn, proxy_factory)
     assert down.status_code == 503
     assert down.json()["error"].startswith("database unavailable")
     assert down.headers["Retry-After"] == "30"
+
+
+def test_get_event_lists_every_attempt_and_an_api_replay_adds_one_of_its_own(admin, conn):
+    event_id = post_signed(admin, "/ipn", ipn("LIC-AT", refno="R360"))
+    drain()
+
+    admin.post(f"/admin/api/events/{event_id}/replay", headers=AUTH)
+    drain()
+    history = admin.get(f"/admin/api/events/{event_id}", headers=AUTH).get_json()["attempt_history"]
+
+    assert [(a["requested_by"], a["status"], a["retry"]) for a in history] == [
+        ("delivery", "processed", 0),
+        ("replay-api", "processed", 0),
+    ]
+    assert history[0]["outcome"].startswith("LIC-AT: active until")
+    assert history[0]["at"] <= history[1]["at"] and history[0]["enqueued_at"].endswith("Z")

@@ -102,6 +102,24 @@ def _wait_for(conn, license_code: str, status: str) -> int:
     raise AssertionError(f"the event for {license_code} never became {status}")
 
 
+PHONE = {"width": 390, "height": 844}
+
+
+def _fits_a_phone(page: Page, name: str) -> None:
+    """At 390 px the page does not scroll sideways (wide tables scroll in their own box)."""
+    wide = page.viewport_size
+    page.set_viewport_size(PHONE)
+    try:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"the {name} page is {width} px wide at phone width"
+        shots = os.environ.get("ADMIN_SCREENSHOTS")  # a directory: keep them to look at
+        if shots:
+            page.screenshot(path=str(Path(shots) / f"{name}-390.png"))
+    finally:
+        if wide is not None:
+            page.set_viewport_size(wide)
+
+
 def test_an_operator_logs_in_filters_to_failed_replays_one_and_sees_it_processed(
     admin_url, page, conn, catalog
 ):
@@ -143,10 +161,25 @@ def test_an_operator_logs_in_filters_to_failed_replays_one_and_sees_it_processed
     expect(page.locator("#changes")).to_contain_text("created")
     expect(page.locator("#emails")).to_contain_text("order_confirmation")
 
+    attempts = page.locator("#attempts tbody tr")
+    expect(attempts).to_have_count(2)
+    expect(attempts.nth(0)).to_contain_text("failed")
+    expect(attempts.nth(0)).to_contain_text("provider delivery")
+    expect(attempts.nth(1)).to_contain_text("processed")
+    expect(attempts.nth(1)).to_contain_text("replay (admin page)")
+    expect(page.locator("#blank-fields")).not_to_have_attribute("open", "")
+    _fits_a_phone(page, "event")
+
     page.get_by_role("link", name="LICBROWSER1").first.click()
     expect(page.get_by_role("heading", name="Subscription LICBROWSER1")).to_be_visible()
     expect(page.locator("#status")).to_have_text("active")
     expect(page.locator("#subscription")).to_contain_text(MISSING)
+
+    _fits_a_phone(page, "subscription")
+    page.goto(f"{admin_url}/admin/")
+    _fits_a_phone(page, "events")
+    page.goto(f"{admin_url}/admin/no-such-page")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
 
     event = conn.execute("SELECT status, last_error FROM events WHERE id = %s", (failed_id,))
     assert event.fetchone() == {"status": "processed", "last_error": None}

@@ -8,7 +8,7 @@ import time
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.support import FORM, signed_ipn
+from tests.support import FORM, insert_subscription, signed_ipn
 from webhooks import admin_page
 from webhooks.app import create_app
 from webhooks.protocol import form, samples
@@ -34,6 +34,11 @@ def log_in(client, token: str = TOKEN, next_page: str = ""):
         "/admin/login",
         data={"csrf_token": csrf(page.text), "token": token, "next": next_page},
     )
+
+
+def plain(html: str) -> str:
+    """The page's text as a person reads it: no tags, whitespace collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split()).replace(" :", ":")
 
 
 @pytest.fixture
@@ -269,7 +274,8 @@ def test_an_event_page_shows_what_arrived_its_error_and_what_it_caused(logged_in
     assert fields_table.index("CUSTOMEREMAIL") < fields_table.index("IPN_PID[]")
     assert "sha256, key #2 of the configured keys" in text
     assert "2Checkout" in text  # the User-Agent header kept at receipt
-    assert "manual renewal before expiry" in text and "expires_at: 2026-07-30" in text
+    assert "manual renewal before expiry" in text
+    assert "expires_at: 2026-06-30 → 2026-07-30" in plain(text)
     assert "renewal_confirmation" in text
     assert 'http-equiv="refresh"' not in text  # nothing to wait for
 
@@ -407,3 +413,85 @@ def test_a_change_the_policy_refused_is_flagged_without_a_policy_expiry_to_compa
 
     assert "the policy refused a change the provider made" in page.text
     assert "None" not in page.text
+
+
+def test_times_read_to_the_second_and_history_reads_as_before_and_after(logged_in, conn):
+    event_id = store_event(conn, received_at="2026-01-31T10:00:00.123456Z")
+    sub = insert_subscription(conn, license_code="LIC0000001", expires_at=None)
+    conn.execute(
+        """
+        INSERT INTO subscription_history (subscription_id, event_id, change, before, after, at)
+        VALUES (%s, %s, 'renewal switched', %s, %s, '2026-02-01T08:30:00.654321Z')
+        """,
+        (
+            sub,
+            event_id,
+            Jsonb({"auto_renew": False, "expires_at": "2026-06-30T00:00:00Z"}),
+            Jsonb({"auto_renew": True, "expires_at": "2026-07-30T00:00:00.000250Z"}),
+        ),
+    )
+
+    for path in (f"/admin/events/{event_id}", "/admin/subscriptions/LIC0000001"):
+        text = logged_in.get(path).text
+        readable = plain(text)
+        assert "auto_renew: no → yes" in readable, path
+        assert "expires_at: 2026-06-30 00:00:00 UTC → 2026-07-30 00:00:00 UTC" in readable, path
+        assert "2026-02-01 08:30:00 UTC" in readable, path
+        assert "True" not in readable and "False" not in readable, path
+        assert not re.search(r"\d\d:\d\d:\d\d\.\d", text), path  # no fractions of a second
+    assert "2026-01-31 10:00:00 UTC" in plain(logged_in.get("/admin/").text)
+
+
+def test_blank_fields_are_folded_away_behind_a_toggle(logged_in, conn):
+    event_id = store_event(
+        conn, fields={"REFNO": ["1"], "COMPANY": [""], "FAX": [""], "IPN_PID[]": ["1", "2"]}
+    )
+
+    text = logged_in.get(f"/admin/events/{event_id}").text
+
+    shown = text[text.index('id="fields"') : text.index("</table>", text.index('id="fields"'))]
+    assert "REFNO" in shown and "IPN_PID[]" in shown
+    assert "COMPANY" not in shown and "FAX" not in shown
+    folded = text[text.index('<details id="blank-fields">') :]
+    assert "2 blank fields not shown" in folded and "COMPANY, FAX" in folded
+
+
+def test_a_failed_event_s_end_is_labelled_failed_and_each_attempt_is_listed(logged_in, conn):
+    event_id = store_event(conn, status="failed", error="PermanentEventError: unknown product X")
+    conn.execute(
+        "UPDATE events SET processed_at = '2026-03-01T09:00:00Z', enqueued_by = 'replay-page' "
+        "WHERE id = %s",
+        (event_id,),
+    )
+    conn.execute(
+        """
+        INSERT INTO event_attempts (event_id, at, requested_by, retry, status, outcome)
+        VALUES (%s, '2026-03-01T08:00:00Z', 'delivery', 0, 'failed', 'PermanentEventError: one'),
+               (%s, '2026-03-01T09:00:00Z', 'replay-page', 2, 'failed', 'PermanentEventError: two')
+        """,
+        (event_id, event_id),
+    )
+
+    text = logged_in.get(f"/admin/events/{event_id}").text
+
+    assert '<th id="finished-label">Failed</th>' in text
+    assert ">Processed<" not in text
+    attempts = plain(text[text.index('id="attempts"') :])
+    assert attempts.index("provider delivery") < attempts.index("replay (admin page), retry 2")
+    assert "2026-03-01 08:00:00 UTC failed provider delivery" in attempts
+
+
+@pytest.mark.parametrize("path", ["/admin/nothing-here", "/admin/events/1/nothing"])
+def test_an_unknown_admin_page_is_a_styled_404(logged_in, conn, path):
+    response = logged_in.get(path)
+    assert response.status_code == 404
+    assert "<h1>Page not found</h1>" in response.text
+    assert "Rinnovo admin" in response.text and "<style>" in response.text
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_unknown_paths_elsewhere_keep_their_own_404(logged_in, conn):
+    api = logged_in.get("/admin/api/nothing-here")
+    assert api.status_code == 401 and api.is_json  # the API's own answer, JSON
+    elsewhere = logged_in.get("/nothing-here")
+    assert elsewhere.status_code == 404 and "Page not found" not in elsewhere.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.conftest import TEST_DATABASE_URL
 from tests.support import drain, post_signed
 from webhooks.protocol import samples
 from workers.actors import apply_event, process_event
@@ -30,6 +31,15 @@ def test_a_transient_failure_is_retried_and_the_last_attempt_marks_the_event_fai
     assert row["attempts"] == 3
     assert row["last_error"].startswith("SubscriptionNotYetKnown: license LIC-NEVER-ORDERED")
     assert "Traceback" in row["last_traceback"]
+    attempts = conn.execute(
+        "SELECT requested_by, retry, status, outcome FROM event_attempts ORDER BY id"
+    ).fetchall()
+    assert [(a["requested_by"], a["retry"], a["status"]) for a in attempts] == [
+        ("delivery", 0, "retrying"),
+        ("delivery", 1, "retrying"),
+        ("delivery", 2, "failed"),
+    ]
+    assert all(a["outcome"].startswith("SubscriptionNotYetKnown") for a in attempts)
 
 
 def test_running_the_actor_twice_for_one_event_applies_it_once(client, conn):
@@ -43,3 +53,21 @@ def test_running_the_actor_twice_for_one_event_applies_it_once(client, conn):
 
 def test_an_event_that_does_not_exist_is_a_no_op(conn):
     assert apply_event(987654) is None
+
+
+def test_an_event_the_relay_hands_over_is_recorded_as_the_relay_s_attempt(client, conn):
+    from workers import dispatch
+    from workers.broker import broker
+
+    item = samples.SampleItem(license_ref="LIC-RELAYED")
+    event_id = post_signed(client, "/ipn", samples.ipn_pairs(items=(item,), refno="A2"))
+    broker.flush_all()  # as if Redis had refused the receiver's message
+    conn.execute("UPDATE events SET status = 'received' WHERE id = %s", (event_id,))
+
+    assert dispatch.relay(TEST_DATABASE_URL, older_than_seconds=0) == 1
+    drain()
+
+    attempt = conn.execute("SELECT * FROM event_attempts WHERE event_id = %s", (event_id,))
+    assert [(a["requested_by"], a["status"]) for a in attempt.fetchall()] == [
+        ("relay", "processed")
+    ]

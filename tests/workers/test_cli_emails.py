@@ -143,3 +143,43 @@ def test_emails_preview_refuses_an_unknown_kind(runner):
     result = runner.invoke(cli, ["emails", "preview", "newsletter"])
     assert result.exit_code == 2
     assert "order_confirmation" in result.output
+
+
+def test_emails_preview_refuses_a_locale_without_templates_naming_those_there_are(runner):
+    result = runner.invoke(cli, ["emails", "preview", "expiry_notice", "--locale", "fr"])
+    assert result.exit_code == 2
+    assert "'fr'" in result.output and "en, it" in result.output
+    assert "Subject:" not in result.output
+
+
+@pytest.mark.parametrize("locale", ["en", "it"])
+def test_emails_preview_signs_with_the_configured_merchant_and_support_address(
+    runner, monkeypatch, locale
+):
+    monkeypatch.setenv("MERCHANT_NAME", "Bottega Nova")
+    monkeypatch.setenv("SUPPORT_EMAIL", "aiuto@bottega.example")
+    monkeypatch.setenv("SUPPORT_URL", "https://bottega.example/help")
+
+    text = runner.invoke(cli, ["emails", "preview", "renewal_reminder", "--locale", locale])
+    html = runner.invoke(
+        cli, ["emails", "preview", "renewal_reminder", "--locale", locale, "--html", "-"]
+    )
+
+    for result in (text, html):
+        assert result.exit_code == 0, result.output
+        assert "Bottega Nova" in result.output
+        assert "aiuto@bottega.example" in result.output
+        assert "https://bottega.example/help" in result.output
+        assert "supporto@example.com" not in result.output
+
+
+@pytest.mark.parametrize("unset", ["MERCHANT_NAME", "SUPPORT_EMAIL"])
+def test_emails_preview_without_the_merchant_voice_says_which_setting_is_missing(
+    runner, monkeypatch, unset
+):
+    monkeypatch.delenv(unset)
+    result = runner.invoke(cli, ["emails", "preview", "expiry_notice", "--locale", "en"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: ") and unset in line and "not set" in line

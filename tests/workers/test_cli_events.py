@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from click.testing import CliRunner, Result
 
@@ -24,6 +28,20 @@ from workers.cli import cli
 
 def rinnovo(*args: str) -> Result:
     return CliRunner().invoke(cli, ["events", *args])
+
+
+def console(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `rinnovo` console script, as a person would, in its own process."""
+    script = Path(sys.executable).with_name("rinnovo")
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **env},
+    )
 
 
 def lcn_body(license_code: str) -> bytes:
@@ -152,8 +170,8 @@ def test_events_replay_by_id_hands_the_events_to_the_workers(conn):
     result = rinnovo("replay", str(second), str(first))
 
     assert result.exit_code == 0, result.output
-    assert "handed 2 event(s) to the workers" in result.output
-    assert result.output.endswith(
+    assert "handed 2 event(s) to the workers" in result.stderr  # progress, not the result
+    assert result.stdout == (
         "replayed 2 event(s); today's parser changed the stored reading of 0\n"
     )
     assert [(m["args"], m["kwargs"]) for m in queued_messages()] == [
@@ -223,3 +241,84 @@ def test_events_replay_of_an_unknown_id_exits_non_zero_and_replays_nothing(conn)
     assert result.exit_code == 1
     assert "no event with id 777" in result.output
     assert queued_messages() == []
+
+
+def test_events_replay_prints_its_result_on_stdout_and_no_log_line_at_default_verbosity(conn):
+    event_id = store_event(conn, signed(ipn("LIC-R7", refno="R213")))
+
+    quiet = console("events", "replay", str(event_id))
+    verbose = console("-v", "events", "replay", str(event_id))
+
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "replayed 1 event(s); today's parser changed the stored reading of 0\n"
+    assert quiet.stderr.startswith("handed 1 event(s) to the workers")
+    assert "{" not in quiet.stderr  # no JSON log line
+    assert verbose.stdout == quiet.stdout
+    logged = [line for line in verbose.stderr.splitlines() if line.startswith("{")]
+    assert any('"level": "info"' in line and "replay enqueued 1" in line for line in logged)
+
+
+def test_reminders_run_prints_only_its_counts_at_default_verbosity(conn):
+    result = console("reminders", "run", "--as-of", "2030-01-01")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "reminder scan for 2030-01-01:"
+    assert all(not line.startswith("{") for line in result.stdout.splitlines())
+    assert result.stderr == ""
+
+
+def test_rinnovo_reads_dotenv_in_the_current_directory_and_the_environment_wins(
+    conn, tmp_path, monkeypatch
+):
+    (tmp_path / ".env").write_text(
+        "MERCHANT_NAME=Bottega Nova\nSUPPORT_EMAIL=from-dotenv@bottega.example\n",
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("MERCHANT_NAME")
+    monkeypatch.setenv("SUPPORT_EMAIL", "from-environment@bottega.example")
+
+    result = console("emails", "preview", "expiry_notice", "--locale", "en", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "The Bottega Nova team" in result.stdout
+    assert "from-environment@bottega.example" in result.stdout
+    assert "from-dotenv" not in result.stdout
+
+
+def test_an_error_is_one_line_on_stderr_and_exit_status_1_not_a_traceback(conn, tmp_path):
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text("[[product]\n", encoding="utf-8")
+    result = console("simulate", "ipn", "--dry-run", CATALOG=str(catalog))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Error: {catalog}, line 1, column 10: invalid TOML: Expected ']]' at the end of an "
+        "array declaration"
+    ]
+
+
+def test_a_replay_keeps_the_first_attempt_and_events_show_lists_every_attempt(
+    client, conn, catalog_file, mail_dir
+):
+    event_id = post_signed(client, "/ipn", ipn("LIC-H1", refno="R300"))
+    drain()  # fails for good: the product is not in the catalog yet
+    first = row(conn, event_id)
+    add_monthly_product(catalog_file)
+
+    assert rinnovo("replay", str(event_id)).exit_code == 0
+    drain()
+
+    attempts = conn.execute(
+        "SELECT * FROM event_attempts WHERE event_id = %s ORDER BY id", (event_id,)
+    ).fetchall()
+    assert [(a["requested_by"], a["status"]) for a in attempts] == [
+        ("delivery", "failed"),
+        ("replay-cli", "processed"),
+    ]
+    assert "unknown product AWDOC-TEAM-M" in attempts[0]["outcome"]
+    assert attempts[0]["at"] <= first["processed_at"] < attempts[1]["at"]
+    assert attempts[0]["enqueued_at"] == first["enqueued_at"] < attempts[1]["enqueued_at"]
+
+    shown = rinnovo("show", str(event_id)).output
+    section = shown[shown.index("Attempts (2)") :].splitlines()[1:3]
+    assert "failed" in section[0] and "provider delivery: PermanentEventError" in section[0]
+    assert "processed" in section[1] and "replay (CLI): LIC-H1: active until" in section[1]

@@ -65,8 +65,8 @@ def test_quote_upgrade_explains_a_refusal_and_exits_non_zero(client, conn):
         cli,
         ["quote", "upgrade", "LIC-Q2", "--to", "GD-TOTAL-NET-SB", "--at", "2027-02-01T00:00:00Z"],
     )
-    assert result.exit_code == 2
-    assert "refused:" in result.output and "expired" in result.output
+    assert result.exit_code == 3  # refused: neither an error (1) nor a usage error (2)
+    assert "refused:" in result.stdout and "expired" in result.stdout
 
 
 def test_quote_renew_adds_the_period_to_the_natural_expiry(client, conn):
@@ -159,3 +159,27 @@ def test_quote_upgrade_after_a_renewal_credits_the_original_maintenance_purchase
     assert result.exit_code == 0, result.output
     assert "credit:       920.00 EUR" in result.output
     assert "amount due:   1840.00 EUR" in result.output
+
+
+def test_a_malformed_catalog_is_one_line_naming_the_file_and_line_and_exit_status_1(
+    conn, tmp_path, monkeypatch
+):
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[product]]\ncode = "X"\nprices = {EUR = \n', encoding="utf-8")
+    monkeypatch.setenv("CATALOG", str(catalog))
+
+    result = CliRunner().invoke(cli, ["simulate", "ipn", "--dry-run"])
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"Error: {catalog}, line 3") and "invalid TOML" in line
+
+
+def test_a_missing_catalog_is_one_line_naming_the_file(conn, tmp_path, monkeypatch):
+    monkeypatch.setenv("CATALOG", str(tmp_path / "nowhere.toml"))
+    result = CliRunner().invoke(cli, ["simulate", "ipn", "--dry-run"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {tmp_path / 'nowhere.toml'}: cannot read the catalog: No such file or directory"
+    ]

@@ -119,28 +119,38 @@ def test_the_json_handler_writes_to_whatever_stderr_is_when_it_logs(root_logger,
     assert [json.loads(line)["message"] for line in second.getvalue().splitlines()] == ["two"]
 
 
-def test_the_rinnovo_command_logs_json_lines(conn, database_url):
-    conn.execute(
-        """
-        INSERT INTO events (kind, dedupe_key, raw_body, content_type, fields, signature_algo,
-                            key_index)
-        VALUES ('lcn', 'lcn:x', '', 'application/x-www-form-urlencoded', '{}', 'sha256', 0)
-        """
-    )
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "rinnovo"), "relay", "--older-than", "0"],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def test_the_rinnovo_command_logs_json_lines_on_stderr_with_v_and_only_warnings_without(
+    conn, database_url
+):
+    def relay(*options: str) -> subprocess.CompletedProcess[str]:
+        conn.execute(
+            """
+            INSERT INTO events (kind, dedupe_key, raw_body, content_type, fields, signature_algo,
+                                key_index)
+            VALUES ('lcn', %s, '', 'application/x-www-form-urlencoded', '{}', 'sha256', 0)
+            """,
+            (f"lcn:{len(options)}",),
+        )
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "rinnovo"), *options, "relay", "--older-than", "0"],
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "enqueued 1 event(s)\n"
-    entries = [json.loads(line) for line in result.stderr.splitlines()]
-    assert {"level": "info", "logger": "workers.dispatch"}.items() <= entries[-1].items()
-    assert entries[-1]["message"] == "relay enqueued 1 stored event(s)"
+    quiet, verbose = relay(), relay("-v")
+
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "enqueued 1 event(s)\n"
+    assert quiet.stderr == ""
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout == "enqueued 1 event(s)\n"
+    entries = [json.loads(line) for line in verbose.stderr.splitlines()]
+    [relayed] = [entry for entry in entries if entry["logger"] == "workers.dispatch"]
+    assert relayed["level"] == "info"
+    assert relayed["message"] == "relay enqueued 1 stored event(s)"
 
 
 def test_gunicorn_with_the_rinnovo_logger_writes_json_access_and_application_lines(conn, tmp_path):

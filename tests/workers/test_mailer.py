@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,6 +294,46 @@ def test_a_malformed_smtp_url_is_retried_as_a_configuration_error(conn, settings
     assert row(conn, email_id)["status"] == "failed"
 
 
+@pytest.mark.parametrize("locale", ["en", "it"])
+def test_a_sent_email_is_signed_by_the_merchant_and_names_the_support_address(
+    conn, settings, locale
+):
+    voice = dataclasses.replace(
+        settings,
+        merchant_name="Bottega Nova",
+        support_email="aiuto@bottega.example",
+        support_url="https://bottega.example/help",
+    )
+    email_id = new_email(conn, settings, locale=locale)
+
+    mailer.send(voice, email_id, final=False)
+
+    [path] = voice.mail_dir.glob("*.eml")
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert isinstance(message, EmailMessage)
+    for part in ("plain", "html"):
+        body = message.get_body((part,))
+        assert body is not None
+        content = body.get_content()
+        assert "Bottega Nova" in content and "aiuto@bottega.example" in content
+        assert "https://bottega.example/help" in content
+
+
+@pytest.mark.parametrize("unset", ["merchant_name", "support_email"])
+def test_without_the_merchant_voice_an_email_waits_as_a_configuration_error(conn, settings, unset):
+    email_id = new_email(conn, settings)
+    silent = dataclasses.replace(settings, **{unset: ""})
+
+    with pytest.raises(ConfigError, match=unset.upper()):
+        mailer.send(silent, email_id, final=False)
+
+    waiting = row(conn, email_id)
+    assert waiting["status"] == "pending" and unset.upper() in waiting["last_error"]
+    assert not settings.mail_dir.exists()
+    mailer.send(settings, email_id, final=False)  # set in time: it is delivered
+    assert row(conn, email_id)["status"] == "sent"
+
+
 def test_without_smtp_url_the_email_is_written_once_as_an_eml_file(conn, settings):
     email_id = new_email(conn, settings)
 
@@ -488,3 +531,13 @@ def test_through_the_worker_an_smtp_outage_is_retried_until_delivered(
 
     assert len(recorder.envelopes) == 1
     assert row(conn, email_id)["attempts"] >= 3
+
+
+def test_a_worker_started_without_the_merchant_voice_says_at_once_that_emails_will_wait():
+    env = {key: value for key, value in os.environ.items() if key != "SUPPORT_EMAIL"}
+    started = subprocess.run(
+        [sys.executable, "-c", "import workers.actors"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    assert "emails will wait until this is fixed: SUPPORT_EMAIL not set" in started.stderr

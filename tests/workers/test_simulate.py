@@ -300,3 +300,21 @@ def test_without_a_reachable_local_database_the_simulator_goes_on_with_the_optio
         "using the options given"
     )
     assert "  IPN_PCODE[]=AWDOC-TEAM-Y" in lines
+
+
+def test_without_url_the_simulator_posts_to_the_receiver_s_port_from_the_environment(
+    live_url, conn
+):
+    port = live_url.rsplit(":", 1)[1]
+
+    result = run("ipn", "--license", "SIMPORT001", PORT=port)
+
+    assert result.exit_code == 0, result.output
+    assert f"POST http://localhost:{port}/ipn -> HTTP 200" in result.output
+    assert only_event(conn)["license_codes"] == ["SIMPORT001"]
+
+
+def test_a_port_that_is_not_a_number_is_one_clear_error(conn):
+    result = run("ipn", "--dry-run", PORT="http")
+    assert result.exit_code == 1
+    assert "PORT must be a TCP port number" in result.output

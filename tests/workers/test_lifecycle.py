@@ -13,6 +13,9 @@ from webhooks.protocol import samples
 from workers import events, lifecycle, subscriptions
 from workers.actors import settings
 
+# What the mailer adds at sending time: the merchant's signature and support line.
+VOICE = settings().merchant_voice()
+
 
 def ipn(
     license_code: str,
@@ -595,7 +598,7 @@ def test_a_renewal_email_states_the_order_total_with_its_tax_not_the_unit_price(
     context = email_context(conn, "renewal_confirmation", "LIC-TAX")
     # 30.00 + 22 % VAT: the customer was charged 36.60.
     assert (context["amount"], context["tax"]) == ("36.60", "6.60")
-    text = render("renewal_confirmation", "it", context).text
+    text = render("renewal_confirmation", "it", context | VOICE).text
     assert "36,60" in text and "6,60" in text and "30,00" not in text
 
 
@@ -621,7 +624,7 @@ def test_an_upgrade_email_states_what_the_provider_charged_with_its_tax(client, 
     drain(threads=1)
     context = email_context(conn, "upgrade_confirmation", "LIC-UPTAX")
     assert (context["credit"], context["amount"], context["tax"]) == ("15.00", "713.70", "128.70")
-    rendered = render("upgrade_confirmation", "en", context)
+    rendered = render("upgrade_confirmation", "en", context | VOICE)
     assert "713.70" in rendered.text and "713.70" in rendered.html
     assert "585.00" not in rendered.text
 
@@ -778,7 +781,7 @@ def test_a_past_due_without_automatic_renewal_asks_the_customer_to_renew(client,
     drain()
     context = email_context(conn, "payment_failed", "LIC-MANUAL")
     for locale in ("en", "it"):
-        rendered = render("payment_failed", locale, context)
+        rendered = render("payment_failed", locale, context | VOICE)
         for part in (rendered.text, rendered.html):
             assert (
                 context["renewal_url"].replace("&", "&amp;" if part is rendered.html else "&")

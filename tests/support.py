@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import requests
 
+from benchmarks._common import procfile_gunicorn_options
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers.broker import broker
@@ -130,7 +131,7 @@ class TcpProxy:
 
 
 class Receiver:
-    """The receiver under gunicorn in a process of its own, with its own environment."""
+    """The receiver under gunicorn as the Procfile runs it, in a process of its own."""
 
     def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
@@ -141,6 +142,7 @@ class Receiver:
                 sys.executable, "-m", "gunicorn",
                 "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers),
+                *procfile_gunicorn_options(),  # the production setup: worker class, deadlines
                 "--log-level", "warning",
                 "webhooks.app:create_app()",
             ],
@@ -161,11 +163,13 @@ class Receiver:
         self.stop()
         raise RuntimeError("receiver did not start")
 
+    # Connection: close, so that no idle keep-alive connection holds up the server's stop.
     def post(self, path: str, body: bytes) -> requests.Response:
-        return requests.post(self.url + path, data=body, headers=FORM, timeout=15)
+        headers = {**FORM, "Connection": "close"}
+        return requests.post(self.url + path, data=body, headers=headers, timeout=15)
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, timeout=15)
+        return requests.get(self.url + path, headers={"Connection": "close"}, timeout=15)
 
     def stop(self) -> None:
         self.process.terminate()

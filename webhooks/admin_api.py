@@ -71,11 +71,13 @@ def require_admin() -> Response | None:
     return _refusal()
 
 
-@bp.app_errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> Response | HTTPException:
-    """Unknown paths and wrong methods under the API answer JSON too; others stay as they are."""
-    if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
-        return exc
+def owns(path: str) -> bool:
+    """Whether a path is under the API."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def http_error(exc: HTTPException) -> Response:
+    """Unknown paths, wrong methods and unreadable bodies under the API answer JSON too."""
     refused = _refusal()
     if refused is not None:
         return refused

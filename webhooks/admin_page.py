@@ -29,6 +29,7 @@ from flask import (
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException
 
 from webhooks.protocol import form
 from webhooks.protocol.errors import MalformedNotification
@@ -147,6 +148,16 @@ def _guard() -> Any:
 def _headers(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def owns(path: str) -> bool:
+    """Whether a path belongs to the admin page (and not to its API)."""
+    return path == "/admin" or path.startswith("/admin/")
+
+
+def http_error(exc: HTTPException) -> tuple[str, int]:
+    """An HTTP error (an unreadable body, an unknown page) as a page, never a bare 500."""
+    return _message(exc.name, str(exc.description or exc.name), exc.code or 500)
 
 
 @bp.errorhandler(DatabaseUnavailable)

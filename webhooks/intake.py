@@ -7,6 +7,7 @@ import time
 from types import ModuleType
 
 from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from webhooks import metrics
 from webhooks.protocol import form, ins, signature
@@ -20,6 +21,8 @@ log = logging.getLogger("rinnovo.receiver")
 FORM = "application/x-www-form-urlencoded"
 MAX_BODY = 64 * 1024
 HEADERS_KEPT = ("User-Agent", "X-Forwarded-For", "X-Real-Ip", "Content-Length")
+# The metric outcome of each HTTP error a delivery can meet before its view runs.
+HTTP_OUTCOMES = {400: "malformed", 408: "timeout", 413: "too_large"}
 
 
 class Rejected(Exception):
@@ -50,7 +53,7 @@ def _read_body() -> bytes:
         raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
     # A chunked body has no Content-Length: the app lets one byte past the limit through
     # (MAX_CONTENT_LENGTH = MAX_BODY + 1) so that an over-long body shows here, not truncated.
-    raw = request.get_data(cache=False)
+    raw = request.get_data()  # read (or refused) by the app before any view
     if len(raw) > MAX_BODY:
         raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
     return raw
@@ -135,6 +138,15 @@ def receive(module: ModuleType) -> Response:
     response = _answer(module, fields, algorithm)
     metrics.delivered(kind, outcome, time.perf_counter() - started)
     return response
+
+
+def refused(kind: str, exc: HTTPException) -> Response | HTTPException:
+    """A delivery the app refused before its view (body too large, malformed, late), answered."""
+    outcome = HTTP_OUTCOMES.get(exc.code or 0)
+    if outcome is None:
+        return exc
+    message = f"body over {MAX_BODY} bytes" if exc.code == 413 else str(exc.description)
+    return reject(kind, Rejected(exc.code or 400, outcome, message))
 
 
 def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:

@@ -55,6 +55,7 @@ OUTCOMES = (
     "malformed",
     "unsupported_media_type",
     "too_large",
+    "timeout",
     "unavailable",
     "not_configured",
 )

@@ -163,13 +163,24 @@ class Receiver:
         self.stop()
         raise RuntimeError("receiver did not start")
 
-    # Connection: close, so that no idle keep-alive connection holds up the server's stop.
     def post(self, path: str, body: bytes) -> requests.Response:
-        headers = {**FORM, "Connection": "close"}
-        return requests.post(self.url + path, data=body, headers=headers, timeout=15)
+        return requests.post(self.url + path, data=body, headers=FORM, timeout=15)
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, headers={"Connection": "close"}, timeout=15)
+        return requests.get(self.url + path, timeout=15)
+
+    def logged(self) -> str:
+        """What the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def send_raw(self, request: bytes) -> bytes:
+        """Send bytes as they are on a new connection; what comes back until the server closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=15) as sock:
+            sock.sendall(request)
+            with contextlib.suppress(ConnectionResetError):
+                sock.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: sock.recv(65536), b""))
 
     def stop(self) -> None:
         self.process.terminate()

@@ -1,9 +1,13 @@
 """The admin page: events with filters, one event, replay, a subscription; rendered on the server.
 
 Operators log in with ADMIN_TOKEN once; a signed session cookie (HttpOnly, SameSite=Lax, path
-/admin, twelve hours) carries the login. The cookie's key is derived from ADMIN_TOKEN, so every
-gunicorn worker accepts it and changing the token logs everyone out. Every form that changes
-something carries the session's CSRF token. Templates are autoescaped Jinja2; no JavaScript.
+/admin, twelve hours, Secure over HTTPS) carries the login and a session id that Redis must still
+know: logout forgets it, so a copied cookie opens nothing afterwards. The cookie's key is derived
+from ADMIN_TOKEN, so every gunicorn worker accepts it and changing the token logs everyone out.
+Wrong tokens are counted per client address in Redis (shared by every worker process and
+machine): after LOGIN_ATTEMPTS in LOGIN_WINDOW seconds, that address must wait. Every form that
+changes something carries the session's CSRF token. Templates are autoescaped Jinja2; no
+JavaScript.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -29,11 +36,13 @@ from flask import (
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from webhooks.protocol import form
 from webhooks.protocol.errors import MalformedNotification
 from workers import db, events, replay
+from workers.broker import broker
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
 
@@ -45,6 +54,8 @@ SESSION_SECONDS = 12 * 60 * 60
 PAGE_SIZE = 50
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _KEY_PURPOSE = b"rinnovo admin session cookie"
+LOGIN_ATTEMPTS = 5  # wrong tokens from one address ...
+LOGIN_WINDOW = 15 * 60  # ... within this many seconds, then it waits out the rest of the window
 SECURITY_HEADERS = {
     # No scripts at all; styles only inline in the page; forms only post back here.
     "Content-Security-Policy": (
@@ -63,12 +74,22 @@ def session_key(admin_token: str) -> str:
     return hmac.new(admin_token.encode("utf-8"), _KEY_PURPOSE, hashlib.sha256).hexdigest()
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, Secure whenever the request came over HTTPS (or as configured)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure over HTTPS (as a trusted proxy says); ADMIN_COOKIE_SECURE, when set, wins."""
+        configured = app.extensions["rinnovo"].admin_cookie_secure
+        return request.is_secure if configured is None else bool(configured)
+
+
 @bp.record_once
 def _configure(state: BlueprintSetupState) -> None:
     app = state.app
     settings: Settings = app.extensions["rinnovo"]
     if settings.admin_token:
         app.secret_key = session_key(settings.admin_token)
+    app.session_interface = _SessionInterface()  # type: ignore[attr-defined]
     app.config.update(
         SESSION_COOKIE_NAME="rinnovo_admin",
         SESSION_COOKIE_PATH="/admin",
@@ -90,13 +111,30 @@ def _message(title: str, text: str, status: int) -> tuple[str, int]:
     return _page("message.html", status, title=title, text=text)
 
 
+def _redis_key(*parts: str) -> str:
+    return ":".join((broker.namespace, "admin", *parts))
+
+
 def _logged_in() -> bool:
-    started = session.get("at")
-    return (
-        session.get("admin") is True
-        and isinstance(started, int | float)
-        and 0 <= time.time() - started < SESSION_SECONDS
-    )
+    if "logged_in" not in g:
+        started = session.get("at")
+        sid = session.get("sid")
+        g.logged_in = (
+            session.get("admin") is True
+            and isinstance(started, int | float)
+            and 0 <= time.time() - started < SESSION_SECONDS
+            and isinstance(sid, str)
+            and _redis(lambda: broker.client.exists(_redis_key("session", sid))) == 1
+        )
+    return bool(g.logged_in)
+
+
+def _redis(command: Any) -> Any:
+    """Run a Redis command for the login; Redis down is BrokerUnavailable (a 503 page)."""
+    try:
+        return command()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"Redis unavailable: {type(exc).__name__}") from exc
 
 
 def _csrf_token() -> str:
@@ -166,6 +204,12 @@ def _database_down(exc: DatabaseUnavailable) -> tuple[str, int]:
     return _message("Database unavailable", "PostgreSQL did not answer; try again shortly.", 503)
 
 
+@bp.errorhandler(BrokerUnavailable)
+def _redis_down(exc: BrokerUnavailable) -> tuple[str, int]:
+    log.error("admin page: %s", exc)
+    return _message("Redis unavailable", "Redis did not answer; try again shortly.", 503)
+
+
 @bp.errorhandler(replay.BadFilter)
 def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
     return _message("Filter not understood", str(exc), 400)
@@ -173,11 +217,30 @@ def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
 
 def _next_page(target: str | None) -> str:
     """Where to go after logging in: only a path of this page, never another site."""
-    if target:
+    if target and _printable(target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/"):
             return target
     return url_for(".events_list")
+
+
+def _printable(text: str) -> bool:
+    """No control character (a CR/LF would split the Location header)."""
+    return not any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in text)
+
+
+def _login_wait() -> int:
+    """Seconds the client's address must still wait after too many wrong tokens (0: none)."""
+    key = _redis_key("login-failures", request.remote_addr or "unknown")
+    failures, ttl = _redis(lambda: broker.client.pipeline().get(key).ttl(key).execute())
+    if failures is not None and int(failures) >= LOGIN_ATTEMPTS:
+        return max(int(ttl), 1)
+    return 0
+
+
+def _count_failure() -> None:
+    key = _redis_key("login-failures", request.remote_addr or "unknown")
+    _redis(lambda: broker.client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -187,17 +250,33 @@ def _next_page(target: str | None) -> str:
 def login() -> Any:
     """The login form; the admin token starts a session."""
     target = request.values.get("next")
+    if target and not _printable(target):
+        return _message("Link not understood", "The page to open after login is malformed.", 400)
     if request.method == "GET":
         if _logged_in():
             return redirect(_next_page(target))
         return _page("login.html", next=target or "")
+    wait = _login_wait()
+    if wait:
+        log.warning("admin page: login refused, too many wrong tokens from %s", request.remote_addr)
+        page, status = _page(
+            "login.html",
+            429,
+            next=target or "",
+            error=f"Too many wrong tokens from your address: try again in {-(-wait // 60)} min.",
+        )
+        return Response(page, status, headers={"Retry-After": str(wait)})
     given = request.form.get("token", "")
     token = _settings().admin_token or ""
     if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+        _count_failure()
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
+    sid = secrets.token_urlsafe(32)
+    _redis(lambda: broker.client.set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
     session.clear()
     session["admin"] = True
+    session["sid"] = sid
     session["at"] = int(time.time())
     session["csrf"] = secrets.token_urlsafe(32)
     log.info("admin page: login from %s", request.remote_addr)
@@ -206,7 +285,10 @@ def login() -> Any:
 
 @bp.post("/logout")
 def logout() -> Any:
-    """End the session."""
+    """End the session here and on the server: its id is forgotten, so the cookie opens nothing."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        _redis(lambda: broker.client.delete(_redis_key("session", sid)))
     session.clear()
     return redirect(url_for(".login"), 303)
 
@@ -312,5 +394,6 @@ def subscription(license_code: str) -> Any:
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
     if found is None:
-        return _message("No such subscription", f"No subscription has license {license_code}.", 404)
+        shown = repr(license_code) if not _printable(license_code) else license_code
+        return _message("No such subscription", f"No subscription has license {shown}.", 404)
     return _page("subscription.html", sub=found)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestTimeout
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics
 from workers.config import Settings
@@ -22,10 +23,16 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     env = {**os.environ, **(test_config or {})}
     settings = Settings.from_env(env)
     settings.require_secret_keys()
+    settings.check_admin_token()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = intake.MAX_BODY + 1
     app.extensions["rinnovo"] = settings
+    if settings.trusted_proxies:
+        # The client's address and scheme come from X-Forwarded-For/-Proto as set by this many
+        # proxies of ours, counted from the right; what a client wrote there itself is ignored.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     for module in (ipn, lcn, ins, health):
         app.register_blueprint(module.bp)
@@ -33,6 +40,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(admin_page.bp)
 
+    app.before_request(intake.check_source)  # before the body is read: refused unread
     app.before_request(read_body)
     app.register_error_handler(HTTPException, http_error)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from types import ModuleType
@@ -57,6 +58,21 @@ def _read_body() -> bytes:
     if len(raw) > MAX_BODY:
         raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
     return raw
+
+
+def check_source(kind: str | None = None) -> Response | None:
+    """Refuse a delivery from outside the endpoint's TRUSTED_SOURCES (when it has any)."""
+    kind = kind or request.blueprint
+    networks = settings().trusted_sources.get(kind or "")
+    if kind not in metrics.KINDS or not networks:
+        return None
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        address = None
+    if address is not None and any(address in network for network in networks):
+        return None
+    return reject(kind, Rejected(403, "forbidden_source", "source address not allowed"))
 
 
 def _verify(module: ModuleType, fields: dict[str, list[str]]) -> tuple[str, int]:

@@ -56,6 +56,7 @@ OUTCOMES = (
     "unsupported_media_type",
     "too_large",
     "timeout",
+    "forbidden_source",
     "unavailable",
     "not_configured",
 )

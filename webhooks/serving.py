@@ -15,6 +15,7 @@ standard library in each worker: it imports nothing that opens sockets or picks 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -116,6 +117,7 @@ class Worker(GeventWorker):
         """Read the deadlines, then start as gunicorn's gevent worker does."""
         self.header_timeout = seconds("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)
         self.body_timeout = seconds("BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)
+        self.waiting_for_headers: dict[Any, gevent.Timeout] = {}
         if not self.cfg.keepalive:
             # gunicorn reads a request's headers under timeout_ctx only on keep-alive connections.
             raise RuntimeError("this worker needs --keep-alive above 0: it bounds header reads")
@@ -134,9 +136,23 @@ class Worker(GeventWorker):
             if module is not None:
                 importlib.reload(module)
 
-    def timeout_ctx(self) -> gevent.Timeout:
+    @contextlib.contextmanager
+    def timeout_ctx(self) -> Iterator[None]:
         """The deadline for the next request's headers (and for an idle keep-alive connection)."""
-        return gevent.Timeout(self.header_timeout, False)
+        deadline = gevent.Timeout(self.header_timeout, False)  # False: ends the block quietly
+        current = gevent.getcurrent()
+        self.waiting_for_headers[current] = deadline
+        try:
+            with deadline:
+                yield
+        finally:
+            self.waiting_for_headers.pop(current, None)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """Stop; connections waiting for a request are closed now, not at their deadline."""
+        super().handle_exit(sig, frame)
+        for greenlet, deadline in list(self.waiting_for_headers.items()):
+            greenlet.kill(deadline, block=False)
 
     def run(self) -> None:
         """Serve until told to stop, then close the database pool while gevent still runs."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.errors import ConfigError
@@ -13,6 +14,9 @@ DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RENEWAL_URL = "https://secure.2checkout.com/renewal/?LICENSE={license_code}"
 DEFAULT_PORTAL_URL = "https://secure.2checkout.com/myaccount/"
+MIN_ADMIN_TOKEN = 16  # characters: a shorter token can be guessed despite the login slow-down
+ENDPOINTS = ("ipn", "lcn", "ins")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -53,6 +57,50 @@ def _whole(name: str, value: str | None, default: int) -> int:
     return number
 
 
+def _proxies(value: str | None) -> int:
+    """TRUSTED_PROXIES: how many proxies in front of the receiver set X-Forwarded-*."""
+    text = (value or "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) > 10:
+        raise ConfigError(f"TRUSTED_PROXIES must be a whole number from 0 to 10; got {value!r}")
+    return int(text)
+
+
+def _optional_flag(name: str, value: str | None) -> bool | None:
+    """A setting that is on, off, or unset (None: decided per request)."""
+    if value is None or not value.strip() or value.strip().lower() == "auto":
+        return None
+    return _flag(name, value)
+
+
+def _sources(value: str | None) -> dict[str, tuple[Network, ...]]:
+    """TRUSTED_SOURCES: `ipn=CIDR,CIDR;lcn=...`; a group without `kind=` is every other one's."""
+    groups: dict[str, tuple[Network, ...]] = {}
+    default: tuple[Network, ...] | None = None
+    for group in (part.strip() for part in (value or "").split(";")):
+        if not group:
+            continue
+        kind, sep, cidrs = group.partition("=") if "=" in group else ("", "", group)
+        kind = kind.strip().lower()
+        if sep and kind not in ENDPOINTS:
+            raise ConfigError(f"TRUSTED_SOURCES: {kind!r} is not one of {', '.join(ENDPOINTS)}")
+        try:
+            networks = tuple(ipaddress.ip_network(c, strict=False) for c in _split(cidrs))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_SOURCES: {exc}") from None
+        if not networks:
+            raise ConfigError(f"TRUSTED_SOURCES: no network in {group!r}")
+        if sep:
+            groups[kind] = networks
+        else:
+            default = networks
+    if default is not None:
+        for kind in ENDPOINTS:
+            groups.setdefault(kind, default)
+    return groups
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -76,6 +124,10 @@ class Settings:
     expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
     mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
     redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
+    trusted_proxies: int = 0  # proxies whose X-Forwarded-For/-Proto are believed
+    # Source networks allowed to post to each endpoint; an endpoint not named takes any source.
+    trusted_sources: Mapping[str, tuple[Network, ...]] = field(default_factory=dict)
+    admin_cookie_secure: bool | None = None  # None: Secure when the request came over HTTPS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +154,11 @@ class Settings:
             expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
             mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
             redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
+            trusted_proxies=_proxies(env.get("TRUSTED_PROXIES")),
+            trusted_sources=_sources(env.get("TRUSTED_SOURCES")),
+            admin_cookie_secure=_optional_flag(
+                "ADMIN_COOKIE_SECURE", env.get("ADMIN_COOKIE_SECURE")
+            ),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -112,3 +169,12 @@ class Settings:
                 "(set it to the secret key from the 2Checkout control panel)"
             )
         return self.secret_keys
+
+    def check_admin_token(self) -> None:
+        """Refuse to start with an admin token short enough to guess."""
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise ConfigError(
+                f"ADMIN_TOKEN is {len(self.admin_token)} characters: use at least "
+                f"{MIN_ADMIN_TOKEN} (e.g. the output of `openssl rand -base64 32`), or unset it "
+                "to turn the admin API and page off"
+            )

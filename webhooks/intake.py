@@ -15,7 +15,7 @@ from webhooks.protocol import form, ins, signature
 from webhooks.protocol.errors import MalformedNotification, SignatureError
 from workers import db, dispatch, events
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable
+from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
 
 log = logging.getLogger("rinnovo.receiver")
 
@@ -127,7 +127,7 @@ def receive(module: ModuleType) -> Response:
     except SignatureError as exc:
         body = f"<EPAYMENT>Error. Cannot verify signature: {exc}</EPAYMENT>"
         return reject(kind, Rejected(400, "bad_signature", str(exc)), body=body)
-    except MalformedNotification as exc:
+    except (MalformedNotification, ValueNotStorable) as exc:
         return reject(kind, Rejected(400, "malformed", str(exc)))
     except DatabaseUnavailable as exc:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)

@@ -10,6 +10,7 @@ import click
 from workers.config import Settings
 from workers.errors import RinnovoError
 from workers.logs import configure_logging
+from workers.terminal import visible
 
 
 def _settings() -> Settings:
@@ -84,5 +85,5 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except RinnovoError as exc:
-        click.echo(f"rinnovo: {exc}", err=True)
+        click.echo(f"rinnovo: {visible(exc)}", err=True)
         sys.exit(1)

@@ -11,6 +11,7 @@ import click
 from workers import db, lifecycle, policies
 from workers import subscriptions as subs
 from workers.config import Settings
+from workers.terminal import visible
 
 
 def _at(value: str | None) -> datetime:
@@ -35,7 +36,7 @@ def _load(settings: Settings, license_code: str) -> dict[str, Any]:
 
 def _print_quote(quote: policies.Quote) -> None:
     if not quote.allowed:
-        click.echo(f"refused: {quote.reason}")
+        click.echo(f"refused: {visible(quote.reason)}")
         raise SystemExit(2)
     click.echo(f"policy:       {quote.policy}")
     click.echo(f"credit:       {quote.credit} {quote.currency}")
@@ -46,7 +47,7 @@ def _print_quote(quote: policies.Quote) -> None:
     click.echo(
         f"new period:   {subs.iso(quote.new_period_start)} -> {subs.iso(quote.new_expires_at)}"
     )
-    click.echo(f"why:          {quote.explanation}")
+    click.echo(f"why:          {visible(quote.explanation)}")
 
 
 @click.group()
@@ -128,7 +129,7 @@ def show(license_code: str, as_json: bool) -> None:
         ("customer", f"{customer['name']} <{customer['email']}> [{customer['locale'] or '-'}]"),
     ]
     for label, value in lines:
-        click.echo(f"{label + ':':<12}{value}")
+        click.echo(f"{label + ':':<12}{visible(value)}")
     click.echo("history:")
     for entry in described["history"]:
         changed = (
@@ -140,9 +141,9 @@ def show(license_code: str, as_json: bool) -> None:
             else "created"
         )
         source = f"event {entry['event_id']}" if entry["event_id"] else "clock"
-        click.echo(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}")
+        click.echo(visible(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}"))
         if entry["note"]:
-            click.echo(f"  {'':20}  {entry['note']}")
+            click.echo(f"  {'':20}  {visible(entry['note'])}")
 
 
 COMMANDS = [quote, subscriptions_group]

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import requests
 
 from webhooks import admin_page
 from webhooks.app import create_app
@@ -129,3 +130,25 @@ def test_json_meant_to_break_the_api_is_a_400_in_json(conn, body, message):
     )
     assert response.status_code == 400
     assert message in json.loads(response.data)["error"]
+
+
+def test_under_the_procfile_only_trusted_proxies_make_the_cookie_secure(receiver_factory):
+    def cookie_after_login(receiver) -> str:
+        with requests.Session() as browser:
+            page = browser.get(f"{receiver.url}/admin/login", timeout=15)
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert csrf is not None
+            response = browser.post(
+                f"{receiver.url}/admin/login",
+                data={"csrf_token": csrf.group(1), "token": TOKEN},
+                headers={"X-Forwarded-Proto": "https"},
+                allow_redirects=False,
+                timeout=15,
+            )
+            assert response.status_code == 303
+            return response.headers["Set-Cookie"]
+
+    # gunicorn itself would believe X-Forwarded-Proto from 127.0.0.1: the Procfile turns it off.
+    assert "Secure" not in cookie_after_login(receiver_factory(ADMIN_TOKEN=TOKEN))
+    behind_proxy = receiver_factory(ADMIN_TOKEN=TOKEN, TRUSTED_PROXIES="1")
+    assert "Secure" in cookie_after_login(behind_proxy)

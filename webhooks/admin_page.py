@@ -45,6 +45,7 @@ from workers import db, events, replay
 from workers.broker import broker
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -217,16 +218,11 @@ def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
 
 def _next_page(target: str | None) -> str:
     """Where to go after logging in: only a path of this page, never another site."""
-    if target and _printable(target):
+    if target and printable(target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/"):
             return target
     return url_for(".events_list")
-
-
-def _printable(text: str) -> bool:
-    """No control character (a CR/LF would split the Location header)."""
-    return not any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in text)
 
 
 def _login_wait() -> int:
@@ -250,7 +246,7 @@ def _count_failure() -> None:
 def login() -> Any:
     """The login form; the admin token starts a session."""
     target = request.values.get("next")
-    if target and not _printable(target):
+    if target and not printable(target):  # a CR/LF would split the Location header
         return _message("Link not understood", "The page to open after login is malformed.", 400)
     if request.method == "GET":
         if _logged_in():
@@ -394,6 +390,6 @@ def subscription(license_code: str) -> Any:
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
     if found is None:
-        shown = repr(license_code) if not _printable(license_code) else license_code
+        shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
         return _message("No such subscription", f"No subscription has license {shown}.", 404)
     return _page("subscription.html", sub=found)

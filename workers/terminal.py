@@ -23,3 +23,8 @@ def visible(value: object) -> str:
     """
     text = value if isinstance(value, str) else str(value)
     return _UNSAFE.sub(_escape, text)
+
+
+def printable(text: str) -> bool:
+    """Whether `text` holds nothing that `visible` would escape."""
+    return _UNSAFE.search(text) is None

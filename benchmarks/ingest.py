@@ -42,6 +42,7 @@ import redis
 from flask import Flask
 
 from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
+from benchmarks._durable_app import create_table
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers import db
@@ -575,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         db.drop_database(url)
         db.init_db(url)
+        create_table(url)  # the commit-only endpoint's table
         queue.flushdb()
         for number, batch in enumerate(batches, start=1):
             warm_bodies = [d.body for d in batch[: args.warmup]]

@@ -184,7 +184,7 @@ class Receiver:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=35)  # a graceful stop may take gunicorn's graceful timeout (30 s)
         self.log.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from webhooks import admin_page
 from webhooks.intake import settings
 from workers import db, replay
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
@@ -55,8 +57,17 @@ def _refusal() -> Response | None:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return error(401, "missing bearer token", {"WWW-Authenticate": 'Bearer realm="rinnovo"'})
+    # The page's login and the API share one count of wrong tokens per address: guessing here
+    # is no faster than guessing there. Redis down leaves the API usable, just uncounted.
+    with contextlib.suppress(BrokerUnavailable):
+        wait = admin_page.login_wait()
+        if wait:
+            log.warning("admin API: refused, too many wrong tokens from %s", request.remote_addr)
+            return error(429, "too many wrong tokens from this address", {"Retry-After": str(wait)})
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         log.warning("admin API: wrong token from %s for %s", request.remote_addr, request.path)
+        with contextlib.suppress(BrokerUnavailable):
+            admin_page.count_wrong_token()
         return error(
             401,
             "wrong bearer token",

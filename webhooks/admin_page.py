@@ -225,7 +225,7 @@ def _next_page(target: str | None) -> str:
     return url_for(".events_list")
 
 
-def _login_wait() -> int:
+def login_wait() -> int:
     """Seconds the client's address must still wait after too many wrong tokens (0: none)."""
     key = _redis_key("login-failures", request.remote_addr or "unknown")
     failures, ttl = _redis(lambda: broker.client.pipeline().get(key).ttl(key).execute())
@@ -234,7 +234,8 @@ def _login_wait() -> int:
     return 0
 
 
-def _count_failure() -> None:
+def count_wrong_token() -> None:
+    """Count one wrong admin token from the client's address (page or API alike)."""
     key = _redis_key("login-failures", request.remote_addr or "unknown")
     _redis(lambda: broker.client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
 
@@ -252,7 +253,7 @@ def login() -> Any:
         if _logged_in():
             return redirect(_next_page(target))
         return _page("login.html", next=target or "")
-    wait = _login_wait()
+    wait = login_wait()
     if wait:
         log.warning("admin page: login refused, too many wrong tokens from %s", request.remote_addr)
         page, status = _page(
@@ -265,7 +266,7 @@ def login() -> Any:
     given = request.form.get("token", "")
     token = _settings().admin_token or ""
     if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-        _count_failure()
+        count_wrong_token()
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
     sid = secrets.token_urlsafe(32)

@@ -152,3 +152,18 @@ def test_under_the_procfile_only_trusted_proxies_make_the_cookie_secure(receiver
     assert "Secure" not in cookie_after_login(receiver_factory(ADMIN_TOKEN=TOKEN))
     behind_proxy = receiver_factory(ADMIN_TOKEN=TOKEN, TRUSTED_PROXIES="1")
     assert "Secure" in cookie_after_login(behind_proxy)
+
+
+def test_wrong_bearer_tokens_on_the_api_count_against_the_same_address(conn):
+    client = _client()
+    attacker = {"environ_base": {"REMOTE_ADDR": "198.51.100.8"}}
+    wrong = {"Authorization": "Bearer not-the-admin-token"}
+    for _ in range(admin_page.LOGIN_ATTEMPTS):
+        assert client.get("/admin/api/events", headers=wrong, **attacker).status_code == 401
+    refused = client.get("/admin/api/events", headers=AUTH, **attacker)
+    assert refused.status_code == 429
+    assert refused.json == {"error": "too many wrong tokens from this address"}
+    assert int(refused.headers["Retry-After"]) > 0
+    assert _log_in(client, TOKEN, **attacker).status_code == 429  # the page shares the count
+    other = {"environ_base": {"REMOTE_ADDR": "203.0.113.10"}}
+    assert client.get("/admin/api/events", headers=AUTH, **other).status_code == 200

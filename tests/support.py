@@ -41,6 +41,19 @@ def signed_ipn(
     return form.encode(samples.sign_pairs(samples.ipn_pairs(**kwargs), key, algorithms))  # type: ignore[arg-type]
 
 
+def signed_ins(secret_word: str, **extra: str) -> bytes:
+    """An INS message with a correct md5_hash for `secret_word`; `extra` replaces or adds fields."""
+    pairs = samples.ins_pairs(
+        message_type="ORDER_CREATED",
+        sale_id="9100001",
+        invoice_id="9100002",
+        secret_word=secret_word,
+        customer_email="customer@example.com",
+        extra=extra,
+    )
+    return form.encode(pairs)
+
+
 def host_port(url: str) -> tuple[str, int]:
     """The host and port a database or Redis URL names."""
     found = re.search(r"//(?:[^@/]*@)?([^:/]+):(\d+)", url)

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.conftest import INS_SECRET_WORD
-from tests.support import FORM, KEY, signed_ipn
+from tests.support import FORM, KEY, signed_ins, signed_ipn
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers import db
@@ -42,15 +42,8 @@ def test_a_signed_ipn_with_a_3000_character_license_reference_is_a_400_naming_it
 
 
 def test_an_ins_with_an_oversized_free_text_field_is_a_400_naming_it(client, conn):
-    pairs = samples.ins_pairs(
-        message_type="ORDER_CREATED",
-        sale_id="9000001",
-        invoice_id="9000002",
-        secret_word=INS_SECRET_WORD,
-        customer_email="customer@example.com",
-        extra={"item_name_1": "x" * 5000},
-    )
-    response = client.post("/ins", data=form.encode(pairs), headers=FORM)
+    body = signed_ins(INS_SECRET_WORD, item_name_1="x" * 5000)
+    response = client.post("/ins", data=body, headers=FORM)
     assert response.status_code == 400
     assert response.text == "item_name_1: 5000 characters, over the limit of 4096"
 

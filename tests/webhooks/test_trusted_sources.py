@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import INS_SECRET_WORD
-from tests.support import FORM, signed_ipn
+from tests.support import FORM, signed_ins, signed_ipn
 from webhooks.app import create_app
-from webhooks.protocol import form, samples
 from workers.config import Settings
 from workers.errors import ConfigError
 
@@ -16,14 +15,7 @@ STRANGER = "198.51.100.1"
 
 
 def _ins() -> bytes:
-    pairs = samples.ins_pairs(
-        message_type="ORDER_CREATED",
-        sale_id="9100001",
-        invoice_id="9100002",
-        secret_word=INS_SECRET_WORD,
-        customer_email="customer@example.com",
-    )
-    return form.encode(pairs)
+    return signed_ins(INS_SECRET_WORD)
 
 
 def _post(client, path: str, body: bytes, remote: str, forwarded: str | None = None):

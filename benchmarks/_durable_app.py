@@ -18,13 +18,18 @@ app = Flask(__name__)
 _conn: psycopg.Connection | None = None
 
 
+def create_table(database_url: str) -> None:
+    """Create the table once, before serving: concurrent CREATE TABLE IF NOT EXISTS can collide."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_bodies (id bigserial PRIMARY KEY, body bytea)"
+        )
+
+
 def _connection() -> psycopg.Connection:
     global _conn
     if _conn is None:  # one per worker process, opened after gunicorn forks it
         _conn = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
-        _conn.execute(
-            "CREATE TABLE IF NOT EXISTS bench_bodies (id bigserial PRIMARY KEY, body bytea)"
-        )
     return _conn
 
 

@@ -41,7 +41,8 @@ import psycopg
 import redis
 from flask import Flask
 
-from benchmarks._common import own_database_url, own_redis_url
+from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
+from benchmarks._durable_app import create_table
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers import db
@@ -114,7 +115,7 @@ def gunicorn(
     target: str,
     *,
     workers: int,
-    worker_class: str,
+    worker_class: str | None,
     threads: int,
     env: dict[str, str],
     logs: list[str],
@@ -124,6 +125,11 @@ def gunicorn(
     What the server printed is appended to `logs` when it has stopped.
     """
     port = free_port()
+    setup = (
+        ["--worker-class", worker_class]
+        if worker_class
+        else procfile_gunicorn_options(drop=("--bind", "--workers", "--logger-class"))
+    )
     command = [
         sys.executable,
         "-m",
@@ -132,8 +138,7 @@ def gunicorn(
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
-        "--worker-class",
-        worker_class,
+        *setup,
         "--threads",
         str(threads),
         "--log-level",
@@ -519,7 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
     parser.add_argument("--concurrency", type=int, default=16, help="client connections")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
-    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class")
+    parser.add_argument(
+        "--worker-class", help="gunicorn worker class (default: the Procfile's options)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     parser.add_argument("--profile", type=Path, help="profile the receiver; keep profiles here")
     args = parser.parse_args(argv)
@@ -541,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = PROFILED_TARGET
 
     print(
-        f"setup: gunicorn --worker-class {args.worker_class} --workers {args.workers} "
+        f"setup: gunicorn {args.worker_class or ' '.join(procfile_gunicorn_options())} "
+        f"--workers {args.workers} "
         f"--threads {args.threads} "
         f"on {os.cpu_count()} CPU(s), one server at a time; client: one process, "
         f"{args.concurrency} connections; {args.rounds} round(s) of {args.warmup} warm-up + "
@@ -568,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         db.drop_database(url)
         db.init_db(url)
+        create_table(url)  # the commit-only endpoint's table
         queue.flushdb()
         for number, batch in enumerate(batches, start=1):
             warm_bodies = [d.body for d in batch[: args.warmup]]

@@ -73,6 +73,12 @@ def _delete_session_keys() -> None:
         broker.client.delete(*keys)
 
 
+def _delete_admin_keys() -> None:
+    keys = list(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}:admin:*", count=1000))
+    if keys:
+        broker.client.delete(*keys)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _redis_session_keys() -> Iterator[None]:
     _delete_session_keys()
@@ -88,6 +94,7 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
         connection.execute(TRUNCATE)
         broker.flush_all()
+        _delete_admin_keys()  # sessions and login failures of earlier tests
         yield connection
         connection.execute(TRUNCATE)
     broker.flush_all()

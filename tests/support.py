@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import requests
 
+from benchmarks._common import procfile_gunicorn_options
 from webhooks.protocol import form, samples
 from webhooks.protocol.signature import Algorithm
 from workers.broker import broker
@@ -38,6 +39,19 @@ def signed_ipn(
 ) -> bytes:
     """A signed IPN body as the provider sends it."""
     return form.encode(samples.sign_pairs(samples.ipn_pairs(**kwargs), key, algorithms))  # type: ignore[arg-type]
+
+
+def signed_ins(secret_word: str, **extra: str) -> bytes:
+    """An INS message with a correct md5_hash for `secret_word`; `extra` replaces or adds fields."""
+    pairs = samples.ins_pairs(
+        message_type="ORDER_CREATED",
+        sale_id="9100001",
+        invoice_id="9100002",
+        secret_word=secret_word,
+        customer_email="customer@example.com",
+        extra=extra,
+    )
+    return form.encode(pairs)
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -130,7 +144,7 @@ class TcpProxy:
 
 
 class Receiver:
-    """The receiver under gunicorn in a process of its own, with its own environment."""
+    """The receiver under gunicorn as the Procfile runs it, in a process of its own."""
 
     def __init__(self, env: Mapping[str, str], *, workers: int = 1) -> None:
         self.port = free_port()
@@ -141,6 +155,7 @@ class Receiver:
                 sys.executable, "-m", "gunicorn",
                 "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers),
+                *procfile_gunicorn_options(),  # the production setup: worker class, deadlines
                 "--log-level", "warning",
                 "webhooks.app:create_app()",
             ],
@@ -167,9 +182,22 @@ class Receiver:
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=15)
 
+    def logged(self) -> str:
+        """What the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def send_raw(self, request: bytes) -> bytes:
+        """Send bytes as they are on a new connection; what comes back until the server closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=15) as sock:
+            sock.sendall(request)
+            with contextlib.suppress(ConnectionResetError):
+                sock.shutdown(socket.SHUT_WR)
+            return b"".join(iter(lambda: sock.recv(65536), b""))
+
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        self.process.wait(timeout=35)  # a graceful stop may take gunicorn's graceful timeout (30 s)
         self.log.close()
 
 

@@ -1,9 +1,13 @@
 """The admin page: events with filters, one event, replay, a subscription; rendered on the server.
 
 Operators log in with ADMIN_TOKEN once; a signed session cookie (HttpOnly, SameSite=Lax, path
-/admin, twelve hours) carries the login. The cookie's key is derived from ADMIN_TOKEN, so every
-gunicorn worker accepts it and changing the token logs everyone out. Every form that changes
-something carries the session's CSRF token. Templates are autoescaped Jinja2; no JavaScript.
+/admin, twelve hours, Secure over HTTPS) carries the login and a session id that Redis must still
+know: logout forgets it, so a copied cookie opens nothing afterwards. The cookie's key is derived
+from ADMIN_TOKEN, so every gunicorn worker accepts it and changing the token logs everyone out.
+Wrong tokens are counted per client address in Redis (shared by every worker process and
+machine): after LOGIN_ATTEMPTS in LOGIN_WINDOW seconds, that address must wait. Every form that
+changes something carries the session's CSRF token. Templates are autoescaped Jinja2; no
+JavaScript.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     flash,
+    g,
     make_response,
     redirect,
     render_template,
@@ -31,13 +38,16 @@ from flask import (
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import NotFound
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.exceptions import HTTPException
 
 from webhooks.protocol import form
 from webhooks.protocol.errors import MalformedNotification
 from workers import db, events, replay
+from workers.broker import broker
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -47,6 +57,8 @@ SESSION_SECONDS = 12 * 60 * 60
 PAGE_SIZE = 50
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _KEY_PURPOSE = b"rinnovo admin session cookie"
+LOGIN_ATTEMPTS = 5  # wrong tokens from one address ...
+LOGIN_WINDOW = 15 * 60  # ... within this many seconds, then it waits out the rest of the window
 SECURITY_HEADERS = {
     # No scripts at all; styles only inline in the page; forms only post back here.
     "Content-Security-Policy": (
@@ -65,12 +77,22 @@ def session_key(admin_token: str) -> str:
     return hmac.new(admin_token.encode("utf-8"), _KEY_PURPOSE, hashlib.sha256).hexdigest()
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, Secure whenever the request came over HTTPS (or as configured)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure over HTTPS (as a trusted proxy says); ADMIN_COOKIE_SECURE, when set, wins."""
+        configured = app.extensions["rinnovo"].admin_cookie_secure
+        return request.is_secure if configured is None else bool(configured)
+
+
 @bp.record_once
 def _configure(state: BlueprintSetupState) -> None:
     app = state.app
     settings: Settings = app.extensions["rinnovo"]
     if settings.admin_token:
         app.secret_key = session_key(settings.admin_token)
+    app.session_interface = _SessionInterface()  # type: ignore[attr-defined]
     app.config.update(
         SESSION_COOKIE_NAME="rinnovo_admin",
         SESSION_COOKIE_PATH="/admin",
@@ -131,13 +153,30 @@ def _message(title: str, text: str, status: int) -> tuple[str, int]:
     return _page("message.html", status, title=title, text=text)
 
 
+def _redis_key(*parts: str) -> str:
+    return ":".join((broker.namespace, "admin", *parts))
+
+
 def _logged_in() -> bool:
-    started = session.get("at")
-    return (
-        session.get("admin") is True
-        and isinstance(started, int | float)
-        and 0 <= time.time() - started < SESSION_SECONDS
-    )
+    if "logged_in" not in g:
+        started = session.get("at")
+        sid = session.get("sid")
+        g.logged_in = (
+            session.get("admin") is True
+            and isinstance(started, int | float)
+            and 0 <= time.time() - started < SESSION_SECONDS
+            and isinstance(sid, str)
+            and _redis(lambda: broker.client.exists(_redis_key("session", sid))) == 1
+        )
+    return bool(g.logged_in)
+
+
+def _redis(command: Any) -> Any:
+    """Run a Redis command for the login; Redis down is BrokerUnavailable (a 503 page)."""
+    try:
+        return command()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"Redis unavailable: {type(exc).__name__}") from exc
 
 
 def _csrf_token() -> str:
@@ -194,24 +233,32 @@ def _headers(response: Response) -> Response:
     return response
 
 
+def owns(path: str) -> bool:
+    """Whether a path belongs to the admin page (and not to its API)."""
+    return path == "/admin" or path.startswith("/admin/")
+
+
+def http_error(exc: HTTPException) -> Response:
+    """An HTTP error (an unreadable body, an unknown page) as a styled page, never a bare 500."""
+    if exc.code == 404:
+        title, text = "Page not found", f"There is no admin page at {request.path}."
+    else:
+        title, text = exc.name, str(exc.description or exc.name)
+    # Where no route matched, the blueprint's context and headers are not applied: here they are.
+    page = _page("message.html", exc.code or 500, title=title, text=text, **_template_globals())
+    return _headers(make_response(page))
+
+
 @bp.errorhandler(DatabaseUnavailable)
 def _database_down(exc: DatabaseUnavailable) -> tuple[str, int]:
     log.error("admin page: %s", exc)
     return _message("Database unavailable", "PostgreSQL did not answer; try again shortly.", 503)
 
 
-@bp.app_errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Any:
-    """An unknown page under /admin/ is this page's own 404; elsewhere the app's answer stands."""
-    from webhooks.admin_api import PREFIX, http_error
-
-    path = request.path
-    if path.startswith("/admin/") and not (path == PREFIX or path.startswith(PREFIX + "/")):
-        # No route matched, so the blueprint's context and headers are not applied: here they are.
-        text = f"There is no admin page at {path}."
-        page = _page("message.html", 404, title="Page not found", text=text, **_template_globals())
-        return _headers(make_response(page))
-    return http_error(exc)
+@bp.errorhandler(BrokerUnavailable)
+def _redis_down(exc: BrokerUnavailable) -> tuple[str, int]:
+    log.error("admin page: %s", exc)
+    return _message("Redis unavailable", "Redis did not answer; try again shortly.", 503)
 
 
 @bp.errorhandler(replay.BadFilter)
@@ -221,11 +268,26 @@ def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
 
 def _next_page(target: str | None) -> str:
     """Where to go after logging in: only a path of this page, never another site."""
-    if target:
+    if target and printable(target):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/admin/"):
             return target
     return url_for(".events_list")
+
+
+def login_wait() -> int:
+    """Seconds the client's address must still wait after too many wrong tokens (0: none)."""
+    key = _redis_key("login-failures", request.remote_addr or "unknown")
+    failures, ttl = _redis(lambda: broker.client.pipeline().get(key).ttl(key).execute())
+    if failures is not None and int(failures) >= LOGIN_ATTEMPTS:
+        return max(int(ttl), 1)
+    return 0
+
+
+def count_wrong_token() -> None:
+    """Count one wrong admin token from the client's address (page or API alike)."""
+    key = _redis_key("login-failures", request.remote_addr or "unknown")
+    _redis(lambda: broker.client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -235,17 +297,33 @@ def _next_page(target: str | None) -> str:
 def login() -> Any:
     """The login form; the admin token starts a session."""
     target = request.values.get("next")
+    if target and not printable(target):  # a CR/LF would split the Location header
+        return _message("Link not understood", "The page to open after login is malformed.", 400)
     if request.method == "GET":
         if _logged_in():
             return redirect(_next_page(target))
         return _page("login.html", next=target or "")
+    wait = login_wait()
+    if wait:
+        log.warning("admin page: login refused, too many wrong tokens from %s", request.remote_addr)
+        page, status = _page(
+            "login.html",
+            429,
+            next=target or "",
+            error=f"Too many wrong tokens from your address: try again in {-(-wait // 60)} min.",
+        )
+        return Response(page, status, headers={"Retry-After": str(wait)})
     given = request.form.get("token", "")
     token = _settings().admin_token or ""
     if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+        count_wrong_token()
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
+    sid = secrets.token_urlsafe(32)
+    _redis(lambda: broker.client.set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
     session.clear()
     session["admin"] = True
+    session["sid"] = sid
     session["at"] = int(time.time())
     session["csrf"] = secrets.token_urlsafe(32)
     log.info("admin page: login from %s", request.remote_addr)
@@ -254,7 +332,10 @@ def login() -> Any:
 
 @bp.post("/logout")
 def logout() -> Any:
-    """End the session."""
+    """End the session here and on the server: its id is forgotten, so the cookie opens nothing."""
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        _redis(lambda: broker.client.delete(_redis_key("session", sid)))
     session.clear()
     return redirect(url_for(".login"), 303)
 
@@ -363,5 +444,6 @@ def subscription(license_code: str) -> Any:
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
     if found is None:
-        return _message("No such subscription", f"No subscription has license {license_code}.", 404)
+        shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
+        return _message("No such subscription", f"No subscription has license {shown}.", 404)
     return _page("subscription.html", sub=found)

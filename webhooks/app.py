@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestTimeout
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics
 from workers.config import Settings
+
+log = logging.getLogger("rinnovo.http")
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
@@ -17,10 +23,16 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     env = {**os.environ, **(test_config or {})}
     settings = Settings.from_env(env)
     settings.require_secret_keys()
+    settings.check_admin_token()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = intake.MAX_BODY + 1
     app.extensions["rinnovo"] = settings
+    if settings.trusted_proxies:
+        # The client's address and scheme come from X-Forwarded-For/-Proto as set by this many
+        # proxies of ours, counted from the right; what a client wrote there itself is ignored.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     for module in (ipn, lcn, ins, health):
         app.register_blueprint(module.bp)
@@ -28,11 +40,47 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(admin_page.bp)
 
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(_exc: RequestEntityTooLarge) -> Response:
-        kind = request.path.strip("/") or "http"
-        return intake.reject(
-            kind, intake.Rejected(413, "too_large", f"body over {intake.MAX_BODY} bytes")
-        )
-
+    app.before_request(intake.check_source)  # before the body is read: refused unread
+    app.before_request(read_body)
+    app.register_error_handler(HTTPException, http_error)
     return app
+
+
+def read_body() -> None:
+    """Read a request's body once, before any view, so that an unreadable one is a 400 or 408.
+
+    The server reports a body it cannot read (a malformed chunk size, a client gone mid-body, a
+    body not sent in time) as an OSError from `wsgi.input`; unhandled, each would be a 500 with a
+    traceback in the log. Views then read the cached body.
+    """
+    if request.method not in BODY_METHODS:
+        return
+    try:
+        request.get_data(cache=True)
+    except (OSError, ClientDisconnected) as exc:
+        # With a Content-Length, werkzeug reports the server's error as ClientDisconnected.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+        reason = str(cause or "the client closed the connection before the whole body")
+        log.warning(
+            "%s %s: request body unreadable (%s) from %s",
+            request.method,
+            request.path,
+            reason,
+            request.remote_addr,
+        )
+        if isinstance(cause, TimeoutError):
+            raise RequestTimeout(reason) from None
+        raise BadRequest(f"unreadable request body: {reason}") from None
+
+
+def http_error(exc: HTTPException) -> Response | HTTPException | tuple[str, int]:
+    """Answer an HTTP error as the part of the app it happened in speaks: text, JSON or a page."""
+    if exc.code is None or exc.code < 400:
+        return exc
+    if request.blueprint in metrics.KINDS:  # the receiver's blueprints are named by kind
+        return intake.refused(request.blueprint, exc)
+    if admin_api.owns(request.path):
+        return admin_api.http_error(exc)
+    if admin_page.owns(request.path):
+        return admin_page.http_error(exc)
+    return exc

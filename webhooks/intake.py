@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from types import ModuleType
 
 from flask import Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from webhooks import metrics
 from webhooks.protocol import form, ins, signature
 from webhooks.protocol.errors import MalformedNotification, SignatureError
 from workers import db, dispatch, events
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable
+from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
 
 log = logging.getLogger("rinnovo.receiver")
 
 FORM = "application/x-www-form-urlencoded"
 MAX_BODY = 64 * 1024
 HEADERS_KEPT = ("User-Agent", "X-Forwarded-For", "X-Real-Ip", "Content-Length")
+# The metric outcome of each HTTP error a delivery can meet before its view runs.
+HTTP_OUTCOMES = {400: "malformed", 408: "timeout", 413: "too_large"}
 
 
 class Rejected(Exception):
@@ -50,10 +54,25 @@ def _read_body() -> bytes:
         raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
     # A chunked body has no Content-Length: the app lets one byte past the limit through
     # (MAX_CONTENT_LENGTH = MAX_BODY + 1) so that an over-long body shows here, not truncated.
-    raw = request.get_data(cache=False)
+    raw = request.get_data()  # read (or refused) by the app before any view
     if len(raw) > MAX_BODY:
         raise Rejected(413, "too_large", f"body over {MAX_BODY} bytes")
     return raw
+
+
+def check_source() -> Response | None:
+    """Refuse a delivery from outside the endpoint's TRUSTED_SOURCES (when it has any)."""
+    kind = request.blueprint or ""  # the receiver's blueprints are named by kind
+    networks = settings().trusted_sources.get(kind)
+    if kind not in metrics.KINDS or not networks:
+        return None
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        address = None
+    if address is not None and any(address in network for network in networks):
+        return None
+    return reject(kind, Rejected(403, "forbidden_source", "source address not allowed"))
 
 
 def _verify(module: ModuleType, fields: dict[str, list[str]]) -> tuple[str, int]:
@@ -108,7 +127,7 @@ def receive(module: ModuleType) -> Response:
     except SignatureError as exc:
         body = f"<EPAYMENT>Error. Cannot verify signature: {exc}</EPAYMENT>"
         return reject(kind, Rejected(400, "bad_signature", str(exc)), body=body)
-    except MalformedNotification as exc:
+    except (MalformedNotification, ValueNotStorable) as exc:
         return reject(kind, Rejected(400, "malformed", str(exc)))
     except DatabaseUnavailable as exc:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
@@ -135,6 +154,15 @@ def receive(module: ModuleType) -> Response:
     response = _answer(module, fields, algorithm)
     metrics.delivered(kind, outcome, time.perf_counter() - started)
     return response
+
+
+def refused(kind: str, exc: HTTPException) -> Response | HTTPException:
+    """A delivery the app refused before its view (body too large, malformed, late), answered."""
+    outcome = HTTP_OUTCOMES.get(exc.code or 0)
+    if outcome is None:
+        return exc
+    message = f"body over {MAX_BODY} bytes" if exc.code == 413 else str(exc.description)
+    return reject(kind, Rejected(exc.code or 400, outcome, message))
 
 
 def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:

@@ -55,6 +55,8 @@ OUTCOMES = (
     "malformed",
     "unsupported_media_type",
     "too_large",
+    "timeout",
+    "forbidden_source",
     "unavailable",
     "not_configured",
 )

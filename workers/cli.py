@@ -18,6 +18,7 @@ from dotenv import load_dotenv
 from workers.config import Settings
 from workers.errors import RinnovoError
 from workers.logs import configure_logging
+from workers.terminal import visible
 
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 # Libraries whose retries are chatter for a person: the command's own error says what failed.
@@ -36,7 +37,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RinnovoError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(str(exc))) from None
 
 
 def _verbosity(verbose: int) -> int:

@@ -13,6 +13,7 @@ from workers import db, events, replay
 from workers.config import Settings
 from workers.errors import EventNotFound
 from workers.events import EventFilter
+from workers.terminal import visible
 
 MAX_ID = 2**63 - 1
 EVENT_ID = click.IntRange(1, MAX_ID)
@@ -43,11 +44,12 @@ def _cut(text: str | None, width: int) -> str:
 
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str], right: set[int]) -> str:
     """Rows as aligned columns under a header line; columns in `right` are right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    rows = [[visible(cell) for cell in row] for row in rows]  # cells come from notifications
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         parts = [
-            str(cell).rjust(width) if index in right else str(cell).ljust(width)
+            cell.rjust(width) if index in right else cell.ljust(width)
             for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(parts).rstrip()
@@ -190,7 +192,8 @@ def describe(detail: dict[str, Any]) -> str:
             for email in detail["emails"]
         ],
     ) or ["", "Emails: none"]
-    return "\n".join(lines)
+    # Each entry is one line: a newline or ESC inside a value is shown, never acted on.
+    return "\n".join(visible(line) for line in lines)
 
 
 @events_group.command("show")
@@ -204,7 +207,7 @@ def show_event(event_id: int, raw: bool) -> None:
         raise click.ClickException(f"no event with id {event_id}")
     click.echo(describe(detail))
     if raw:
-        click.echo("\nRaw body\n  " + detail["raw_body"])
+        click.echo("\nRaw body\n  " + visible(detail["raw_body"]))
 
 
 def _preview_lines(preview: dict[str, Any]) -> list[str]:
@@ -226,7 +229,7 @@ def _preview_lines(preview: dict[str, Any]) -> list[str]:
 
 def _progress(line: str) -> None:
     """Progress goes to stderr: stdout carries only the command's result."""
-    click.echo(line, err=True)
+    click.echo(visible(line), err=True)
 
 
 @events_group.command("replay")
@@ -277,11 +280,11 @@ def replay_events(
         raise click.ClickException(str(exc)) from None
     if dry_run:
         for preview in report.previews:
-            click.echo("\n".join(_preview_lines(preview)))
+            click.echo("\n".join(visible(line) for line in _preview_lines(preview)))
         click.echo(f"dry run: {len(report.previews)} event(s) previewed, nothing was changed")
         return
     for error in report.errors:
-        click.echo(f"event {error['event_id']}: {error['error']}", err=True)
+        click.echo(f"event {error['event_id']}: {visible(error['error'])}", err=True)
     click.echo(
         f"replayed {report.enqueued} event(s)"
         + (" without emails" if no_emails else "")

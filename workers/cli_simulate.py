@@ -11,6 +11,7 @@ from webhooks.protocol.signature import Algorithm
 from workers import simulate as sim
 from workers.config import Settings
 from workers.errors import RinnovoError
+from workers.terminal import visible
 
 Command = Callable[..., Any]
 
@@ -64,21 +65,21 @@ def _run(
     try:
         notification = scenario(settings, **options)
         for note in notification.notes:
-            click.echo(f"note: {note}")
+            click.echo(f"note: {visible(note)}")
         ids = f"license {notification.license_code}"
         if notification.reference:
             label = "sale" if notification.kind == "ins" else "order"
             ids += f", {label} {notification.reference}"
-        click.echo(f"{notification.description} ({ids})")
+        click.echo(visible(f"{notification.description} ({ids})"))
         if dry_run:
             for name, value in notification.pairs:
-                click.echo(f"  {name}={value}")
+                click.echo(f"  {name}={visible(value)}")
             return
         result = sim.post(notification, url, settings)
     except RinnovoError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"POST {result.url} -> HTTP {result.status}")
-    click.echo(result.body)
+    click.echo(visible(result.body))  # the receiver's answer, whatever it is
     if not result.ok:
         raise click.ClickException(result.problem)
     click.echo("receipt verified" if result.receipt_verified else "acknowledged")

@@ -11,6 +11,7 @@ import click
 from workers import db, lifecycle, policies
 from workers import subscriptions as subs
 from workers.config import Settings
+from workers.terminal import visible
 
 
 def _at(value: str | None) -> datetime:
@@ -45,7 +46,7 @@ class Refused(click.ClickException):
 
 def _print_quote(quote: policies.Quote) -> None:
     if not quote.allowed:
-        raise Refused(quote.reason)
+        raise Refused(visible(quote.reason))
     click.echo(f"policy:       {quote.policy}")
     click.echo(f"credit:       {quote.credit} {quote.currency}")
     click.echo(f"new price:    {quote.new_price} {quote.currency}")
@@ -55,7 +56,7 @@ def _print_quote(quote: policies.Quote) -> None:
     click.echo(
         f"new period:   {subs.iso(quote.new_period_start)} -> {subs.iso(quote.new_expires_at)}"
     )
-    click.echo(f"why:          {quote.explanation}")
+    click.echo(f"why:          {visible(quote.explanation)}")
 
 
 @click.group()
@@ -137,7 +138,7 @@ def show(license_code: str, as_json: bool) -> None:
         ("customer", f"{customer['name']} <{customer['email']}> [{customer['locale'] or '-'}]"),
     ]
     for label, value in lines:
-        click.echo(f"{label + ':':<12}{value}")
+        click.echo(f"{label + ':':<12}{visible(value)}")
     click.echo("history:")
     for entry in described["history"]:
         changed = (
@@ -149,9 +150,9 @@ def show(license_code: str, as_json: bool) -> None:
             else "created"
         )
         source = f"event {entry['event_id']}" if entry["event_id"] else "clock"
-        click.echo(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}")
+        click.echo(visible(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}"))
         if entry["note"]:
-            click.echo(f"  {'':20}  {entry['note']}")
+            click.echo(f"  {'':20}  {visible(entry['note'])}")
 
 
 COMMANDS = [quote, subscriptions_group]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emails.links import check_http_url
@@ -18,6 +19,9 @@ DEFAULT_RENEWAL_URL = "https://secure.2checkout.com/renewal/?LICENSE={license_co
 DEFAULT_PORTAL_URL = "https://secure.2checkout.com/myaccount/"
 DEFAULT_API_URL = "https://api.2checkout.com/rest/6.0"
 API_ALGORITHMS = ("sha3-256", "sha256")  # what the REST 6.0 `algo` accepts
+MIN_ADMIN_TOKEN = 16  # characters: a shorter token can be guessed despite the login slow-down
+ENDPOINTS = ("ipn", "lcn", "ins")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -87,6 +91,50 @@ def _api_algo(value: str | None) -> str:
     return algo
 
 
+def _proxies(value: str | None) -> int:
+    """TRUSTED_PROXIES: how many proxies in front of the receiver set X-Forwarded-*."""
+    text = (value or "").strip()
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) > 10:
+        raise ConfigError(f"TRUSTED_PROXIES must be a whole number from 0 to 10; got {value!r}")
+    return int(text)
+
+
+def _optional_flag(name: str, value: str | None) -> bool | None:
+    """A setting that is on, off, or unset (None: decided per request)."""
+    if value is None or not value.strip() or value.strip().lower() == "auto":
+        return None
+    return _flag(name, value)
+
+
+def _sources(value: str | None) -> dict[str, tuple[Network, ...]]:
+    """TRUSTED_SOURCES: `ipn=CIDR,CIDR;lcn=...`; a group without `kind=` is every other one's."""
+    groups: dict[str, tuple[Network, ...]] = {}
+    default: tuple[Network, ...] | None = None
+    for group in (part.strip() for part in (value or "").split(";")):
+        if not group:
+            continue
+        kind, sep, cidrs = group.partition("=") if "=" in group else ("", "", group)
+        kind = kind.strip().lower()
+        if sep and kind not in ENDPOINTS:
+            raise ConfigError(f"TRUSTED_SOURCES: {kind!r} is not one of {', '.join(ENDPOINTS)}")
+        try:
+            networks = tuple(ipaddress.ip_network(c, strict=False) for c in _split(cidrs))
+        except ValueError as exc:
+            raise ConfigError(f"TRUSTED_SOURCES: {exc}") from None
+        if not networks:
+            raise ConfigError(f"TRUSTED_SOURCES: no network in {group!r}")
+        if sep:
+            groups[kind] = networks
+        else:
+            default = networks
+    if default is not None:
+        for kind in ENDPOINTS:
+            groups.setdefault(kind, default)
+    return groups
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -117,6 +165,10 @@ class Settings:
     merchant_name: str = ""
     support_email: str = ""
     support_url: str = ""
+    trusted_proxies: int = 0  # proxies whose X-Forwarded-For/-Proto are believed
+    # Source networks allowed to post to each endpoint; an endpoint not named takes any source.
+    trusted_sources: Mapping[str, tuple[Network, ...]] = field(default_factory=dict)
+    admin_cookie_secure: bool | None = None  # None: Secure when the request came over HTTPS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +201,11 @@ class Settings:
             merchant_name=(env.get("MERCHANT_NAME") or "").strip(),
             support_email=(env.get("SUPPORT_EMAIL") or "").strip(),
             support_url=(env.get("SUPPORT_URL") or "").strip(),
+            trusted_proxies=_proxies(env.get("TRUSTED_PROXIES")),
+            trusted_sources=_sources(env.get("TRUSTED_SOURCES")),
+            admin_cookie_secure=_optional_flag(
+                "ADMIN_COOKIE_SECURE", env.get("ADMIN_COOKIE_SECURE")
+            ),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:
@@ -193,3 +250,12 @@ class Settings:
         if self.support_url:
             voice["support_url"] = self.support_url
         return voice
+
+    def check_admin_token(self) -> None:
+        """Refuse to start with an admin token short enough to guess."""
+        if self.admin_token is not None and len(self.admin_token) < MIN_ADMIN_TOKEN:
+            raise ConfigError(
+                f"ADMIN_TOKEN is {len(self.admin_token)} characters: use at least "
+                f"{MIN_ADMIN_TOKEN} (e.g. the output of `openssl rand -base64 32`), or unset it "
+                "to turn the admin API and page off"
+            )

@@ -13,9 +13,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from workers.errors import DatabaseUnavailable
+from workers.errors import DatabaseUnavailable, ValueNotStorable
 
 Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as dicts
+
+# Errors that mean "the server cannot serve now", beside a lost or refused connection (class 08,
+# or no SQLSTATE at all: libpq's own): shutting down, starting up, out of connection slots.
+OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 SCHEMA_LOCK_ID = 7_267_001  # advisory lock: two `db init` at once apply the schema one by one
 
@@ -64,8 +68,28 @@ def connection(database_url: str) -> Iterator[Conn]:
     try:
         with get_pool(database_url).connection() as conn:
             yield conn
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except PoolTimeout as exc:
         raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except psycopg.OperationalError as exc:
+        if not is_outage(exc):
+            # A value too large for an index is 54000, an OperationalError too, but retrying
+            # it would be answered the same forever.
+            if exc.sqlstate and exc.sqlstate.startswith("54"):
+                raise ValueNotStorable(_first_line(exc)) from exc
+            raise
+        raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except psycopg.DataError as exc:
+        raise ValueNotStorable(_first_line(exc)) from exc
+
+
+def is_outage(exc: psycopg.Error) -> bool:
+    """Whether an error means PostgreSQL cannot be reached or cannot serve right now."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in OUTAGE_STATES
+
+
+def _first_line(exc: psycopg.Error) -> str:
+    return f"value not storable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
 
 
 @contextlib.contextmanager

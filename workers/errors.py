@@ -23,3 +23,7 @@ class EventNotFound(RinnovoError):
 
 class PermanentEventError(RinnovoError):
     """The event cannot be applied as it stands; retrying will not help."""
+
+
+class ValueNotStorable(PermanentEventError):
+    """A value the schema cannot hold (too long for an index, out of range); not an outage."""

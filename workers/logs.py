@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -27,6 +28,10 @@ from gunicorn.glogging import Logger as _GunicornBaseLogger
 _RECORD_ATTRIBUTES = frozenset(
     vars(logging.LogRecord("", logging.INFO, "", 0, "", (), None)).keys()
 ) | {"message", "asctime", "taskName"}
+
+# json.dumps escapes C0 only; these pass through raw and can still act on a terminal (C1 CSI),
+# split a line for some readers (U+2028/9), or reorder what is shown (bidirectional overrides).
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 _scope: ContextVar[Mapping[str, Any] | None] = ContextVar("rinnovo_log_scope", default=None)
 
@@ -53,7 +58,7 @@ class JsonFormatter(logging.Formatter):
     """Format a record as one line of JSON: time, level, logger, message, then the context."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """Return the record as a JSON object on one line (newlines inside values are escaped)."""
+        """Return the record as a JSON object on one line, every control character escaped."""
         entry: dict[str, Any] = {
             "time": _utc(record.created),
             "level": record.levelname.lower(),
@@ -71,7 +76,8 @@ class JsonFormatter(logging.Formatter):
             entry["traceback"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", line)
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

@@ -179,7 +179,9 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> N
             row["message_id"],
         )
         raise
-    log.info("email %s sent: %s to %s", email_id, row["kind"], row["to_address"])
+    # The id and kind say which email; the customer's address only at debug level.
+    log.info("email %s sent: %s", email_id, row["kind"], extra={"kind": row["kind"]})
+    log.debug("email %s went to %s", email_id, row["to_address"])
 
 
 def _transport(settings: Settings) -> Transport:

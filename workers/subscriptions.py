@@ -191,6 +191,8 @@ def iso(value: datetime | None) -> str | None:
 
 def describe(conn: Conn, license_code: str) -> dict[str, Any] | None:
     """One subscription as the admin API shows it: state, customer and full history."""
+    if "\x00" in license_code:  # PostgreSQL text cannot hold one, so no license code does
+        return None
     row = conn.execute(
         """
         SELECT s.*, c.email, c.first_name, c.last_name, c.company, c.locale

@@ -137,7 +137,7 @@ def test_the_session_cookie_works_in_every_worker_with_the_same_token_and_no_oth
     same.set_cookie("rinnovo_admin", cookie.value, path="/admin")
     assert same.get("/admin/").status_code == 200
 
-    rotated = create_app({"ADMIN_TOKEN": "a new token"}).test_client()
+    rotated = create_app({"ADMIN_TOKEN": "a new, longer admin token"}).test_client()
     rotated.set_cookie("rinnovo_admin", cookie.value, path="/admin")
     assert rotated.get("/admin/").status_code == 302
 

@@ -134,6 +134,26 @@ def first(fields: Fields, name: str) -> str:
     return found[0] if found else ""
 
 
+MAX_CODE = 255  # characters: identifiers, codes, references, addresses (indexed when stored)
+MAX_VALUE = 4096  # characters: any other field (the whole body is at most 64 KiB)
+_DIGITS = "0123456789"
+
+
+def check_lengths(fields: Fields, codes: Container[str]) -> None:
+    """Raise MalformedNotification naming the first value over its size limit.
+
+    A field is held to MAX_CODE when its name, or its name without a trailing number (INS's
+    item_id_1, item_id_2, ...), is in `codes`; every other field to MAX_VALUE.
+    """
+    for name in fields:
+        limit = MAX_CODE if name in codes or name.rstrip(_DIGITS) in codes else MAX_VALUE
+        for value in values(fields, name):
+            if len(value) > limit:
+                raise MalformedNotification(
+                    f"{name}: {len(value)} characters, over the limit of {limit}", name
+                )
+
+
 def required(fields: Fields, name: str) -> str:
     """Return the one non-blank value of a field, or raise MalformedNotification."""
     found = values(fields, name)

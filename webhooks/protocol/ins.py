@@ -31,9 +31,20 @@ _ITEM_KEYS = (
     "item_recurrence",
 )
 
+# Held to form.MAX_CODE characters (stored in indexed columns or compared as codes); the rest to
+# form.MAX_VALUE. README, "Size limits", lists them.
+CODE_FIELDS = frozenset(
+    {
+        "message_type", "sale_id", "vendor_id", "invoice_id", "md5_hash", "customer_email",
+        "customer_first_name", "customer_last_name", "customer_language", "list_currency",
+        "cust_currency", "item_id_", "item_type_", "item_rec_status_", "item_rec_date_next_",
+    }
+)  # fmt: skip
+
 
 def validate(fields: Mapping[str, Sequence[str]]) -> None:
     """Raise MalformedNotification naming the first required field missing or malformed."""
+    form.check_lengths(fields, CODE_FIELDS)
     for name in _REQUIRED:
         form.required(fields, name)
     for name in fields:

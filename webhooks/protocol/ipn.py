@@ -16,9 +16,20 @@ PER_DELIVERY_FIELDS = frozenset({"IPN_DATE", "MESSAGE_ID"})
 _DATETIME_FIELDS = ("SALEDATE", "PAYMENTDATE", "COMPLETE_DATE")
 _DATETIME_ARRAYS = ("IPN_LICENSE_EXP[]", "IPN_LICENSE_START[]")
 
+# Held to form.MAX_CODE characters (stored in indexed columns or compared as codes); the rest to
+# form.MAX_VALUE. README, "Size limits", lists them.
+CODE_FIELDS = frozenset(
+    {
+        "REFNO", "REFNOEXT", "ORDERNO", "ORDERSTATUS", "CURRENCY", "LANGUAGE", "CUSTOMEREMAIL",
+        "AVANGATE_CUSTOMER_REFERENCE", "IPN_LICENSE_REF[]", "IPN_LICENSE_TYPE[]", "IPN_PCODE[]",
+        "IPN_PID[]", "IPN_QTY[]", "IPN_PRICE[]", "FIRSTNAME", "LASTNAME", "COMPANY",
+    }
+)  # fmt: skip
+
 
 def validate(fields: Mapping[str, Sequence[str]]) -> None:
     """Raise MalformedNotification naming the first required field missing or malformed."""
+    form.check_lengths(fields, CODE_FIELDS)
     form.STAMP.check("IPN_DATE", form.required(fields, "IPN_DATE"))
     form.required(fields, "REFNO")
     form.required(fields, "ORDERSTATUS")

@@ -12,9 +12,16 @@ KIND = "lcn"
 # An LCN carries no delivery stamp of its own: only the signatures change on a retry.
 PER_DELIVERY_FIELDS: frozenset[str] = frozenset()
 
+# Held to form.MAX_CODE characters (stored in indexed columns or compared as codes); the rest to
+# form.MAX_VALUE. README, "Size limits", lists them.
+CODE_FIELDS = frozenset(
+    {"LICENSE_CODE", "STATUS", "EXPIRATION_DATE", "DATE_UPDATED", "PRODUCT_CODE", "CHANGED_BY"}
+)
+
 
 def validate(fields: Mapping[str, Sequence[str]]) -> None:
     """Raise MalformedNotification naming the first required field missing or malformed."""
+    form.check_lengths(fields, CODE_FIELDS)
     form.required(fields, "LICENSE_CODE")
     # The provider's own LCN example sends a bare date here; both layouts are accepted.
     form.check_date_or_datetime("EXPIRATION_DATE", form.required(fields, "EXPIRATION_DATE"))

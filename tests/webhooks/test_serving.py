@@ -1,0 +1,77 @@
+"""The Procfile's serving setup: slow or stalled clients do not stop the receiver."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psycopg
+
+from benchmarks.slow_clients import Stalled, describe, signed_ipn, timed_posts
+from tests.support import KEY
+
+
+def test_signed_ipns_are_answered_while_200_connections_stall(receiver_factory, capsys):
+    receiver = receiver_factory()  # one worker process: the stalled clients cannot spread out
+    with Stalled(receiver.port, 200) as stalled:
+        time.sleep(1.5)  # every stalled request has started
+        times, statuses = timed_posts(receiver.url, 5, KEY)
+        health = receiver.get("/healthz")
+        login = receiver.get("/admin/login")
+        still_open = stalled.open_count()
+    assert statuses == [200] * 5
+    assert health.status_code == 200
+    assert login.status_code == 404  # answered (the admin page is off without ADMIN_TOKEN)
+    assert still_open > 150  # the stall was in effect while they were answered
+    with capsys.disabled():
+        print(f"\nsigned IPNs with 200 connections stalled: {describe(times)}")
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(receiver_factory):
+    receiver = receiver_factory(HEADER_TIMEOUT="1")
+    with Stalled(receiver.port, 2, seconds_per_byte=0.2) as stalled:
+        deadline = time.monotonic() + 20
+        # The second one finished its headers and waits for its body: that has its own deadline.
+        while time.monotonic() < deadline and stalled.open_count() > 1:
+            time.sleep(0.2)
+        header_sock = stalled.sockets[0]
+        header_sock.setblocking(True)
+        header_sock.settimeout(5)
+        assert header_sock.recv(100) == b""  # closed without an answer
+
+
+def test_a_body_that_does_not_arrive_in_time_is_answered_408(receiver_factory):
+    receiver = receiver_factory(BODY_TIMEOUT="1")
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=20) as sock:
+        sock.sendall(
+            b"POST /ipn HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\nIPN_PID"
+        )
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))  # until the server closes
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"Connection: close" in answer
+    assert b"request body not received within 1 s" in answer
+
+
+def test_a_request_waiting_on_postgresql_does_not_hold_up_the_others(
+    receiver_factory, database_url
+):
+    # psycopg must wait on gevent's patched select: a C-level wait would stop the whole process.
+    receiver = receiver_factory()
+    outcome: dict[str, int] = {}
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # INSERTs wait; SELECTs do not
+
+        def post() -> None:
+            outcome["status"] = receiver.post("/ipn", signed_ipn(KEY)).status_code
+
+        waiting = threading.Thread(target=post)
+        waiting.start()
+        time.sleep(1)  # the insert is now waiting for the lock
+        assert "status" not in outcome
+        ready = receiver.get("/readyz")  # another pooled connection, while the first one waits
+        assert ready.status_code == 200, ready.text
+        locker.rollback()
+    waiting.join(timeout=60)
+    assert outcome == {"status": 200}

@@ -140,3 +140,13 @@ CREATE TABLE IF NOT EXISTS emails (
 );
 CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
 CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
+
+-- Recovery (see README, "Recovery objective"): when the job now expected for a row must have
+-- started at the latest (now for a fresh send, the retry policy's longest delay for a retry), so
+-- a relay can send again what a killed worker or a Redis outage lost; for emails also which
+-- retry job holds the row (a stray copy of an older job leaves it alone) and why one failed.
+ALTER TABLE events ADD COLUMN IF NOT EXISTS due_at timestamptz;
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS due_at timestamptz;
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS retry_job text;
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS failure text;
+CREATE INDEX IF NOT EXISTS emails_failure_idx ON emails (failure, id) WHERE status = 'failed';

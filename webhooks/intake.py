@@ -114,7 +114,7 @@ def receive(module: ModuleType) -> Response:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
         return reject(kind, Rejected(503, "unavailable", "temporarily unable to store; retry"))
 
-    if stored.inserted:
+    if stored.inserted or stored.redispatch:  # new, or a known one whose job was lost
         try:
             dispatch.dispatch(settings().database_url, [stored.event_id])
         except (BrokerUnavailable, DatabaseUnavailable) as exc:

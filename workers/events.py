@@ -14,6 +14,11 @@ from workers.db import Conn
 STATUSES = ("received", "enqueued", "processed", "failed", "ignored")
 KINDS = ("ipn", "lcn", "ins")
 
+# An event's job should start within this long of being due (a worker takes a message in
+# milliseconds); past it, the job is presumed lost (a killed worker, a web process that died
+# before sending, a retry Redis refused) and is sent again. A copy that was only late is a no-op.
+OVERDUE_AFTER_SECONDS = 20.0
+
 
 @dataclass(frozen=True)
 class NewEvent:
@@ -39,6 +44,26 @@ class Stored:
     event_id: int
     inserted: bool
     status: str
+    redispatch: bool = False  # a known event whose job is overdue: send it again
+
+
+# A known event still waiting whose job is overdue by the grace becomes due now, to be sent again.
+_STORE = """
+    INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
+                        signature_algo, key_index, summary, license_codes, test,
+                        status, enqueued_at, due_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now(), now())
+    ON CONFLICT (dedupe_key) DO UPDATE
+        SET deliveries = events.deliveries + 1, last_delivery_at = now(),
+            (status, due_at) = (
+                SELECT CASE WHEN overdue THEN 'enqueued' ELSE events.status END,
+                       CASE WHEN overdue THEN now() ELSE events.due_at END
+                FROM (SELECT events.status IN ('received', 'enqueued')
+                             AND GREATEST(events.due_at, events.enqueued_at)
+                                 < now() - make_interval(secs => %s) AS overdue) AS late)
+    RETURNING id, (xmax = 0) AS inserted, status,
+              (xmax <> 0 AND status IN ('received', 'enqueued') AND due_at = now()) AS redispatch
+"""
 
 
 def store(conn: Conn, event: NewEvent) -> Stored:
@@ -46,18 +71,13 @@ def store(conn: Conn, event: NewEvent) -> Stored:
 
     A new event is stored already `enqueued`: the receiver sends it right after the commit and
     sets it back to `received` only if the broker refuses, which saves a second transaction per
-    notification. One that was never sent (the process died in between) is resent by the relay.
+    notification. One that was never sent (the process died in between) is resent by the relay,
+    or sooner by the provider's retry: a delivery of an event still waiting past `due_at` (its
+    job is overdue, most likely lost) makes it due now and reports `redispatch`, in this same
+    statement, so the receiver sends it again.
     """
     row = conn.execute(
-        """
-        INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
-                            signature_algo, key_index, summary, license_codes, test,
-                            status, enqueued_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now())
-        ON CONFLICT (dedupe_key) DO UPDATE
-            SET deliveries = events.deliveries + 1, last_delivery_at = now()
-        RETURNING id, (xmax = 0) AS inserted, status
-        """,
+        _STORE,
         (
             event.kind,
             event.dedupe_key,
@@ -70,17 +90,23 @@ def store(conn: Conn, event: NewEvent) -> Stored:
             event.summary,
             event.license_codes,
             event.test,
+            OVERDUE_AFTER_SECONDS,
         ),
     ).fetchone()
     assert row is not None
-    return Stored(event_id=row["id"], inserted=row["inserted"], status=row["status"])
+    return Stored(
+        event_id=row["id"],
+        inserted=row["inserted"],
+        status=row["status"],
+        redispatch=bool(row["redispatch"]),
+    )
 
 
 def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
     """Record that the broker took these events; a worker that already finished one wins."""
     cur = conn.execute(
         """
-        UPDATE events SET status = 'enqueued', enqueued_at = now()
+        UPDATE events SET status = 'enqueued', enqueued_at = now(), due_at = now()
         WHERE id = ANY(%s) AND status IN ('received', 'enqueued')
         """,
         (event_ids,),
@@ -100,15 +126,19 @@ def mark_unsent(conn: Conn, event_ids: list[int]) -> int:
 def unenqueued(
     conn: Conn, *, older_than_seconds: float, stale_after_seconds: float, limit: int
 ) -> list[int]:
-    """Lock a batch of events the relay must send: never sent, or sent so long ago that the
-    process that stored them must have died before sending (skipping rows another relay holds)."""
+    """Lock a batch of events the relay must send: never sent, or whose job is overdue by
+    `stale_after_seconds` (lost with a worker or a web process), skipping rows another relay holds.
+
+    A job is due when the event is (re)sent, or when its retry must start at the latest
+    (`due_at`); a replay's send (`enqueued_at`) counts too.
+    """
     rows = conn.execute(
         """
         SELECT id FROM events
         WHERE status IN ('received', 'enqueued')
           AND CASE WHEN status = 'received'
                    THEN received_at < now() - make_interval(secs => %s)
-                   ELSE enqueued_at < now() - make_interval(secs => %s) END
+                   ELSE GREATEST(due_at, enqueued_at) < now() - make_interval(secs => %s) END
         ORDER BY id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
@@ -141,17 +171,27 @@ def finish(conn: Conn, event_id: int, *, status: str, outcome: str) -> None:
     )
 
 
-def record_failure(conn: Conn, event_id: int, *, error: str, traceback: str, final: bool) -> None:
-    """Keep the error of a failed attempt; the final one moves the event to `failed`."""
+def record_failure(
+    conn: Conn,
+    event_id: int,
+    *,
+    error: str,
+    traceback: str,
+    final: bool,
+    retry_within_seconds: float = 0.0,
+) -> None:
+    """Keep the error of a failed attempt; the final one moves the event to `failed`, another
+    records when its retry is due at the latest."""
     conn.execute(
         """
         UPDATE events
         SET attempts = attempts + 1, last_error = %s, last_traceback = %s,
             status = CASE WHEN %s THEN 'failed' ELSE status END,
-            processed_at = CASE WHEN %s THEN now() ELSE processed_at END
+            processed_at = CASE WHEN %s THEN now() ELSE processed_at END,
+            due_at = now() + make_interval(secs => %s)
         WHERE id = %s
         """,
-        (error, traceback, final, final, event_id),
+        (error, traceback, final, final, retry_within_seconds, event_id),
     )
 
 

@@ -32,9 +32,11 @@ from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
 
-# Re-enqueue a row the broker took but that is still not done after this long. Longer than the
-# send_email actor's largest retry delay (two hours), so a live retry chain is left alone.
-STALE_AFTER_SECONDS = 3 * 60 * 60
+# Re-enqueue a row whose job is overdue by this long: due when handed to the broker, or, for a
+# retry, at the latest instant the retry policy can start it (`due_at`). Its job was lost (a
+# killed worker, a worker that lost Redis, a retry Redis refused); a copy that was only late
+# does nothing (the mailer sends a row once).
+STALE_AFTER_SECONDS = 20.0
 
 # The subscription and customer columns a context is built from; the scan selects the same.
 SOURCE_COLUMNS = sql.SQL(
@@ -212,7 +214,12 @@ def _send(email_ids: Iterable[int]) -> list[int]:
 
 
 def _mark_enqueued(conn: Conn, email_ids: list[int]) -> None:
-    conn.execute("UPDATE emails SET enqueued_at = now() WHERE id = ANY(%s)", (email_ids,))
+    # Due now, and any job may take it: an older retry job, if it ever comes, is a stray copy.
+    conn.execute(
+        "UPDATE emails SET enqueued_at = now(), due_at = now(), retry_job = NULL"
+        " WHERE id = ANY(%s)",
+        (email_ids,),
+    )
 
 
 def dispatch(database_url: str, email_ids: list[int]) -> list[int]:
@@ -243,7 +250,8 @@ def _due(
         WHERE status IN ('pending', 'sending')
           AND ((status = 'pending' AND enqueued_at IS NULL
                 AND created_at < now() - make_interval(secs => %s))
-               OR COALESCE(enqueued_at, created_at) < now() - make_interval(secs => %s))
+               OR COALESCE(GREATEST(due_at, enqueued_at), created_at)
+                  < now() - make_interval(secs => %s))
         ORDER BY id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
@@ -256,20 +264,22 @@ def _due(
 def relay(
     database_url: str,
     *,
-    older_than_seconds: float = 60.0,
+    older_than_seconds: float = 10.0,
     stale_after_seconds: float = STALE_AFTER_SECONDS,
     batch: int = 500,
 ) -> int:
-    """Enqueue emails the broker never took, or took long ago without an outcome; how many.
+    """Enqueue emails the broker never took, or whose job is overdue without an outcome; how many.
 
     `enqueued_at` is the last time a job for the row was handed to the broker (after commit,
-    by this relay, or as a retry after a transient failure). A `pending` row never enqueued is
-    relayed after `older_than_seconds`; one enqueued but unfinished after `stale_after_seconds`
-    lost its job (Redis lost it, a worker died) and is enqueued again. A duplicate job is
-    harmless: the mailer sends a row once.
+    by this relay, or as a retry after a transient failure); `due_at`, when its retry must start
+    at the latest. A `pending` row never enqueued is relayed after `older_than_seconds`; one whose
+    job is overdue by `stale_after_seconds` lost it (Redis lost it, a worker died) and is enqueued
+    again. A duplicate job is harmless: the mailer sends a row once.
     """
-    from workers.dispatch import relay_batches  # it imports the actors, which import us
+    from workers.actors import send_email
+    from workers.dispatch import relay_batches, unless_backlog  # they import the actors, and us
 
+    stale_after_seconds = unless_backlog(send_email, stale_after_seconds)
     return relay_batches(
         database_url,
         claim=lambda conn: _due(

@@ -101,8 +101,9 @@ def receive(module: ModuleType) -> Response:
             license_codes=module.license_codes(fields),
             test=module.is_test(fields),
         )
-        with db.statement(settings().database_url) as conn:
-            stored = events.store(conn, event)  # one INSERT ... ON CONFLICT: atomic on its own
+        # One INSERT ... ON CONFLICT, atomic on its own; again on a fresh connection if the
+        # pooled one died with a database restart.
+        stored = db.once_more(settings().database_url, lambda conn: events.store(conn, event))
     except Rejected as exc:
         return reject(kind, exc)
     except SignatureError as exc:

@@ -66,6 +66,26 @@ def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_w
     assert queued() == [rows[0]["id"]]
 
 
+def test_the_first_delivery_after_the_database_restarts_is_accepted(
+    conn, queued, proxy_factory, receiver_factory
+):
+    pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
+    dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
+    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    first = signed_ipn(items=(samples.SampleItem(license_ref="LICRESTART1"),))
+    assert receiver.post("/ipn", first).status_code == 200  # the pool holds a live connection
+
+    pg_proxy.cut()  # the server restarts: every open connection dies with it
+    pg_proxy.start()
+    second = signed_ipn(items=(samples.SampleItem(license_ref="LICRESTART2"),))
+    response = receiver.post("/ipn", second)
+
+    assert response.status_code == 200, response.text
+    assert response.text.startswith('<sig algo="sha256"')
+    assert conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == 2
+    assert len(queued()) == 2
+
+
 def _stored_but_never_sent(client, conn) -> tuple[bytes, int]:
     """An acknowledged notification whose message is lost, as if the process died after commit."""
     from tests.support import FORM

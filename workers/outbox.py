@@ -27,7 +27,7 @@ from emails.render import KINDS, resolve_locale
 from workers import db
 from workers.config import Settings
 from workers.db import Conn
-from workers.errors import ConfigError
+from workers.errors import BrokerUnavailable, ConfigError
 from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
@@ -292,4 +292,54 @@ def relay(
         mark=_mark_enqueued,
         what="email(s)",
         name="email relay",
+    )
+
+
+@dataclass(frozen=True)
+class Resent:
+    """What a resend did: the emails sent again, those left for the relay, and those refused."""
+
+    enqueued: list[int]
+    for_relay: list[int]
+    refused: dict[int, str]  # id -> why (not failed, or no such email)
+
+
+def resend(database_url: str, email_ids: Sequence[int]) -> Resent:
+    """Send failed emails again, with their Message-ID unchanged, on an operator's word.
+
+    For an interrupted email the operator first checks the mail server's log: it may have been
+    delivered. Each row goes back to `pending`, due now; Redis refusing leaves it to the relay.
+    """
+    wanted = sorted(set(email_ids))
+    with db.connection(database_url) as conn, conn.transaction():
+        found = {
+            row["id"]: row["status"]
+            for row in conn.execute(
+                "SELECT id, status FROM emails WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (wanted,),
+            ).fetchall()
+        }
+        taken = [email_id for email_id in wanted if found.get(email_id) == "failed"]
+        conn.execute(
+            """
+            UPDATE emails SET status = 'pending', failure = NULL, retry_job = NULL,
+                              due_at = now(), enqueued_at = NULL
+            WHERE id = ANY(%s)
+            """,
+            (taken,),
+        )
+    refused = {
+        email_id: f"it is {found[email_id]}, not failed" if email_id in found else "no such email"
+        for email_id in wanted
+        if email_id not in taken
+    }
+    try:
+        enqueued = dispatch(database_url, taken)
+    except BrokerUnavailable:
+        enqueued = []
+    log.info("resent %d email(s) on an operator's command", len(taken))
+    return Resent(
+        enqueued=enqueued,
+        for_relay=[email_id for email_id in taken if email_id not in enqueued],
+        refused=refused,
     )

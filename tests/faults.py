@@ -30,9 +30,10 @@ import psycopg
 import requests
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from tests.support import FORM, KEY, TcpProxy, free_port, host_port, signed_ipn
+from tests.support import FORM, KEY, TcpProxy, free_port, signed_ipn
 from webhooks.protocol import samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,16 +176,18 @@ class Rig:
         self.database_url = database_url
         self.redis = PrivateRedis()
         self.smtp = PrivateSMTP()
-        self.database = TcpProxy(*host_port(database_url))
+        params = conninfo_to_dict(database_url)
+        self.database = TcpProxy(
+            str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+        )
         self.database.start()
-        dbname = database_url.rsplit("/", 1)[1]
         self.web_port = free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.workdir = tempfile.TemporaryDirectory(prefix="rinnovo-faults-")
         self.log = open(Path(self.workdir.name) / "processes.log", "w+b")  # noqa: SIM115
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgresql://127.0.0.1:{self.database.port}/{dbname}",
+            "DATABASE_URL": make_conninfo(database_url, host="127.0.0.1", port=self.database.port),
             "REDIS_URL": self.redis.url,
             "REDIS_NAMESPACE": "rinnovo-faults",
             "SMTP_URL": f"smtp://127.0.0.1:{self.smtp.port}",

@@ -94,11 +94,13 @@ def relay_batches(
     Stops early when the broker takes only part of a batch: the rest waits for the next run.
     """
     total = 0
+    seen: set[int] = set()
     while True:
         with db.connection(database_url) as conn, conn.transaction():
             ids = claim(conn)
-            if not ids:
+            if not ids or seen.issuperset(ids):  # nothing left, or only what this run just sent
                 return total
+            seen.update(ids)
             sent = send(ids)
             mark(conn, sent)
         total += len(sent)

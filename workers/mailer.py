@@ -6,12 +6,15 @@ about to hand the message to the transport), `sent`, `failed` (with the reason).
 1. takes a session advisory lock on the email id: a second attempt at the same email while
    one is live returns at once (the live one owns the outcome and its own retries). The lock
    dies with the connection, so a crashed attempt never blocks the next one;
-2. locks the row: `sent` or `failed` means there is nothing to do; `sending` means an earlier
-   attempt died between starting delivery and recording it (see `_interrupted`);
+2. locks the row: `sent` or `failed` means there is nothing to do; `pending` with a retry that
+   another job holds (`retry_job`, not yet overdue) means this job is a stray copy: nothing to
+   do; `sending` means an earlier attempt died between starting delivery and recording it (see
+   `_interrupted`: failed as `interrupted`, for an operator to check and resend);
 3. renders and builds the message (a template error marks the email `failed`), then commits
    `sending` with one more attempt counted;
-4. delivers it; a transient failure puts the row back to `pending` (or `failed` on the last
-   attempt) and re-raises so the broker retries; a permanent one marks it `failed`;
+4. delivers it; a transient failure puts the row back to `pending`, due again when the retry
+   policy's longest delay has passed and held by the retry's job (or `failed` on the last
+   attempt), and re-raises so the broker retries; a permanent one marks it `failed`;
 5. commits `sent`.
 
 What remains between the transport's success and step 5 is described in the README

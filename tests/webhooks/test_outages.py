@@ -34,12 +34,18 @@ def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_re
     assert conn.execute("SELECT status FROM events").fetchone()["status"] == "enqueued"
 
 
-def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_writes_nothing(
-    conn, queued, proxy_factory, receiver_factory
-):
+def receiver_behind_a_database_proxy(proxy_factory, receiver_factory):
+    """A receiver under gunicorn that reaches PostgreSQL through a proxy to cut; both."""
     pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
     dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
     receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    return pg_proxy, receiver
+
+
+def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_writes_nothing(
+    conn, queued, proxy_factory, receiver_factory
+):
+    pg_proxy, receiver = receiver_behind_a_database_proxy(proxy_factory, receiver_factory)
     body = signed_ipn(items=(samples.SampleItem(license_ref="LICPGDOWN1"),))
     assert receiver.get("/readyz").status_code == 200  # the pool has live connections to cut
 
@@ -69,9 +75,7 @@ def test_with_the_database_down_the_receiver_answers_503_without_a_receipt_and_w
 def test_the_first_delivery_after_the_database_restarts_is_accepted(
     conn, queued, proxy_factory, receiver_factory
 ):
-    pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
-    dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
-    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    pg_proxy, receiver = receiver_behind_a_database_proxy(proxy_factory, receiver_factory)
     first = signed_ipn(items=(samples.SampleItem(license_ref="LICRESTART1"),))
     assert receiver.post("/ipn", first).status_code == 200  # the pool holds a live connection
 

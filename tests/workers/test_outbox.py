@@ -392,3 +392,13 @@ def test_the_event_that_caused_an_email_is_recorded_with_it(conn, settings):
     row = email_row(conn, email_id)
     assert row["event_id"] == event_id
     assert row["context"]["lines"] == [{"price": "1.5"}]
+
+
+def test_a_relay_run_sends_each_row_once_even_without_a_grace(conn, settings):
+    sub_id = subscription(conn)
+    for n in range(3):
+        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"G{n}",
+                   event_id=None)  # fmt: skip
+
+    assert outbox.relay(TEST_DATABASE_URL, older_than_seconds=0, stale_after_seconds=0) == 3
+    assert len(queued_email_ids()) == 3

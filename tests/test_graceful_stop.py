@@ -56,7 +56,7 @@ def test_on_sigterm_a_worker_finishes_the_email_it_is_sending_and_hands_back_the
     second = new_email(conn, settings, fact="second", license_code="LICSTOP002")
     worker = subprocess.Popen(
         [str(BIN / "dramatiq"), "workers.actors", "--processes", "1", "--threads", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         outbox.dispatch(TEST_DATABASE_URL, [first, second])
@@ -69,8 +69,9 @@ def test_on_sigterm_a_worker_finishes_the_email_it_is_sending_and_hands_back_the
         worker.send_signal(signal.SIGTERM)  # a deploy, in the middle of a delivery
         assert worker.wait(timeout=30) == 0
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        if worker.poll() is None:  # its worker process too: a killed main would orphan it
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
 
     assert status(first) == "sent" and len(recorder.envelopes) == 1
     assert status(second) == "pending"

@@ -7,6 +7,7 @@ import traceback
 from functools import lru_cache
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 import workers.broker  # noqa: F401  # sets the broker before any actor is declared
 from emails.transport import PermanentEmailError
@@ -34,13 +35,10 @@ def _record_failure(
     try:
         with db.connection(settings().database_url) as conn, conn.transaction():
             events.record_failure(
-                conn,
-                event_id,
-                error=error,
-                traceback=traceback.format_exc(),
-                final=final,
-                retry_within_seconds=retry_within_seconds,
+                conn, event_id, error=error, traceback=traceback.format_exc(), final=final
             )
+            if not final:
+                events.retry_due(conn, event_id, retry_within_seconds)
     except DatabaseUnavailable:
         log.warning("event %s: could not record the failure, database unavailable", event_id)
     if final:
@@ -78,7 +76,7 @@ def process_event(event_id: int, emails: bool = True) -> None:
         _record_failure(event_id, exc, final=True)
         raise
     except Exception as exc:
-        job = retry.current_job(retry.EVENTS)
+        job = retry.job_of(CurrentMessage.get_current_message(), retry.EVENTS)
         _record_failure(
             event_id, exc, final=job.final, retry_within_seconds=job.retry_within_seconds
         )
@@ -90,5 +88,5 @@ def send_email(email_id: int) -> None:
     """Render one outbox row and send it; marked `sent` once, `failed` when it never can be."""
     from workers import mailer
 
-    job = retry.current_job(retry.EMAILS)
+    job = retry.job_of(CurrentMessage.get_current_message(), retry.EMAILS)
     mailer.send(settings(), email_id, final=job.final, job=job)

@@ -106,7 +106,7 @@ def mark_enqueued(conn: Conn, event_ids: list[int]) -> int:
     """Record that the broker took these events; a worker that already finished one wins."""
     cur = conn.execute(
         """
-        UPDATE events SET status = 'enqueued', enqueued_at = now(), due_at = now()
+        UPDATE events SET status = 'enqueued', enqueued_at = now()
         WHERE id = ANY(%s) AND status IN ('received', 'enqueued')
         """,
         (event_ids,),
@@ -148,6 +148,14 @@ def unenqueued(
     return [row["id"] for row in rows]
 
 
+def retry_due(conn: Conn, event_id: int, within_seconds: float) -> None:
+    """Record that the event's retry must start within `within_seconds` (the relay's threshold)."""
+    conn.execute(
+        "UPDATE events SET due_at = now() + make_interval(secs => %s) WHERE id = %s",
+        (within_seconds, event_id),
+    )
+
+
 def lock(conn: Conn, event_id: int) -> dict[str, Any] | None:
     """Load one event and lock its row, so two runs of the same event take turns."""
     return conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
@@ -171,27 +179,17 @@ def finish(conn: Conn, event_id: int, *, status: str, outcome: str) -> None:
     )
 
 
-def record_failure(
-    conn: Conn,
-    event_id: int,
-    *,
-    error: str,
-    traceback: str,
-    final: bool,
-    retry_within_seconds: float = 0.0,
-) -> None:
-    """Keep the error of a failed attempt; the final one moves the event to `failed`, another
-    records when its retry is due at the latest."""
+def record_failure(conn: Conn, event_id: int, *, error: str, traceback: str, final: bool) -> None:
+    """Keep the error of a failed attempt; the final one moves the event to `failed`."""
     conn.execute(
         """
         UPDATE events
         SET attempts = attempts + 1, last_error = %s, last_traceback = %s,
             status = CASE WHEN %s THEN 'failed' ELSE status END,
-            processed_at = CASE WHEN %s THEN now() ELSE processed_at END,
-            due_at = now() + make_interval(secs => %s)
+            processed_at = CASE WHEN %s THEN now() ELSE processed_at END
         WHERE id = %s
         """,
-        (error, traceback, final, final, retry_within_seconds, event_id),
+        (error, traceback, final, final, event_id),
     )
 
 

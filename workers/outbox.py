@@ -215,9 +215,14 @@ def _send(email_ids: Iterable[int]) -> list[int]:
 
 def _mark_enqueued(conn: Conn, email_ids: list[int]) -> None:
     # Due now, and any job may take it: an older retry job, if it ever comes, is a stray copy.
+    # Unless a worker was quicker than this mark and already scheduled a retry: that one stands.
     conn.execute(
-        "UPDATE emails SET enqueued_at = now(), due_at = now(), retry_job = NULL"
-        " WHERE id = ANY(%s)",
+        """
+        UPDATE emails SET enqueued_at = now(),
+                          retry_job = CASE WHEN due_at > now() THEN retry_job END,
+                          due_at = GREATEST(due_at, now())
+        WHERE id = ANY(%s)
+        """,
         (email_ids,),
     )
 

@@ -402,3 +402,21 @@ def test_a_relay_run_sends_each_row_once_even_without_a_grace(conn, settings):
 
     assert outbox.relay(TEST_DATABASE_URL, older_than_seconds=0, stale_after_seconds=0) == 3
     assert len(queued_email_ids()) == 3
+
+
+def test_a_late_enqueue_mark_leaves_a_retry_a_quick_worker_already_scheduled(conn, settings):
+    sub_id = subscription(conn)
+    email_id = outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact="Q",
+                          event_id=None)  # fmt: skip
+    # The worker took the message, failed and scheduled its retry before dispatch's mark landed.
+    conn.execute(
+        "UPDATE emails SET due_at = now() + interval '9 seconds', retry_job = 'm/1' WHERE id = %s",
+        (email_id,),
+    )
+
+    assert outbox.dispatch(TEST_DATABASE_URL, [email_id]) == [email_id]
+
+    row = email_row(conn, email_id)
+    assert row["retry_job"] == "m/1" and row["enqueued_at"] is not None
+    assert conn.execute("SELECT due_at > now() + interval '5 seconds' AS later FROM emails"
+                        ).fetchone()["later"]  # fmt: skip

@@ -24,7 +24,7 @@ from psycopg import sql
 from emails.links import portal_url, renewal_url
 from emails.message import make_message_id, parse_mailbox
 from emails.render import KINDS, resolve_locale
-from workers import db
+from workers import db, events
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import BrokerUnavailable, ConfigError
@@ -32,11 +32,11 @@ from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
 
-# Re-enqueue a row whose job is overdue by this long: due when handed to the broker, or, for a
-# retry, at the latest instant the retry policy can start it (`due_at`). Its job was lost (a
-# killed worker, a worker that lost Redis, a retry Redis refused); a copy that was only late
-# does nothing (the mailer sends a row once).
-STALE_AFTER_SECONDS = 20.0
+# Re-enqueue a row whose job is overdue by this long (the same grace as events'): due when
+# handed to the broker, or, for a retry, at the latest instant the retry policy can start it
+# (`due_at`). Its job was lost (a killed worker, a worker that lost Redis, a retry Redis
+# refused); a copy that was only late does nothing (the mailer sends a row once).
+STALE_AFTER_SECONDS = events.OVERDUE_AFTER_SECONDS
 
 # The subscription and customer columns a context is built from; the scan selects the same.
 SOURCE_COLUMNS = sql.SQL(

@@ -43,6 +43,9 @@ CREATE INDEX IF NOT EXISTS events_license_codes_idx ON events USING gin (license
 -- The relay reads only this: events not applied yet (never sent, or sent long ago).
 DROP INDEX IF EXISTS events_unenqueued_idx;
 CREATE INDEX IF NOT EXISTS events_waiting_idx ON events (id) WHERE status IN ('received', 'enqueued');
+-- When the event's job must have started at the latest: a retry's, by the retry policy (sending
+-- it sets enqueued_at). The relay sends again what is overdue (README, "Recovery objective").
+ALTER TABLE events ADD COLUMN IF NOT EXISTS due_at timestamptz;
 
 -- Who last handed an event to the workers: the attempt it starts is recorded as theirs.
 ALTER TABLE events ADD COLUMN IF NOT EXISTS enqueued_by text NOT NULL DEFAULT 'delivery';
@@ -175,6 +178,13 @@ CREATE TABLE IF NOT EXISTS emails (
     sent_at         timestamptz,
     UNIQUE (subscription_id, kind, fact)
 );
+-- When the email's job must have started at the latest (a retry's, by the retry policy), which
+-- retry job holds it (a stray copy of an older job leaves it alone), and why a failed one failed
+-- (`interrupted`: it may have been delivered). README, "Recovery objective".
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS due_at timestamptz;
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS retry_job text;
+ALTER TABLE emails ADD COLUMN IF NOT EXISTS failure text;
+CREATE INDEX IF NOT EXISTS emails_failure_idx ON emails (failure, id) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
 CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
 

@@ -424,6 +424,37 @@ def replay_event(event_id: str) -> Any:
     return redirect(url_for(".event_detail", event_id=number), 303)
 
 
+# --- emails ----------------------------------------------------------------------------------
+
+
+@bp.post("/emails/<email_id>/resend")
+def resend_email(email_id: str) -> Any:
+    """Send a failed email again, same Message-ID (interrupted: check the mail log first)."""
+    from workers import outbox
+
+    number = _event_id(email_id)
+    found = None
+    if number is not None:
+        with db.connection(_settings().database_url) as conn, conn.transaction():
+            found = conn.execute(
+                "SELECT e.event_id, s.license_code FROM emails e"
+                " JOIN subscriptions s ON s.id = e.subscription_id WHERE e.id = %s",
+                (number,),
+            ).fetchone()
+    if number is None or found is None:
+        return _message("No such email", f"There is no email {email_id}.", 404)
+    result = outbox.resend(_settings().database_url, [number])
+    if result.refused:
+        flash(f"Email {number} was not resent: {result.refused[number]}.", "error")
+    else:
+        later = " (Redis is unavailable: the relay sends it)" if result.for_relay else ""
+        flash(f"Email {number} will be sent again{later}.", "info")
+        log.info("admin page: email %s resent", number)
+    if found["event_id"] is not None:
+        return redirect(url_for(".event_detail", event_id=found["event_id"]), 303)
+    return redirect(url_for(".subscription", license_code=found["license_code"]), 303)
+
+
 # --- subscriptions ---------------------------------------------------------------------------
 
 

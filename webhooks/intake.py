@@ -120,8 +120,9 @@ def receive(module: ModuleType) -> Response:
             license_codes=module.license_codes(fields),
             test=module.is_test(fields),
         )
-        with db.statement(settings().database_url) as conn:
-            stored = events.store(conn, event)  # one INSERT ... ON CONFLICT: atomic on its own
+        # One INSERT ... ON CONFLICT, atomic on its own; again on a fresh connection if the
+        # pooled one died with a database restart.
+        stored = db.once_more(settings().database_url, lambda conn: events.store(conn, event))
     except Rejected as exc:
         return reject(kind, exc)
     except SignatureError as exc:
@@ -133,7 +134,7 @@ def receive(module: ModuleType) -> Response:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
         return reject(kind, Rejected(503, "unavailable", "temporarily unable to store; retry"))
 
-    if stored.inserted:
+    if stored.inserted or stored.redispatch:  # new, or a known one whose job was lost
         try:
             dispatch.dispatch(settings().database_url, [stored.event_id])
         except (BrokerUnavailable, DatabaseUnavailable) as exc:

@@ -41,6 +41,7 @@ from workers import db, events
 from workers.broker import broker
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
+from workers.mailer import FAILURES
 
 log = logging.getLogger("rinnovo.metrics")
 
@@ -218,6 +219,20 @@ def database_families(conn: db.Conn) -> Iterator[Metric]:
     for status in EMAIL_STATUSES:
         emails.add_metric([status], found.get(status, 0))
     yield emails
+
+    rows = conn.execute(
+        "SELECT failure, count(*) AS n FROM emails WHERE status = 'failed' GROUP BY failure"
+    ).fetchall()
+    found = {r["failure"]: r["n"] for r in rows}
+    failed = GaugeMetricFamily(
+        "rinnovo_emails_failed",
+        "Failed emails, by reason; `interrupted` ones may have been delivered and wait for an "
+        "operator (rinnovo emails list --status failed --reason interrupted).",
+        labels=["reason"],
+    )
+    for reason in (*FAILURES, "other"):
+        failed.add_metric([reason], found.get(reason if reason != "other" else None, 0))
+    yield failed
 
     row = conn.execute(
         """

@@ -11,7 +11,7 @@ from dramatiq.middleware import CurrentMessage
 
 import workers.broker  # noqa: F401  # sets the broker before any actor is declared
 from emails.transport import PermanentEmailError
-from workers import db, events, lifecycle
+from workers import db, events, lifecycle, retry
 from workers.config import Settings
 from workers.errors import (
     BrokerUnavailable,
@@ -21,8 +21,6 @@ from workers.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-EVENT_MAX_RETRIES = 10  # with the backoff below: about two hours of trying before `failed`
 
 
 @lru_cache(maxsize=1)
@@ -45,17 +43,9 @@ def _retry_number() -> int:
     return 0 if message is None else int(message.options.get("retries", 0))
 
 
-def _is_final_attempt(actor_max_retries: int) -> bool:
-    """Whether the running message has no retry left (per-message options override the actor's)."""
-    message = CurrentMessage.get_current_message()
-    if message is None:
-        return True
-    retries: int = message.options.get("retries", 0)
-    max_retries: int = message.options.get("max_retries", actor_max_retries)
-    return retries >= max_retries
-
-
-def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
+def _record_failure(
+    event_id: int, exc: BaseException, *, final: bool, retry_within_seconds: float = 0.0
+) -> None:
     error = f"{type(exc).__name__}: {exc}"
     try:
         with db.connection(settings().database_url) as conn, conn.transaction():
@@ -67,6 +57,8 @@ def _record_failure(event_id: int, exc: BaseException, *, final: bool) -> None:
                 final=final,
                 retry=_retry_number(),
             )
+            if not final:
+                events.retry_due(conn, event_id, retry_within_seconds)
     except DatabaseUnavailable:
         log.warning("event %s: could not record the failure, database unavailable", event_id)
     if final:
@@ -97,12 +89,7 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
     return applied.outcome
 
 
-@dramatiq.actor(
-    max_retries=EVENT_MAX_RETRIES,
-    min_backoff=2_000,
-    max_backoff=15 * 60_000,
-    throws=(PermanentEventError,),
-)
+@dramatiq.actor(**retry.EVENTS.actor_options(), throws=(PermanentEventError,))
 def process_event(event_id: int, emails: bool = True) -> None:
     """Apply one stored notification to the subscription it concerns (`emails=False`: no outbox)."""
     try:
@@ -111,21 +98,17 @@ def process_event(event_id: int, emails: bool = True) -> None:
         _record_failure(event_id, exc, final=True)
         raise
     except Exception as exc:
-        _record_failure(event_id, exc, final=_is_final_attempt(EVENT_MAX_RETRIES))
+        job = retry.job_of(CurrentMessage.get_current_message(), retry.EVENTS)
+        _record_failure(
+            event_id, exc, final=job.final, retry_within_seconds=job.retry_within_seconds
+        )
         raise
 
 
-EMAIL_MAX_RETRIES = 12  # with the backoff below: about a day of SMTP outage before `failed`
-
-
-@dramatiq.actor(
-    max_retries=EMAIL_MAX_RETRIES,
-    min_backoff=5_000,
-    max_backoff=2 * 60 * 60_000,
-    throws=(PermanentEmailError,),
-)
+@dramatiq.actor(**retry.EMAILS.actor_options(), throws=(PermanentEmailError,))
 def send_email(email_id: int) -> None:
     """Render one outbox row and send it; marked `sent` once, `failed` when it never can be."""
     from workers import mailer
 
-    mailer.send(settings(), email_id, final=_is_final_attempt(EMAIL_MAX_RETRIES))
+    job = retry.job_of(CurrentMessage.get_current_message(), retry.EMAILS)
+    mailer.send(settings(), email_id, final=job.final, job=job)

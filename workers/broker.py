@@ -54,6 +54,16 @@ def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
     return sent
 
 
+def backlog(actor: dramatiq.Actor[Any, Any]) -> int:
+    """How many messages wait in the actor's queue, not yet taken by any worker."""
+    broker = actor.broker
+    assert isinstance(broker, RedisBroker)
+    try:
+        return int(broker.client.llen(f"{broker.namespace}:{actor.queue_name}"))
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
+
+
 _settings = Settings.from_env()
 broker = build_broker(_settings.redis_url, _settings.redis_namespace)
 dramatiq.set_broker(broker)

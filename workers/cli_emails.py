@@ -1,4 +1,4 @@
-"""`rinnovo reminders run` and `rinnovo emails preview`."""
+"""`rinnovo reminders run` and `rinnovo emails preview|list|resend`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from emails.render import KINDS, LOCALES, template_locale
 from workers.config import Settings
+from workers.mailer import FAILURES
 
 
 @click.group("reminders")
@@ -97,6 +98,76 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
         return
     html_file.write_text(html, encoding="utf-8")
     click.echo(f"wrote the {kind} HTML ({chosen}) to {html_file}")
+
+
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
+
+
+@emails_group.command("list")
+@click.option("--status", type=click.Choice(EMAIL_STATUSES), help="Only emails in this status.")
+@click.option(
+    "--reason",
+    type=click.Choice(FAILURES),
+    help="Only failed emails that failed for this reason (interrupted: may have been delivered).",
+)
+@click.option("--to", "to", metavar="ADDRESS", help="Only emails to this address.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind of email.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+def emails_list(
+    status: str | None, reason: str | None, to: str | None, kind: str | None, limit: int
+) -> None:
+    """List outbox emails, newest first."""
+    from workers import db, replay
+    from workers.cli_events import _cut, _when, table
+
+    try:
+        with db.connection(Settings.from_env().database_url) as conn, conn.transaction():
+            page, more = replay.list_emails(
+                conn, to=to, kind=kind, status=status, failure=reason, limit=limit
+            )
+    except replay.BadFilter as exc:
+        raise click.UsageError(str(exc)) from None
+    if not page:
+        click.echo("no emails match")
+        return
+    rows = [
+        [
+            str(email["id"]),
+            _when(email["created_at"]),
+            email["kind"],
+            _cut(email["to_address"], 40),
+            email["status"] + (f" ({email['failure']})" if email["failure"] else ""),
+            str(email["attempts"]),
+            "-" if email["event_id"] is None else str(email["event_id"]),
+            _cut(email["last_error"], 60),
+        ]
+        for email in page
+    ]
+    headers = ["ID", "CREATED (UTC)", "KIND", "TO", "STATUS", "ATTEMPTS", "EVENT", "ERROR"]
+    click.echo(table(rows, headers, right={0, 5, 6}))
+    if more is not None:
+        click.echo(f"(more emails: raise --limit, or narrow the filter; showing {len(page)})")
+
+
+@emails_group.command("resend")
+@click.argument("email_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+def emails_resend(email_ids: tuple[int, ...]) -> None:
+    """Send failed emails again, with the same Message-ID.
+
+    An interrupted email may have reached the customer: check the mail server's log for its
+    Message-ID first. Exits 1 if any id could not be resent.
+    """
+    from workers import outbox
+
+    result = outbox.resend(Settings.from_env().database_url, email_ids)
+    for email_id in result.enqueued:
+        click.echo(f"email {email_id}: enqueued to be sent again")
+    for email_id in result.for_relay:
+        click.echo(f"email {email_id}: to be sent again (Redis is unavailable: the relay sends it)")
+    for email_id, why in result.refused.items():
+        click.echo(f"email {email_id}: not resent, {why}", err=True)
+    if result.refused:
+        raise SystemExit(1)
 
 
 COMMANDS = [reminders_group, emails_group]

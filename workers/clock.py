@@ -14,8 +14,9 @@ from workers.errors import BrokerUnavailable, ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-RELAY_EVERY_SECONDS = 60
-EMAIL_RELAY_EVERY_SECONDS = 60
+# Within the recovery objective: an overdue job is sent again at most this long after the grace.
+RELAY_EVERY_SECONDS = 10
+EMAIL_RELAY_EVERY_SECONDS = 10
 # Hourly for "today" (UTC): a run finds what earlier runs wrote and writes nothing twice, and a
 # subscription skipped because a worker held it is caught an hour later.
 REMINDERS_MINUTE = 7

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from workers.errors import DatabaseUnavailable, ValueNotStorable
 
 Conn = psycopg.Connection[DictRow]  # every pooled connection returns rows as dicts
+T = TypeVar("T")
 
 # Errors that mean "the server cannot serve now", beside a lost or refused connection (class 08,
 # or no SQLSTATE at all: libpq's own): shutting down, starting up, out of connection slots.
@@ -43,7 +45,7 @@ def get_pool(database_url: str, *, max_size: int = 10) -> ConnectionPool[Conn]:
                 max_size=max_size,
                 kwargs={"row_factory": dict_row, "connect_timeout": 5},
                 # No check on checkout (a round trip per use): a connection that died while
-                # idle fails its one request (503: the provider retries) and is replaced;
+                # idle fails its statement, and `once_more` runs it again on a fresh one;
                 # max_idle retires connections before servers or firewalls drop them.
                 max_idle=60.0,
                 timeout=5.0,
@@ -102,6 +104,25 @@ def statement(database_url: str) -> Iterator[Conn]:
         finally:
             with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
                 conn.autocommit = False
+
+
+def once_more(database_url: str, work: Callable[[Conn], T]) -> T:
+    """Run `work` on a pooled connection in autocommit; if that connection turns out dead (the
+    server restarted since the pool opened it), run it once more on a fresh one.
+
+    Meant for one idempotent statement, such as the receiver's INSERT ... ON CONFLICT: without
+    it, the first request after a restart would fail (503) on the connection the restart killed.
+    """
+    try:
+        with statement(database_url) as conn:
+            return work(conn)
+    except DatabaseUnavailable as exc:
+        if not isinstance(exc.__cause__, psycopg.OperationalError):
+            raise  # no connection could be had at all: the server is down, not restarted
+        # The other idle connections most likely died the same way: replace them all now.
+        get_pool(database_url).check()
+    with statement(database_url) as conn:
+        return work(conn)
 
 
 def _admin_conninfo(database_url: str) -> tuple[str, str]:

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
+
+import dramatiq
 
 from workers import db, events
 from workers.actors import process_event
-from workers.broker import send_each
+from workers.broker import backlog, send_each
 from workers.db import Conn
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-# An event stored `enqueued` and still not applied this long after is sent again: the process
-# that stored it most likely died before sending (a provider retry cannot help: it is a
-# duplicate). During a backlog longer than this the worker receives, and skips, a second copy.
-STALE_AFTER_SECONDS = 15 * 60
+# An event whose job is overdue by this long is sent again (see events.OVERDUE_AFTER_SECONDS):
+# lost with a killed worker, a web process that died before sending, or a retry Redis refused.
+STALE_AFTER_SECONDS = events.OVERDUE_AFTER_SECONDS
+# While messages wait in the queue (a backlog) an overdue event may be among them: only one
+# overdue this long is sent again then, so a long backlog is not doubled.
+BACKLOG_STALE_AFTER_SECONDS = 15 * 60
 
 
 def _send(event_ids: list[int]) -> list[int]:
@@ -47,11 +52,13 @@ def dispatch(database_url: str, event_ids: list[int]) -> list[int]:
 def relay(
     database_url: str,
     *,
-    older_than_seconds: float = 30.0,
+    older_than_seconds: float = 10.0,
     stale_after_seconds: float = STALE_AFTER_SECONDS,
     batch: int = 500,
 ) -> int:
-    """Send every event stored but never sent (Redis was down, a process died); how many."""
+    """Send every event stored but never sent (Redis was down), or whose job is overdue (lost
+    with a worker or a web process); how many."""
+    stale_after_seconds = unless_backlog(process_event, stale_after_seconds)
     return relay_batches(
         database_url,
         claim=lambda conn: events.unenqueued(
@@ -64,6 +71,13 @@ def relay(
         mark=events.mark_enqueued,
         what="stored event(s)",
     )
+
+
+def unless_backlog(actor: dramatiq.Actor[Any, Any], stale_after_seconds: float) -> float:
+    """The overdue threshold, or the long one while the actor's queue has a backlog."""
+    if backlog(actor):
+        return max(stale_after_seconds, BACKLOG_STALE_AFTER_SECONDS)
+    return stale_after_seconds
 
 
 def relay_batches(
@@ -80,11 +94,13 @@ def relay_batches(
     Stops early when the broker takes only part of a batch: the rest waits for the next run.
     """
     total = 0
+    seen: set[int] = set()
     while True:
         with db.connection(database_url) as conn, conn.transaction():
             ids = claim(conn)
-            if not ids:
+            if not ids or seen.issuperset(ids):  # nothing left, or only what this run just sent
                 return total
+            seen.update(ids)
             sent = send(ids)
             mark(conn, sent)
         total += len(sent)

@@ -15,6 +15,11 @@ from workers.db import Conn
 STATUSES = ("received", "enqueued", "processed", "failed", "ignored")
 KINDS = ("ipn", "lcn", "ins")
 
+# An event's job should start within this long of being due (a worker takes a message in
+# milliseconds); past it, the job is presumed lost (a killed worker, a web process that died
+# before sending, a retry Redis refused) and is sent again. A copy that was only late is a no-op.
+OVERDUE_AFTER_SECONDS = 20.0
+
 
 @dataclass(frozen=True)
 class NewEvent:
@@ -40,6 +45,26 @@ class Stored:
     event_id: int
     inserted: bool
     status: str
+    redispatch: bool = False  # a known event whose job is overdue: send it again
+
+
+# A known event still waiting whose job is overdue by the grace becomes due now, to be sent again.
+_STORE = """
+    INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
+                        signature_algo, key_index, summary, license_codes, test,
+                        status, enqueued_at, due_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now(), now())
+    ON CONFLICT (dedupe_key) DO UPDATE
+        SET deliveries = events.deliveries + 1, last_delivery_at = now(),
+            (status, due_at) = (
+                SELECT CASE WHEN overdue THEN 'enqueued' ELSE events.status END,
+                       CASE WHEN overdue THEN now() ELSE events.due_at END
+                FROM (SELECT events.status IN ('received', 'enqueued')
+                             AND GREATEST(events.due_at, events.enqueued_at)
+                                 < now() - make_interval(secs => %s) AS overdue) AS late)
+    RETURNING id, (xmax = 0) AS inserted, status,
+              (xmax <> 0 AND status IN ('received', 'enqueued') AND due_at = now()) AS redispatch
+"""
 
 
 def store(conn: Conn, event: NewEvent) -> Stored:
@@ -47,18 +72,13 @@ def store(conn: Conn, event: NewEvent) -> Stored:
 
     A new event is stored already `enqueued`: the receiver sends it right after the commit and
     sets it back to `received` only if the broker refuses, which saves a second transaction per
-    notification. One that was never sent (the process died in between) is resent by the relay.
+    notification. One that was never sent (the process died in between) is resent by the relay,
+    or sooner by the provider's retry: a delivery of an event still waiting past `due_at` (its
+    job is overdue, most likely lost) makes it due now and reports `redispatch`, in this same
+    statement, so the receiver sends it again.
     """
     row = conn.execute(
-        """
-        INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
-                            signature_algo, key_index, summary, license_codes, test,
-                            status, enqueued_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now())
-        ON CONFLICT (dedupe_key) DO UPDATE
-            SET deliveries = events.deliveries + 1, last_delivery_at = now()
-        RETURNING id, (xmax = 0) AS inserted, status
-        """,
+        _STORE,
         (
             event.kind,
             event.dedupe_key,
@@ -71,10 +91,16 @@ def store(conn: Conn, event: NewEvent) -> Stored:
             event.summary,
             event.license_codes,
             event.test,
+            OVERDUE_AFTER_SECONDS,
         ),
     ).fetchone()
     assert row is not None
-    return Stored(event_id=row["id"], inserted=row["inserted"], status=row["status"])
+    return Stored(
+        event_id=row["id"],
+        inserted=row["inserted"],
+        status=row["status"],
+        redispatch=bool(row["redispatch"]),
+    )
 
 
 # Who hands an event to the workers, as attempts record it, and how operators read it.
@@ -120,15 +146,19 @@ def mark_unsent(conn: Conn, event_ids: list[int]) -> int:
 def unenqueued(
     conn: Conn, *, older_than_seconds: float, stale_after_seconds: float, limit: int
 ) -> list[int]:
-    """Lock a batch of events the relay must send: never sent, or sent so long ago that the
-    process that stored them must have died before sending (skipping rows another relay holds)."""
+    """Lock a batch of events the relay must send: never sent, or whose job is overdue by
+    `stale_after_seconds` (lost with a worker or a web process), skipping rows another relay holds.
+
+    A job is due when the event is (re)sent, or when its retry must start at the latest
+    (`due_at`); a replay's send (`enqueued_at`) counts too.
+    """
     rows = conn.execute(
         """
         SELECT id FROM events
         WHERE status IN ('received', 'enqueued')
           AND CASE WHEN status = 'received'
                    THEN received_at < now() - make_interval(secs => %s)
-                   ELSE enqueued_at < now() - make_interval(secs => %s) END
+                   ELSE GREATEST(due_at, enqueued_at) < now() - make_interval(secs => %s) END
         ORDER BY id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
@@ -136,6 +166,14 @@ def unenqueued(
         (older_than_seconds, stale_after_seconds, limit),
     ).fetchall()
     return [row["id"] for row in rows]
+
+
+def retry_due(conn: Conn, event_id: int, within_seconds: float) -> None:
+    """Record that the event's retry must start within `within_seconds` (the relay's threshold)."""
+    conn.execute(
+        "UPDATE events SET due_at = now() + make_interval(secs => %s) WHERE id = %s",
+        (within_seconds, event_id),
+    )
 
 
 def lock(conn: Conn, event_id: int) -> dict[str, Any] | None:

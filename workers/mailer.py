@@ -6,12 +6,15 @@ about to hand the message to the transport), `sent`, `failed` (with the reason).
 1. takes a session advisory lock on the email id: a second attempt at the same email while
    one is live returns at once (the live one owns the outcome and its own retries). The lock
    dies with the connection, so a crashed attempt never blocks the next one;
-2. locks the row: `sent` or `failed` means there is nothing to do; `sending` means an earlier
-   attempt died between starting delivery and recording it (see `_interrupted`);
+2. locks the row: `sent` or `failed` means there is nothing to do; `pending` with a retry that
+   another job holds (`retry_job`, not yet overdue) means this job is a stray copy: nothing to
+   do; `sending` means an earlier attempt died between starting delivery and recording it (see
+   `_interrupted`: failed as `interrupted`, for an operator to check and resend);
 3. renders and builds the message (a template error marks the email `failed`), then commits
    `sending` with one more attempt counted;
-4. delivers it; a transient failure puts the row back to `pending` (or `failed` on the last
-   attempt) and re-raises so the broker retries; a permanent one marks it `failed`;
+4. delivers it; a transient failure puts the row back to `pending`, due again when the retry
+   policy's longest delay has passed and held by the retry's job (or `failed` on the last
+   attempt), and re-raises so the broker retries; a permanent one marks it `failed`;
 5. commits `sent`.
 
 What remains between the transport's success and step 5 is described in the README
@@ -42,6 +45,7 @@ from workers import db
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import ConfigError, DatabaseUnavailable
+from workers.retry import Job
 from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,8 @@ INTERRUPTED = (
 
 _LOCK_ROW = """
     SELECT e.*, s.status AS subscription_status, s.expires_at AS subscription_expires_at,
-           s.auto_renew AS subscription_auto_renew
+           s.auto_renew AS subscription_auto_renew,
+           (e.due_at > now()) AS retry_pending
     FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
     WHERE e.id = %s
     FOR UPDATE OF e
@@ -69,20 +74,31 @@ _SENT = """
     UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL
     WHERE id = %s AND status <> 'sent'
 """
-# After a transient failure the broker holds a retry: that is a fresh hand-over to the broker.
+# After a transient failure the broker holds a retry: a fresh hand-over to the broker, due at
+# the latest when the retry policy says, and the one job the row now waits for.
 _RETRY = """
-    UPDATE emails SET status = 'pending', last_error = %s, enqueued_at = now()
+    UPDATE emails SET status = 'pending', last_error = %s, enqueued_at = now(),
+                      due_at = now() + make_interval(secs => %s), retry_job = %s
     WHERE id = %s AND status = 'sending'
 """
-_FAILED = "UPDATE emails SET status = 'failed', last_error = %s WHERE id = %s AND status <> 'sent'"
+_FAILED = """
+    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL
+    WHERE id = %s AND status <> 'sent'
+"""
 _FAILED_UNTRIED = """
-    UPDATE emails SET status = 'failed', last_error = %s, attempts = attempts + 1
+    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL,
+                      attempts = attempts + 1
     WHERE id = %s AND status <> 'sent'
 """
 _CONFIG_RETRY = """
-    UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now()
+    UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now(),
+                      due_at = now() + make_interval(secs => %s), retry_job = %s
     WHERE id = %s AND status = 'pending'
 """
+
+# Why an email failed (`emails.failure`), for /metrics, `rinnovo emails list --reason` and alerts.
+INTERRUPTED_REASON = "interrupted"  # may have been delivered: an operator checks, then resends
+FAILURES = ("interrupted", "permanent", "exhausted", "superseded", "config")
 
 
 def _lock_key(email_id: int) -> int:
@@ -103,26 +119,39 @@ def _unlock(conn: Conn, email_id: int) -> None:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(email_id),))
 
 
-def send(settings: Settings, email_id: int, *, final: bool) -> None:
+def send(settings: Settings, email_id: int, *, final: bool, job: Job | None = None) -> None:
     """Send outbox email `email_id` unless it was sent, failed, or is being sent right now.
 
-    Raises TransientEmailError (retry later; on the `final` attempt the email is marked
-    `failed` first), PermanentEmailError (marked `failed`), ConfigError (a setting is wrong:
-    retried, so fixing it in time still delivers) or DatabaseUnavailable.
+    `job` is the worker's job (None: called outside a worker). Raises TransientEmailError
+    (retry later; on the `final` attempt the email is marked `failed` first),
+    PermanentEmailError (marked `failed`), ConfigError (a setting is wrong: retried, so fixing
+    it in time still delivers) or DatabaseUnavailable.
     """
+    job = job or Job(token=None, next_token=None, retry_within_seconds=0.0, final=final)
     with db.connection(settings.database_url) as conn:
         if not _try_lock(conn, email_id):
             log.info("email %s: another attempt is under way", email_id)
             return
         try:
-            _attempt(conn, settings, email_id, final=final)
+            _attempt(conn, settings, email_id, final=final, job=job)
         finally:
             _unlock(conn, email_id)
 
 
-def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> None:
+def _stray(row: dict[str, Any], job: Job) -> bool:
+    """Whether another job holds the row's retry, not yet overdue: this one is a stray copy."""
+    return (
+        row["status"] == "pending"
+        and row["retry_job"] is not None
+        and row["retry_job"] != job.token
+        and bool(row["retry_pending"])
+    )
+
+
+def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job: Job) -> None:
     """One attempt, holding the email's advisory lock."""
     error: Exception | None = None
+    retry = (job.retry_within_seconds, job.next_token)
     with conn.transaction():
         row = conn.execute(_LOCK_ROW, (email_id,)).fetchone()
         if row is None:
@@ -130,24 +159,27 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> N
             return
         if row["status"] in ("sent", "failed"):
             return  # a duplicate job: the outcome is already recorded
+        if _stray(row, job):
+            log.info("email %s: its retry is another job's; this copy does nothing", email_id)
+            return
         try:
             transport = _transport(settings)
             if row["status"] == "sending" and not _interrupted(conn, row, transport):
                 return
             reason = superseded(row)
             if reason is not None:
-                conn.execute(_FAILED, (reason, email_id))
+                conn.execute(_FAILED, (reason, "superseded", email_id))
                 log.info("email %s not sent: %s", email_id, reason)
                 return
             message = _message(settings, row)
         except ConfigError as exc:
             if final:
-                conn.execute(_FAILED_UNTRIED, (str(exc), email_id))
+                conn.execute(_FAILED_UNTRIED, (str(exc), "config", email_id))
             else:
-                conn.execute(_CONFIG_RETRY, (str(exc), email_id))
+                conn.execute(_CONFIG_RETRY, (str(exc), *retry, email_id))
             error = exc
         except PermanentEmailError as exc:
-            conn.execute(_FAILED_UNTRIED, (str(exc), email_id))
+            conn.execute(_FAILED_UNTRIED, (str(exc), "permanent", email_id))
             error = exc
         else:
             conn.execute(_START, (email_id,))
@@ -159,14 +191,14 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> N
         transport.send(message)
     except TransientEmailError as exc:
         if final:
-            _record(settings, conn, _FAILED, (str(exc), email_id))
+            _record(settings, conn, _FAILED, (str(exc), "exhausted", email_id))
             log.warning("email %s failed for good: %s", email_id, exc)
         else:
-            _record(settings, conn, _RETRY, (str(exc), email_id))
+            _record(settings, conn, _RETRY, (str(exc), *retry, email_id))
             log.info("email %s: will retry: %s", email_id, exc)
         raise
     except PermanentEmailError as exc:
-        _record(settings, conn, _FAILED, (str(exc), email_id))
+        _record(settings, conn, _FAILED, (str(exc), "permanent", email_id))
         log.warning("email %s failed: %s", email_id, exc)
         raise
     try:
@@ -207,7 +239,7 @@ def _interrupted(conn: Conn, row: dict[str, Any], transport: Transport) -> bool:
             return False
         return True
     reason = INTERRUPTED.format(message_id=row["message_id"])
-    conn.execute(_FAILED, (reason, email_id))
+    conn.execute(_FAILED, (reason, INTERRUPTED_REASON, email_id))
     log.warning("email %s: %s", email_id, reason)
     return False
 

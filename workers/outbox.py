@@ -24,17 +24,19 @@ from psycopg import sql
 from emails.links import portal_url, renewal_url
 from emails.message import make_message_id, parse_mailbox
 from emails.render import KINDS, resolve_locale
-from workers import db
+from workers import db, events
 from workers.config import Settings
 from workers.db import Conn
-from workers.errors import ConfigError
+from workers.errors import BrokerUnavailable, ConfigError
 from workers.subscriptions import iso
 
 log = logging.getLogger(__name__)
 
-# Re-enqueue a row the broker took but that is still not done after this long. Longer than the
-# send_email actor's largest retry delay (two hours), so a live retry chain is left alone.
-STALE_AFTER_SECONDS = 3 * 60 * 60
+# Re-enqueue a row whose job is overdue by this long (the same grace as events'): due when
+# handed to the broker, or, for a retry, at the latest instant the retry policy can start it
+# (`due_at`). Its job was lost (a killed worker, a worker that lost Redis, a retry Redis
+# refused); a copy that was only late does nothing (the mailer sends a row once).
+STALE_AFTER_SECONDS = events.OVERDUE_AFTER_SECONDS
 
 # The subscription and customer columns a context is built from; the scan selects the same.
 SOURCE_COLUMNS = sql.SQL(
@@ -212,7 +214,17 @@ def _send(email_ids: Iterable[int]) -> list[int]:
 
 
 def _mark_enqueued(conn: Conn, email_ids: list[int]) -> None:
-    conn.execute("UPDATE emails SET enqueued_at = now() WHERE id = ANY(%s)", (email_ids,))
+    # Due now, and any job may take it: an older retry job, if it ever comes, is a stray copy.
+    # Unless a worker was quicker than this mark and already scheduled a retry: that one stands.
+    conn.execute(
+        """
+        UPDATE emails SET enqueued_at = now(),
+                          retry_job = CASE WHEN due_at > now() THEN retry_job END,
+                          due_at = GREATEST(due_at, now())
+        WHERE id = ANY(%s)
+        """,
+        (email_ids,),
+    )
 
 
 def dispatch(database_url: str, email_ids: list[int]) -> list[int]:
@@ -243,7 +255,8 @@ def _due(
         WHERE status IN ('pending', 'sending')
           AND ((status = 'pending' AND enqueued_at IS NULL
                 AND created_at < now() - make_interval(secs => %s))
-               OR COALESCE(enqueued_at, created_at) < now() - make_interval(secs => %s))
+               OR COALESCE(GREATEST(due_at, enqueued_at), created_at)
+                  < now() - make_interval(secs => %s))
         ORDER BY id
         LIMIT %s
         FOR UPDATE SKIP LOCKED
@@ -256,20 +269,22 @@ def _due(
 def relay(
     database_url: str,
     *,
-    older_than_seconds: float = 60.0,
+    older_than_seconds: float = 10.0,
     stale_after_seconds: float = STALE_AFTER_SECONDS,
     batch: int = 500,
 ) -> int:
-    """Enqueue emails the broker never took, or took long ago without an outcome; how many.
+    """Enqueue emails the broker never took, or whose job is overdue without an outcome; how many.
 
     `enqueued_at` is the last time a job for the row was handed to the broker (after commit,
-    by this relay, or as a retry after a transient failure). A `pending` row never enqueued is
-    relayed after `older_than_seconds`; one enqueued but unfinished after `stale_after_seconds`
-    lost its job (Redis lost it, a worker died) and is enqueued again. A duplicate job is
-    harmless: the mailer sends a row once.
+    by this relay, or as a retry after a transient failure); `due_at`, when its retry must start
+    at the latest. A `pending` row never enqueued is relayed after `older_than_seconds`; one whose
+    job is overdue by `stale_after_seconds` lost it (Redis lost it, a worker died) and is enqueued
+    again. A duplicate job is harmless: the mailer sends a row once.
     """
-    from workers.dispatch import relay_batches  # it imports the actors, which import us
+    from workers.actors import send_email
+    from workers.dispatch import relay_batches, unless_backlog  # they import the actors, and us
 
+    stale_after_seconds = unless_backlog(send_email, stale_after_seconds)
     return relay_batches(
         database_url,
         claim=lambda conn: _due(
@@ -282,4 +297,54 @@ def relay(
         mark=_mark_enqueued,
         what="email(s)",
         name="email relay",
+    )
+
+
+@dataclass(frozen=True)
+class Resent:
+    """What a resend did: the emails sent again, those left for the relay, and those refused."""
+
+    enqueued: list[int]
+    for_relay: list[int]
+    refused: dict[int, str]  # id -> why (not failed, or no such email)
+
+
+def resend(database_url: str, email_ids: Sequence[int]) -> Resent:
+    """Send failed emails again, with their Message-ID unchanged, on an operator's word.
+
+    For an interrupted email the operator first checks the mail server's log: it may have been
+    delivered. Each row goes back to `pending`, due now; Redis refusing leaves it to the relay.
+    """
+    wanted = sorted(set(email_ids))
+    with db.connection(database_url) as conn, conn.transaction():
+        found = {
+            row["id"]: row["status"]
+            for row in conn.execute(
+                "SELECT id, status FROM emails WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (wanted,),
+            ).fetchall()
+        }
+        taken = [email_id for email_id in wanted if found.get(email_id) == "failed"]
+        conn.execute(
+            """
+            UPDATE emails SET status = 'pending', failure = NULL, retry_job = NULL,
+                              due_at = now(), enqueued_at = NULL
+            WHERE id = ANY(%s)
+            """,
+            (taken,),
+        )
+    refused = {
+        email_id: f"it is {found[email_id]}, not failed" if email_id in found else "no such email"
+        for email_id in wanted
+        if email_id not in taken
+    }
+    try:
+        enqueued = dispatch(database_url, taken)
+    except BrokerUnavailable:
+        enqueued = []
+    log.info("resent %d email(s) on an operator's command", len(taken))
+    return Resent(
+        enqueued=enqueued,
+        for_relay=[email_id for email_id in taken if email_id not in enqueued],
+        refused=refused,
     )

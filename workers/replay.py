@@ -498,7 +498,7 @@ def event_detail(conn: Conn, event_id: int) -> dict[str, Any] | None:
 _EMAIL_SELECT = sql.SQL(
     """
     SELECT e.id, e.event_id, s.license_code, e.kind, e.fact, e.to_address, e.locale, e.status,
-           e.attempts, e.last_error, e.created_at, e.sent_at
+           e.attempts, e.last_error, e.created_at, e.sent_at, e.failure, e.message_id
     FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
     """
 )
@@ -519,6 +519,8 @@ def email_summary(row: dict[str, Any]) -> dict[str, Any]:
         "last_error": row["last_error"],
         "created_at": iso(row["created_at"]),
         "sent_at": iso(row["sent_at"]),
+        "failure": row["failure"],
+        "message_id": row["message_id"],
     }
 
 
@@ -530,6 +532,7 @@ def list_emails(
     status: str | None = None,
     limit: int = 50,
     before: int | None = None,
+    failure: str | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """A page of outbox rows, newest first, and the cursor of the next page (None on the last)."""
     if status is not None and status not in EMAIL_STATUSES:
@@ -547,6 +550,9 @@ def list_emails(
     if status:
         clauses.append(sql.SQL("e.status = %s"))
         params.append(status)
+    if failure:
+        clauses.append(sql.SQL("e.failure = %s"))
+        params.append(failure)
     if before is not None:
         clauses.append(sql.SQL("e.id < %s"))
         params.append(before)

@@ -403,6 +403,8 @@ def test_get_emails_lists_the_outbox_by_recipient_kind_and_status(admin, client,
         "last_error": "refused",
         "created_at": failed["created_at"],
         "sent_at": failed["sent_at"],
+        "failure": None,
+        "message_id": failed["message_id"],
     }
     to_other = admin.get("/admin/api/emails?to=other@example.COM", headers=AUTH).get_json()
     assert [e["id"] for e in to_other["emails"]] == [3]

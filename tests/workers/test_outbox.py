@@ -326,25 +326,41 @@ def test_the_relay_enqueues_emails_never_enqueued_once_they_are_old_enough(conn,
     assert email_row(conn, fresh)["enqueued_at"] is None
 
 
-def test_the_relay_re_enqueues_only_stale_unfinished_emails(conn, settings):
+def test_the_relay_re_enqueues_only_unfinished_emails_whose_job_is_overdue(conn, settings):
     sub_id = subscription(conn)
+    names = (
+        "lost_job",
+        "stale_sending",
+        "retry_not_due",
+        "retry_just_due",
+        "lost_retry",
+        "sent",
+        "failed",
+    )
     ids = {
         name: outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=name,
                          event_id=None)
-        for name in ("stale_pending", "stale_sending", "recent_retry", "sent", "failed")
+        for name in names
     }  # fmt: skip
     conn.execute("UPDATE emails SET enqueued_at = now() - interval '4 hours'")
     conn.execute("UPDATE emails SET status = 'sending' WHERE fact = 'stale_sending'")
+    # A retry is due when the retry policy says at the latest, however long ago it was handed over.
     conn.execute(
-        "UPDATE emails SET enqueued_at = now() - interval '1 hour' WHERE fact = 'recent_retry'"
+        "UPDATE emails SET due_at = now() + interval '25 seconds' WHERE fact = 'retry_not_due'"
+    )
+    conn.execute(
+        "UPDATE emails SET due_at = now() - interval '5 seconds' WHERE fact = 'retry_just_due'"
+    )
+    conn.execute(
+        "UPDATE emails SET due_at = now() - interval '25 seconds' WHERE fact = 'lost_retry'"
     )
     conn.execute("UPDATE emails SET status = 'sent', sent_at = now() WHERE fact = 'sent'")
     conn.execute("UPDATE emails SET status = 'failed', last_error = 'x' WHERE fact = 'failed'")
 
-    assert outbox.relay(TEST_DATABASE_URL) == 2
+    assert outbox.relay(TEST_DATABASE_URL) == 3
     assert outbox.relay(TEST_DATABASE_URL) == 0  # now freshly enqueued
 
-    assert queued_email_ids() == sorted([ids["stale_pending"], ids["stale_sending"]])
+    assert queued_email_ids() == sorted([ids["lost_job"], ids["stale_sending"], ids["lost_retry"]])
 
 
 def test_the_relay_works_in_batches(conn, settings):
@@ -376,3 +392,31 @@ def test_the_event_that_caused_an_email_is_recorded_with_it(conn, settings):
     row = email_row(conn, email_id)
     assert row["event_id"] == event_id
     assert row["context"]["lines"] == [{"price": "1.5"}]
+
+
+def test_a_relay_run_sends_each_row_once_even_without_a_grace(conn, settings):
+    sub_id = subscription(conn)
+    for n in range(3):
+        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"G{n}",
+                   event_id=None)  # fmt: skip
+
+    assert outbox.relay(TEST_DATABASE_URL, older_than_seconds=0, stale_after_seconds=0) == 3
+    assert len(queued_email_ids()) == 3
+
+
+def test_a_late_enqueue_mark_leaves_a_retry_a_quick_worker_already_scheduled(conn, settings):
+    sub_id = subscription(conn)
+    email_id = outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact="Q",
+                          event_id=None)  # fmt: skip
+    # The worker took the message, failed and scheduled its retry before dispatch's mark landed.
+    conn.execute(
+        "UPDATE emails SET due_at = now() + interval '9 seconds', retry_job = 'm/1' WHERE id = %s",
+        (email_id,),
+    )
+
+    assert outbox.dispatch(TEST_DATABASE_URL, [email_id]) == [email_id]
+
+    row = email_row(conn, email_id)
+    assert row["retry_job"] == "m/1" and row["enqueued_at"] is not None
+    assert conn.execute("SELECT due_at > now() + interval '5 seconds' AS later FROM emails"
+                        ).fetchone()["later"]  # fmt: skip

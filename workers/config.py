@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import time, timedelta
 from pathlib import Path
 
 from workers.errors import ConfigError
@@ -43,14 +44,14 @@ def _days(value: str) -> tuple[int, ...]:
     return days
 
 
-def _whole(name: str, value: str | None, default: int) -> int:
-    """A whole number of days from the environment, `default` when unset."""
+def _whole(name: str, value: str | None, default: int, unit: str = "days") -> int:
+    """A whole number of days (or `unit`) from the environment, `default` when unset."""
     if value is None or not value.strip():
         return default
     try:
         number = int(value.strip())
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of days; got {value!r}") from None
+        raise ConfigError(f"{name} must be a whole number of {unit}; got {value!r}") from None
     if number < 0:
         raise ConfigError(f"{name} cannot be negative; got {value!r}")
     return number
@@ -85,6 +86,18 @@ def _api_algo(value: str | None) -> str:
     return algo
 
 
+def _time_of_day(name: str, value: str | None, default: str) -> time | None:
+    """HH:MM (UTC) from the environment; None for `off`."""
+    text = (value or "").strip().lower() or default
+    if text == "off":
+        return None
+    try:
+        hours, minutes = text.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ConfigError(f"{name} must be HH:MM (UTC) or off; got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -111,6 +124,9 @@ class Settings:
     merchant_code: str | None = None  # the provider's REST API is off without it
     api_url: str = DEFAULT_API_URL  # the REST 6.0 base, without a trailing slash
     api_algo: str = API_ALGORITHMS[0]  # HMAC of the API's authentication header
+    reconcile_at: time | None = time(3, 30)  # the clock's daily sweep (UTC); None: off
+    reconcile_email_max_age: timedelta = timedelta(days=2)  # older facts found: no email
+    expected_notification_grace: timedelta = timedelta(hours=6)  # silence after an expiry
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +156,18 @@ class Settings:
             merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),
             api_url=_api_url(env.get("TWOCHECKOUT_API_URL")),
             api_algo=_api_algo(env.get("TWOCHECKOUT_API_ALGO")),
+            reconcile_at=_time_of_day("RECONCILE_AT", env.get("RECONCILE_AT"), "03:30"),
+            reconcile_email_max_age=timedelta(
+                days=_whole("RECONCILE_EMAIL_MAX_AGE", env.get("RECONCILE_EMAIL_MAX_AGE"), 2)
+            ),
+            expected_notification_grace=timedelta(
+                hours=_whole(
+                    "EXPECTED_NOTIFICATION_GRACE",
+                    env.get("EXPECTED_NOTIFICATION_GRACE"),
+                    6,
+                    unit="hours",
+                )
+            ),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 from workers.db import Conn
 
 STATUSES = ("received", "enqueued", "processed", "failed", "ignored")
-KINDS = ("ipn", "lcn", "ins")
+KINDS = ("ipn", "lcn", "ins", "api")  # api: reconciliation events
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,9 @@ def test_a_subscription_becomes_a_typed_record(fake):
         name="Mario Rossi",
         lifetime=False,
         status=None,
+        starts_at=datetime(2026, 1, 10, tzinfo=UTC),
+        first_name="Mario",
+        last_name="Rossi",
     )
 
 
@@ -288,6 +291,14 @@ def test_an_order_becomes_a_typed_record_with_its_subscriptions(fake):
     assert found.subscription_references == ("A1", "B2")
     assert found.ordered_at == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert found.items[0].product_code == "AWDOC-TEAM-Y"
+    assert (found.email, found.first_name) == ("customer@example.com", "Mario")
+
+
+def test_a_stored_record_is_told_apart_by_its_reference_field():
+    sub = provider_api.parse_record(subscription("AAAA000001"))
+    placed = provider_api.parse_record(order("123456789", ordered="2026-03-02 10:00:00"))
+    assert isinstance(sub, provider_api.Subscription) and sub.raw["SubscriptionReference"]
+    assert isinstance(placed, provider_api.Order) and placed.refno == "123456789"
 
 
 def test_an_expiry_with_an_offset_is_taken_to_utc():

@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg import sql
 
+from tests.emails.conftest import Recorder
 from tests.fake_provider import FakeProvider, order, subscription
 from tests.support import drain, post_signed
 from webhooks.protocol import samples
+from workers import actors
 from workers.cli import cli
 from workers.reconcile import Difference, visible
 
@@ -32,13 +34,13 @@ TABLES = ("events", "subscriptions", "subscription_history", "orders", "emails",
 @pytest.fixture
 def fake(conn, monkeypatch) -> Iterator[FakeProvider]:
     """The provider's API for the test's account, which the CLI is configured to use."""
-    conn.execute("TRUNCATE reconcile_runs RESTART IDENTITY")
+    conn.execute("TRUNCATE reconcile_runs, reconcile_differences RESTART IDENTITY")
     provider = FakeProvider().start()
     monkeypatch.setenv("TWOCHECKOUT_MERCHANT_CODE", provider.merchant_code)
     monkeypatch.setenv("TWOCHECKOUT_API_URL", provider.url)
     yield provider
     provider.stop()
-    conn.execute("TRUNCATE reconcile_runs RESTART IDENTITY")
+    conn.execute("TRUNCATE reconcile_runs, reconcile_differences RESTART IDENTITY")
 
 
 def buy(client, license_code: str, refno: str, expires: str) -> None:
@@ -133,17 +135,11 @@ def test_the_sweep_asks_for_two_hundred_a_page_from_the_day_given(shop):
     ]
 
 
-def test_without_dry_run_the_command_refuses_and_asks_the_provider_nothing(shop, conn):
-    result = reconcile("--since", since())
-    assert result.exit_code == 2
-    assert "applying differences is not available yet; use --dry-run" in result.output
-    assert shop.seen == [] and runs(conn) == []
-
-
-def test_a_wrong_key_stops_with_one_clear_line_and_changes_nothing(shop, conn, monkeypatch):
+@pytest.mark.parametrize("mode", [["--dry-run"], ["--wait", "0"]], ids=["dry run", "applying"])
+def test_a_wrong_key_stops_with_one_clear_line_and_changes_nothing(shop, conn, monkeypatch, mode):
     monkeypatch.setenv("TWOCHECKOUT_SECRET_KEY", "NOT-THE-KEY")
     before = snapshot(conn)
-    result = reconcile("--dry-run", "--since", since())
+    result = reconcile(*mode, "--since", since())
     assert result.exit_code == 1
     (error,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert "merchant code RINNOVOTEST with algorithm sha3-256" in error
@@ -251,3 +247,206 @@ def test_a_difference_line_escapes_every_value():
     found = Difference("order 1\n2", "never received", "x\x07", "y\\z")
     assert found.line() == "order 1\\n2: never received: Rinnovo x\\x07, provider y\\\\z"
     assert visible("Città, 東京") == "Città, 東京"
+
+
+# --- applying the differences ---------------------------------------------------------------
+
+
+def stamp(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def sub_row(conn, license_code: str) -> dict[str, Any] | None:
+    return conn.execute(
+        "SELECT * FROM subscriptions WHERE license_code = %s", (license_code,)
+    ).fetchone()
+
+
+def history(conn, license_code: str) -> list[dict[str, Any]]:
+    return conn.execute(
+        """
+        SELECT h.change, h.note, e.kind FROM subscription_history h
+        JOIN subscriptions s ON s.id = h.subscription_id LEFT JOIN events e ON e.id = h.event_id
+        WHERE s.license_code = %s ORDER BY h.id
+        """,
+        (license_code,),
+    ).fetchall()
+
+
+def emails_of(conn, license_code: str) -> list[str]:
+    rows = conn.execute(
+        """
+        SELECT m.kind FROM emails m JOIN subscriptions s ON s.id = m.subscription_id
+        WHERE s.license_code = %s ORDER BY m.id
+        """,
+        (license_code,),
+    ).fetchall()
+    return [row["kind"] for row in rows]
+
+
+@pytest.fixture
+def missed(client, conn, fake) -> FakeProvider:
+    """While Rinnovo was down, the provider renewed one subscription, disabled another and sold
+    a third Rinnovo never heard of (an hour ago)."""
+    for license_code, refno in (("RENEW00001", "100000002"), ("OFF0000001", "100000003")):
+        buy(client, license_code, refno, "2027-01-10")
+    drain()
+    fake.add_subscription(subscription("RENEW00001", expires="2028-01-10"), today())
+    fake.add_subscription(subscription("OFF0000001", recurring=False, enabled=False), today())
+    fake.add_subscription(subscription("NEW0000001", email="nuovo@example.com"), today())
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    fake.add_order(
+        order("100000009", ordered=stamp(an_hour_ago), references=("NEW0000001",),
+              email="nuovo@example.com")
+    )  # fmt: skip
+    return fake
+
+
+def test_a_sweep_applies_each_difference_through_the_workers_and_a_second_changes_nothing(
+    missed, conn
+):
+    result = reconcile("--since", since(), "--wait", "0")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(f"sweep: subscriptions changed since {since()}")
+    assert result.output.splitlines()[-1] == (
+        "checked 3 subscription(s) and 1 order(s): 4 differ; "
+        "0 applied, 0 failed, 4 waiting for the workers"
+    )
+    drain()
+
+    renewed = sub_row(conn, "RENEW00001")
+    assert renewed["status"] == "active" and renewed["auto_renew"] is True
+    assert renewed["expires_at"] == datetime(2028, 1, 10, tzinfo=UTC)
+    assert [(h["change"], h["kind"]) for h in history(conn, "RENEW00001")][-2:] == [
+        ("renewed", "api"),
+        ("auto_renew", "api"),
+    ]
+    assert sub_row(conn, "OFF0000001")["status"] == "canceled"
+    assert ("canceled", "api") in [(h["change"], h["kind"]) for h in history(conn, "OFF0000001")]
+    created = sub_row(conn, "NEW0000001")
+    assert created["status"] == "active" and created["auto_renew"] is True
+    assert created["expires_at"] == datetime(2027, 1, 10, tzinfo=UTC)
+    assert conn.execute(
+        "SELECT refno, kind FROM orders WHERE subscription_id = %s", (created["id"],)
+    ).fetchall() == [{"refno": "100000009", "kind": "new"}]
+    # The facts are recent: each calls for its email.
+    assert "renewal_confirmation" in emails_of(conn, "RENEW00001")
+    assert "cancellation_notice" in emails_of(conn, "OFF0000001")
+    assert emails_of(conn, "NEW0000001") == ["order_confirmation"]
+    statuses = conn.execute("SELECT status FROM events WHERE kind = 'api'").fetchall()
+    assert [row["status"] for row in statuses] == ["processed"] * 4
+
+    before = snapshot(conn)
+    again = reconcile("--since", since(), "--wait", "0")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[-1] == (
+        "checked 3 subscription(s) and 1 order(s): 0 differ; 0 applied, 0 failed"
+    )
+    drain()
+    assert snapshot(conn) == before
+
+
+def test_a_second_sweep_before_the_workers_ran_stores_nothing_twice(missed, conn):
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    assert conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == 2 + 4
+    drain()
+    assert sub_row(conn, "RENEW00001")["expires_at"] == datetime(2028, 1, 10, tzinfo=UTC)
+    renewals = [h for h in history(conn, "RENEW00001") if h["change"] == "renewed"]
+    assert len(renewals) == 1
+
+
+@pytest.fixture
+def worker() -> Iterator[None]:
+    """A real Dramatiq worker running while the test runs the command."""
+    import dramatiq
+
+    from workers.broker import broker
+
+    running = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    running.start()
+    yield
+    running.stop()
+
+
+def test_the_summary_counts_what_the_workers_applied(missed, conn, worker):
+    result = reconcile("--since", since())
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "checked 3 subscription(s) and 1 order(s): 4 differ; 4 applied, 0 failed"
+    )
+
+
+def test_a_429_then_a_200_applies_as_usual(missed, conn):
+    missed.fail_next(1, "429", retry_after="0")
+    result = reconcile("--since", since(), "--wait", "0")
+    assert result.exit_code == 0, result.output
+    drain()
+    assert sub_row(conn, "RENEW00001")["expires_at"] == datetime(2028, 1, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def smtp_sink(monkeypatch, smtp_server) -> Iterator[Recorder]:
+    """A real SMTP server the workers in this process send to."""
+    recorder = Recorder()
+    monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{smtp_server(recorder).port}")
+    actors.settings.cache_clear()
+    yield recorder
+    actors.settings.cache_clear()
+
+
+def test_a_renewal_missed_while_down_is_applied_with_history_and_its_email(
+    client, conn, fake, smtp_sink
+):
+    due = today() + timedelta(days=1)
+    buy(client, "LATE000001", "400000001", due.isoformat())
+    drain()
+    smtp_sink.envelopes.clear()
+    fake.add_subscription(
+        subscription("LATE000001", expires=due.replace(year=due.year + 1).isoformat()), today()
+    )
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    drain()
+    row = sub_row(conn, "LATE000001")
+    assert row["expires_at"].date() == due.replace(year=due.year + 1)
+    assert "renewed" in [h["change"] for h in history(conn, "LATE000001")]
+    kinds = [envelope.original_content for envelope in smtp_sink.envelopes]
+    assert len(kinds) == 1 and b"X-Rinnovo-Kind: renewal_confirmation" in kinds[0]
+
+
+def test_a_renewal_found_weeks_late_is_applied_but_its_email_is_skipped_with_the_reason(
+    client, conn, fake
+):
+    lapsed = today() - timedelta(days=21)
+    buy(client, "OLD0000001", "400000002", lapsed.isoformat())
+    drain()
+    renewed_to = lapsed.replace(year=lapsed.year + 1)
+    fake.add_subscription(subscription("OLD0000001", expires=renewed_to.isoformat()), today())
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    drain()
+    assert sub_row(conn, "OLD0000001")["expires_at"].date() == renewed_to
+    assert emails_of(conn, "OLD0000001") == ["order_confirmation"]  # from the purchase
+    (skipped,) = [h for h in history(conn, "OLD0000001") if h["change"] == "email_skipped"]
+    assert skipped["note"] == (
+        f"renewal_confirmation not sent: found by reconciliation, the fact of {lapsed} is older "
+        "than RECONCILE_EMAIL_MAX_AGE (2 day(s))"
+    )
+
+
+def test_an_order_never_received_creates_its_subscription_even_before_the_subscription_record(
+    conn, fake
+):
+    ordered = datetime.now(UTC) - timedelta(days=10)
+    fake.add_order(
+        order("500000001", ordered=stamp(ordered), references=("SOLD000001",),
+              email="buyer@example.com")
+    )  # fmt: skip
+    result = reconcile("--since", since(), "--wait", "0")
+    assert result.exit_code == 0, result.output
+    drain()
+    row = sub_row(conn, "SOLD000001")
+    assert row["status"] == "active" and row["last_order_ref"] == "500000001"
+    assert row["expires_at"].date() == (ordered + timedelta(days=365)).date()
+    # Ten days old: the confirmation is not sent now, and history says so.
+    assert emails_of(conn, "SOLD000001") == []
+    assert [h["change"] for h in history(conn, "SOLD000001")] == ["created", "email_skipped"]

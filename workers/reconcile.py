@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from workers import events
+from workers import db, events
+from workers.config import Settings
 from workers.db import Conn
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
 
@@ -458,3 +459,109 @@ def outcomes(conn: Conn, run_id: int) -> Outcomes:
     ).fetchone()
     assert row is not None
     return Outcomes(row["applied"], row["failed"], row["waiting"])
+
+
+# --- on the clock: the daily sweep and the expected-notification watchdog ------------------------
+
+WATCHDOG_BATCH = 100  # lookups per watchdog run, the most recently due first
+
+
+def daily(settings: Settings, now: datetime | None = None) -> Sweep:
+    """The clock's sweep: every subscription changed since a day before the last sweep."""
+    now = now or datetime.now(UTC)
+    with Client.from_settings(settings) as client, db.statement(settings.database_url) as conn:
+        start = default_start(conn) or now.date() - OVERLAP
+        sweep = Sweep(start, now.date(), dry_run=False, source="clock")
+        return run(conn, client, sweep, now=now, enqueue=dispatcher(settings.database_url))
+
+
+def overdue(conn: Conn, grace: timedelta, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Auto-renewing subscriptions past their expiry by more than `grace` that no notification
+    (renewal, LCN, failure) has concerned since: the provider's silence, most recent first."""
+    return conn.execute(
+        """
+        SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew
+        FROM subscriptions s
+        WHERE s.auto_renew AND s.status IN ('active', 'expired')
+          AND s.expires_at < now() - make_interval(secs => %s)
+          AND NOT EXISTS (
+              SELECT 1 FROM events e
+              WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
+                AND e.received_at >= s.expires_at)
+        ORDER BY s.expires_at DESC, s.license_code
+        LIMIT %s
+        """,
+        (grace.total_seconds(), limit),
+    ).fetchall()
+
+
+def watchdog(settings: Settings) -> Sweep | None:
+    """Look up at the provider each subscription whose expected notification never came, and
+    reconcile it; None when none is overdue."""
+    with Client.from_settings(settings) as client, db.statement(settings.database_url) as conn:
+        silent = overdue(conn, settings.expected_notification_grace, limit=WATCHDOG_BATCH)
+        if not silent:
+            return None
+        today = datetime.now(UTC).date()
+        sweep = Sweep(today, today, dry_run=False, source="watchdog")
+
+        def look_up() -> None:
+            for row in silent:
+                check_one(conn, client, sweep, row["license_code"], lambda found: None)
+
+        return run(conn, client, sweep, enqueue=dispatcher(settings.database_url), body=look_up)
+
+
+# --- what operators read: metrics and the admin page --------------------------------------------
+
+
+def figures(conn: Conn, grace: timedelta) -> dict[str, float]:
+    """The reconciliation figures /metrics shows."""
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM max(finished_at) FILTER (
+                   WHERE outcome = 'succeeded' AND license_code IS NULL
+                     AND source <> 'watchdog')), 0) AS last_success,
+               coalesce(sum(differing), 0) AS differences
+        FROM reconcile_runs WHERE NOT dry_run
+        """
+    ).fetchone()
+    assert row is not None
+    return {
+        "last_success": float(row["last_success"]),
+        "differences": float(row["differences"]),
+        "missing": float(len(overdue(conn, grace))),
+    }
+
+
+def recent_runs(conn: Conn, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest sweeps, newest first."""
+    return conn.execute(
+        "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
+    ).fetchall()
+
+
+def run_detail(conn: Conn, run_id: int) -> dict[str, Any] | None:
+    """One sweep, each difference it found with the event applying it, and what that changed."""
+    found = conn.execute("SELECT * FROM reconcile_runs WHERE id = %s", (run_id,)).fetchone()
+    if found is None:
+        return None
+    differences = conn.execute(
+        """
+        SELECT d.subject, d.what, d.rinnovo, d.provider, d.event_id,
+               e.status AS event_status, e.outcome, e.last_error
+        FROM reconcile_differences d LEFT JOIN events e ON e.id = d.event_id
+        WHERE d.run_id = %s ORDER BY d.id
+        """,
+        (run_id,),
+    ).fetchall()
+    changes = conn.execute(
+        """
+        SELECT h.event_id, s.license_code, h.change, h.note, h.at
+        FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
+        WHERE h.event_id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
+        ORDER BY h.id
+        """,
+        (run_id,),
+    ).fetchall()
+    return {"run": found, "differences": differences, "changes": changes}

@@ -1,4 +1,4 @@
-"""`rinnovo reconcile --dry-run` end to end: the fake provider, a real database, the real CLI."""
+"""`rinnovo reconcile` end to end: the fake provider, a real database and workers, the CLI."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from apscheduler.triggers.cron import CronTrigger
 from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from tests.emails.conftest import Recorder
 from tests.fake_provider import FakeProvider, order, subscription
-from tests.support import drain, post_signed
+from tests.support import drain, insert_subscription, post_signed
+from webhooks.app import create_app
 from webhooks.protocol import samples
-from workers import actors
+from workers import actors, clock
 from workers.cli import cli
+from workers.config import Settings
 from workers.reconcile import Difference, visible
 
 
@@ -450,3 +454,148 @@ def test_an_order_never_received_creates_its_subscription_even_before_the_subscr
     # Ten days old: the confirmation is not sent now, and history says so.
     assert emails_of(conn, "SOLD000001") == []
     assert [h["change"] for h in history(conn, "SOLD000001")] == ["created", "email_skipped"]
+
+
+# --- on the clock ---------------------------------------------------------------------------
+
+
+def test_the_clock_sweeps_daily_at_reconcile_at_and_watches_hourly_only_with_a_merchant_code(
+    monkeypatch,
+):
+    monkeypatch.setenv("TWOCHECKOUT_MERCHANT_CODE", "RINNOVOTEST")
+    monkeypatch.setenv("RECONCILE_AT", "04:15")
+    jobs = {job.id: job for job in clock.build_scheduler(Settings.from_env()).get_jobs()}
+    assert jobs["reconcile"].func is clock.reconcile_job
+    assert jobs["watchdog"].func is clock.watchdog_job
+    start = datetime(2030, 1, 1, 5, tzinfo=UTC)
+    daily = jobs["reconcile"].trigger
+    assert isinstance(daily, CronTrigger)
+    assert daily.get_next_fire_time(None, start) == datetime(2030, 1, 2, 4, 15, tzinfo=UTC)
+    hourly = jobs["watchdog"].trigger
+    assert hourly.get_next_fire_time(None, start) == datetime(2030, 1, 1, 5, 37, tzinfo=UTC)
+
+    monkeypatch.setenv("RECONCILE_AT", "off")
+    assert "reconcile" not in {
+        job.id for job in clock.build_scheduler(Settings.from_env()).get_jobs()
+    }
+    monkeypatch.delenv("TWOCHECKOUT_MERCHANT_CODE")
+    monkeypatch.setenv("RECONCILE_AT", "04:15")
+    ids = {job.id for job in clock.build_scheduler(Settings.from_env()).get_jobs()}
+    assert not ids & {"reconcile", "watchdog"}
+
+
+def metrics(conn) -> dict[str, float]:
+    text = create_app({"TESTING": "1"}).test_client().get("/metrics").text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(("rinnovo_reconcile", "rinnovo_expected"))
+    }
+
+
+def test_the_clock_sweep_applies_what_it_finds_records_its_run_and_shows_in_metrics(missed, conn):
+    assert metrics(conn) == {
+        "rinnovo_reconcile_last_success_timestamp": 0.0,
+        "rinnovo_reconcile_differences_total": 0.0,
+        "rinnovo_expected_notifications_missing": 0.0,
+    }
+    clock.reconcile_job(Settings.from_env())
+    drain()
+    assert sub_row(conn, "RENEW00001")["expires_at"] == datetime(2028, 1, 10, tzinfo=UTC)
+    (run,) = runs(conn)
+    assert (run["source"], run["dry_run"], run["outcome"], run["differing"]) == (
+        "clock", False, "succeeded", 4,
+    )  # fmt: skip
+    # No sweep before: the window opens a day before the first notification stored.
+    assert run["window_start"] == today() - timedelta(days=1)
+    figures = metrics(conn)
+    assert figures["rinnovo_reconcile_differences_total"] == 4
+    assert figures["rinnovo_reconcile_last_success_timestamp"] == run["finished_at"].timestamp()
+    clock.reconcile_job(Settings.from_env())  # the next day's finds nothing new
+    assert metrics(conn)["rinnovo_reconcile_differences_total"] == 4
+
+
+def test_a_clock_sweep_the_provider_refuses_is_recorded_failed_and_logged(
+    missed, conn, monkeypatch, caplog
+):
+    monkeypatch.setenv("TWOCHECKOUT_SECRET_KEY", "NOT-THE-KEY")
+    clock.reconcile_job(Settings.from_env())
+    (run,) = runs(conn)
+    assert run["outcome"] == "failed" and "RINNOVOTEST" in run["error"]
+    assert "reconcile sweep stopped" in caplog.text and "NOT-THE-KEY" not in caplog.text
+    assert metrics(conn)["rinnovo_reconcile_last_success_timestamp"] == 0
+
+
+def test_the_admin_page_lists_the_sweeps_and_what_each_changed(missed, conn):
+    token = "correct horse battery staple"
+    admin = create_app({"ADMIN_TOKEN": token}).test_client()
+    page = admin.get("/admin/login").text
+    csrf = page.split('name="csrf_token" value="')[1].split('"')[0]
+    admin.post("/admin/login", data={"csrf_token": csrf, "token": token})
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    drain()
+    listing = admin.get("/admin/reconcile")
+    assert listing.status_code == 200
+    assert 'href="/admin/reconcile/1"' in listing.text and "succeeded" in listing.text
+    detail = admin.get("/admin/reconcile/1")
+    assert detail.status_code == 200
+    assert "subscription OFF0000001" in detail.text and "disabled" in detail.text
+    assert "renewed" in detail.text and 'href="/admin/subscriptions/RENEW00001"' in detail.text
+    assert admin.get("/admin/reconcile/99").status_code == 404
+    assert admin.get("/admin/reconcile/x%3Cb").status_code == 404
+
+
+# --- the expected-notification watchdog -------------------------------------------------------
+
+
+@pytest.fixture
+def silent(conn) -> str:
+    """An auto-renewing subscription that expired two days ago and heard nothing since."""
+    insert_subscription(
+        conn, expires_at=datetime.now(UTC) - timedelta(days=2), auto_renew=True,
+        license_code="QUIET00001",
+    )  # fmt: skip
+    insert_subscription(  # renewal off: no notification is expected
+        conn, expires_at=datetime.now(UTC) - timedelta(days=2), license_code="MANUAL0001"
+    )
+    insert_subscription(  # expired an hour ago: within the grace
+        conn, expires_at=datetime.now(UTC) - timedelta(hours=1), auto_renew=True,
+        license_code="RECENT0001",
+    )  # fmt: skip
+    return "QUIET00001"
+
+
+def test_without_the_api_an_overdue_subscription_is_listed_and_counted(silent, conn):
+    result = CliRunner().invoke(cli, ["subscriptions", "list", "--overdue"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("QUIET00001  active")
+    assert "auto-renew on, no notification since" in lines[0]
+    assert lines[-1] == "1 subscription(s) overdue by more than 6 hour(s)"
+    assert metrics(conn)["rinnovo_expected_notifications_missing"] == 1
+
+
+def test_a_notification_since_the_expiry_ends_the_silence(silent, conn, client):
+    buy(client, "QUIET00001", "600000001", "2027-01-10")  # an IPN naming it arrives
+    assert metrics(conn)["rinnovo_expected_notifications_missing"] == 0
+
+
+def test_the_watchdog_looks_the_overdue_subscription_up_and_reconciles_it(silent, conn, fake):
+    renewed_to = (datetime.now(UTC) - timedelta(days=2) + timedelta(days=365)).date()
+    fake.add_subscription(
+        subscription(silent, product_code="DOCFLOW-BIZ", quantity=10,
+                     expires=renewed_to.isoformat()),
+        today() - timedelta(days=400),  # a day-window sweep would not see it
+    )  # fmt: skip
+    clock.watchdog_job(Settings.from_env())
+    assert fake.paths() == [f"/rest/6.0/subscriptions/{silent}/"]
+    drain()
+    row = sub_row(conn, silent)
+    assert row["expires_at"].date() == renewed_to and row["status"] == "active"
+    assert "renewed" in [h["change"] for h in history(conn, silent)]
+    (run,) = runs(conn)
+    assert (run["source"], run["subscriptions_checked"], run["differing"]) == ("watchdog", 1, 1)
+    assert metrics(conn)["rinnovo_expected_notifications_missing"] == 0
+    clock.watchdog_job(Settings.from_env())  # nothing overdue now: the provider is not asked
+    assert len(fake.seen) == 1 and len(runs(conn)) == 1

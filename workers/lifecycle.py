@@ -23,7 +23,7 @@ from workers.catalog import Catalog, Product, default_path, load
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import PermanentEventError, RinnovoError
-from workers.provider_api import MalformedAnswer, Order, Subscription, parse_record
+from workers.provider_api import Client, MalformedAnswer, Order, Subscription, parse_record
 
 MISMATCH_TOLERANCE = timedelta(days=1)
 
@@ -803,6 +803,7 @@ def _apply_ins(run: _Run, fields: dict[str, list[str]]) -> str:
         return f"ignored: {message} names no billed item"
     if message in ("SHIP_STATUS_CHANGED",):
         return f"ignored: {message} does not concern subscriptions"
+    _confirm_ins(run.settings, fields, message, items)
     results = []
     for item in sorted(items, key=lambda item: item["item_id"]):
         code = ins.license_code(sale_id, item["item_id"])
@@ -916,6 +917,67 @@ def _apply_ins_item(
             run.email(sub, "refund_notice", f"refunded/{invoice}", charged(amount, None, currency))
         return f"{code}: {sub['status']}"
     return f"{code}: ignored: INS {message}"
+
+
+# INS hashes cover sale, vendor and invoice ids, not what the message says happened: with the API
+# configured, a refund, a cancellation or a new expiry is checked with the provider first.
+CONFIRM_SECONDS = 20.0  # a worker waits this long for the provider, then the event is retried
+REFUNDED_ORDER_STATUSES = frozenset({"REFUND", "REVERSED"})
+ENDED_ORDER_STATUSES = frozenset({"CANCELED", "REFUND", "REVERSED"})
+
+
+def _confirm_ins(
+    settings: Settings, fields: dict[str, list[str]], message: str, items: list[dict[str, str]]
+) -> None:
+    """Check an INS refund, cancellation or renewal against the provider's order (and its
+    subscriptions); a PermanentEventError naming the provider's state when it contradicts it.
+
+    The provider's API unreachable raises a ProviderApiError: transient, the event is retried.
+    """
+    refund = message == "REFUND_ISSUED"
+    cancel = (
+        message == "FRAUD_STATUS_CHANGED" and form.first(fields, "fraud_status").lower() == "fail"
+    )
+    renewal = message == "RECURRING_INSTALLMENT_SUCCESS"
+    if not settings.merchant_code or not (refund or cancel or renewal):
+        return
+    sale_id = form.first(fields, "sale_id")
+    with Client.from_settings(settings, max_total=CONFIRM_SECONDS) as client:
+        order = client.order(sale_id)
+        if order is None:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider has no order {sale_id}"
+            )
+        if refund and order.status.upper() not in REFUNDED_ORDER_STATUSES:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider's order {sale_id} is {order.status}, "
+                "not refunded"
+            )
+        if cancel and order.status.upper() not in ENDED_ORDER_STATUSES:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider's order {sale_id} is {order.status}, "
+                "not canceled"
+            )
+        if renewal:
+            _confirm_expiry(client, message, sale_id, order, items)
+
+
+def _confirm_expiry(
+    client: Client, message: str, sale_id: str, order: Order, items: list[dict[str, str]]
+) -> None:
+    """The provider's subscriptions of the order must expire no earlier than the INS says."""
+    stated = [_time(item["item_rec_date_next"]) for item in items]
+    wanted = max((_day(when) for when in stated if when is not None), default=None)
+    if wanted is None:
+        return  # no new expiry stated: nothing moves
+    found = [client.subscription(ref) for ref in order.subscription_references]
+    expiries = sorted(_day(sub.expires_at) for sub in found if sub and sub.expires_at)
+    if not any(day >= wanted for day in expiries):
+        shown = ", ".join(str(day) for day in expiries) or "no subscription"
+        raise PermanentEventError(
+            f"INS {message} not confirmed: the provider's order {sale_id} has {shown} as expiry, "
+            f"not {wanted}"
+        )
 
 
 # --- API (reconciliation) -------------------------------------------------------------------

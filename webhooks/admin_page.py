@@ -252,6 +252,8 @@ def event_detail(event_id: str) -> Any:
 
 def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
     """The fields in the order the provider sent them (the stored JSON does not keep it)."""
+    if detail["kind"] == "api":
+        return dict(detail["fields"])  # the provider's JSON object: no form to read
     try:
         return form.group(form.parse_form(detail["raw_body"].encode("utf-8")))
     except MalformedNotification:

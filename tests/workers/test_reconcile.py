@@ -542,6 +542,11 @@ def test_the_admin_page_lists_the_sweeps_and_what_each_changed(missed, conn):
     assert detail.status_code == 200
     assert "subscription OFF0000001" in detail.text and "disabled" in detail.text
     assert "renewed" in detail.text and 'href="/admin/subscriptions/RENEW00001"' in detail.text
+    event_id = conn.execute("SELECT min(id) AS id FROM events WHERE kind = 'api'").fetchone()["id"]
+    event = admin.get(f"/admin/events/{event_id}")
+    assert event.status_code == 200 and "SubscriptionReference" in event.text
+    fields = event.text.split('id="fields">')[1].split("</table>")[0]
+    assert "<tr>" not in fields  # the provider's JSON is no form: no fields to list
     assert admin.get("/admin/reconcile/99").status_code == 404
     assert admin.get("/admin/reconcile/x%3Cb").status_code == 404
 
@@ -715,3 +720,23 @@ def test_without_the_api_an_ins_refund_is_applied_as_it_says(client, conn, monke
     post_ins(client, ins("REFUND_ISSUED", invoice_id="6002"))
     drain()
     assert sub_row(conn, INS_LICENSE)["status"] == "refunded"
+
+
+def test_a_reconciliation_event_is_shown_and_replayed_like_a_notification(missed, conn):
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    drain()
+    event_id = conn.execute(
+        "SELECT id FROM events WHERE kind = 'api' AND 'RENEW00001' = ANY(license_codes)"
+    ).fetchone()["id"]
+    shown = CliRunner().invoke(cli, ["events", "show", "--raw", str(event_id)])
+    assert shown.exit_code == 0, shown.output
+    assert '"SubscriptionReference": "RENEW00001"' in shown.output
+    before = snapshot(conn)
+    for args in (["--dry-run"], []):
+        replayed = CliRunner().invoke(cli, ["events", "replay", str(event_id), *args])
+        assert replayed.exit_code == 0, replayed.output
+        drain()
+    assert snapshot(conn)["subscriptions"] == before["subscriptions"]
+    assert snapshot(conn)["emails"] == before["emails"]
+    listed = CliRunner().invoke(cli, ["events", "list", "--kind", "api"])
+    assert listed.exit_code == 0 and str(event_id) in listed.output

@@ -51,25 +51,28 @@ def reminder_job(settings: Settings) -> None:
         log.warning("reminder scan for %s stopped: %s", today.isoformat(), exc)
 
 
-def reconcile_job(settings: Settings) -> None:
-    """The daily sweep of the provider's API (recorded in reconcile_runs, failed or not)."""
+def _sweep(
+    name: str, sweep: Callable[[Settings], reconcile.Sweep | None], settings: Settings
+) -> None:
+    """Run a sweep of the provider's API (recorded in reconcile_runs, failed or not); a refusal or
+    an outage waits for the next run."""
     try:
-        sweep = reconcile.daily(settings)
+        done = sweep(settings)
     except (ProviderApiError, DatabaseUnavailable, ConfigError) as exc:
-        log.warning("reconcile sweep stopped: %s", exc)
+        log.warning("%s stopped: %s", name, exc)
     else:
-        log.info("reconcile sweep %s: %s", sweep.run_id, sweep.summary())
+        if done is not None:
+            log.info("%s %s: %s", name, done.run_id, done.summary())
+
+
+def reconcile_job(settings: Settings) -> None:
+    """The daily sweep of every subscription the provider changed since the last one."""
+    _sweep("reconcile sweep", reconcile.daily, settings)
 
 
 def watchdog_job(settings: Settings) -> None:
     """Look up at the provider the subscriptions whose expected notification never came."""
-    try:
-        sweep = reconcile.watchdog(settings)
-    except (ProviderApiError, DatabaseUnavailable, ConfigError) as exc:
-        log.warning("expected-notification watchdog stopped: %s", exc)
-    else:
-        if sweep is not None:
-            log.info("expected-notification watchdog %s: %s", sweep.run_id, sweep.summary())
+    _sweep("expected-notification watchdog", reconcile.watchdog, settings)
 
 
 def _reconcile_jobs(scheduler: BlockingScheduler, settings: Settings) -> None:

@@ -244,17 +244,21 @@ class _Run:
             f"{self.fact_at.astimezone(UTC):%Y-%m-%d} is older than RECONCILE_EMAIL_MAX_AGE "
             f"({limit.days} day(s))"
         )
+        self.note(sub, "email_skipped", note)
+        return True
+
+    def note(self, sub: dict[str, Any], change: str, note: str) -> None:
+        """Record in the subscription's history something that happened without changing it."""
         subs.add_history(
             self.conn,
             subscription_id=sub["id"],
             event_id=self.event_id,
-            change="email_skipped",
+            change=change,
             before={},
             after={},
             note=note,
         )
         self.notes.append(note)
-        return True
 
     def terms(self, sub: dict[str, Any]) -> policies.Terms:
         """The policy's view of a subscription as it stands."""
@@ -735,15 +739,7 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
             f"LCN of {subs.iso(updated)} is older than the last change applied "
             f"({subs.iso(sub['last_change_at'])}): recorded, not applied"
         )
-        subs.add_history(
-            run.conn,
-            subscription_id=sub["id"],
-            event_id=run.event_id,
-            change="stale",
-            before={},
-            after={},
-            note=note,
-        )
+        run.note(sub, "stale", note)
         return f"ignored: {note}"
     raw_status = form.first(fields, "STATUS").upper()
     status = LCN_STATUSES.get(raw_status)

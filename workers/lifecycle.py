@@ -1058,6 +1058,20 @@ def _apply_api_subscription(run: _Run, remote: Subscription) -> str:
     return f"{remote.reference}: " + ", ".join(done)
 
 
+def _api_customer(run: _Run, remote: Subscription | Order) -> int:
+    """The customer a provider's record names (by email, as an IPN without a reference does)."""
+    return subs.upsert_customer(
+        run.conn,
+        customer_key=remote.email.lower(),
+        email=remote.email,
+        first_name=remote.first_name,
+        last_name=remote.last_name,
+        company=remote.company if isinstance(remote, Order) else "",
+        locale=remote.language if isinstance(remote, Order) else "",
+        event_id=run.event_id,
+    )
+
+
 def _api_created(run: _Run, remote: Subscription) -> tuple[dict[str, Any], bool]:
     """A subscription Rinnovo never heard of, created as its order would have created it (False:
     its order's event, applied at the same time, created it first)."""
@@ -1071,16 +1085,7 @@ def _api_created(run: _Run, remote: Subscription) -> tuple[dict[str, Any], bool]
         at=datetime.now(UTC),
         currency="",
         test=False,
-        customer_id=subs.upsert_customer(
-            run.conn,
-            customer_key=remote.email.lower(),
-            email=remote.email,
-            first_name=remote.first_name,
-            last_name=remote.last_name,
-            company="",
-            locale="",
-            event_id=run.event_id,
-        ),
+        customer_id=_api_customer(run, remote),
     )
     line = _Item(
         code=product.code,
@@ -1106,18 +1111,7 @@ def _apply_api_order(run: _Run, remote: Order) -> str:
     (its subscription's own record carries the renewal)."""
     run.fact_at = remote.ordered_at
     status = remote.status.upper()
-    customer_id = 0
-    if remote.email:
-        customer_id = subs.upsert_customer(
-            run.conn,
-            customer_key=remote.email.lower(),
-            email=remote.email,
-            first_name=remote.first_name,
-            last_name=remote.last_name,
-            company=remote.company,
-            locale=remote.language,
-            event_id=run.event_id,
-        )
+    customer_id = _api_customer(run, remote) if remote.email else 0
     order = _Order(
         run=run,
         refno=remote.refno,

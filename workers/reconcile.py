@@ -475,24 +475,35 @@ def daily(settings: Settings, now: datetime | None = None) -> Sweep:
         return run(conn, client, sweep, now=now, enqueue=dispatcher(settings.database_url))
 
 
+# Auto-renewing subscriptions past their expiry by more than the grace that no notification
+# (renewal, LCN, failure: any IPN, LCN or INS naming them) has concerned since.
+_OVERDUE = """
+    FROM subscriptions s
+    WHERE s.auto_renew AND s.status IN ('active', 'expired')
+      AND s.expires_at < now() - make_interval(secs => %(grace)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
+            AND e.received_at >= s.expires_at)
+"""
+
+
 def overdue(conn: Conn, grace: timedelta, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """Auto-renewing subscriptions past their expiry by more than `grace` that no notification
-    (renewal, LCN, failure) has concerned since: the provider's silence, most recent first."""
+    """The subscriptions whose expected notification never came, most recently due first."""
     return conn.execute(
-        """
-        SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew
-        FROM subscriptions s
-        WHERE s.auto_renew AND s.status IN ('active', 'expired')
-          AND s.expires_at < now() - make_interval(secs => %s)
-          AND NOT EXISTS (
-              SELECT 1 FROM events e
-              WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
-                AND e.received_at >= s.expires_at)
-        ORDER BY s.expires_at DESC, s.license_code
-        LIMIT %s
-        """,
-        (grace.total_seconds(), limit),
+        "SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew"
+        + _OVERDUE
+        + "ORDER BY s.expires_at DESC, s.license_code LIMIT %(limit)s",
+        {"grace": grace.total_seconds(), "limit": limit},
     ).fetchall()
+
+
+def count_overdue(conn: Conn, grace: timedelta) -> int:
+    """How many subscriptions' expected notification never came."""
+    row = conn.execute(
+        "SELECT count(*) AS n" + _OVERDUE, {"grace": grace.total_seconds()}
+    ).fetchone()
+    return int(row["n"]) if row else 0
 
 
 def watchdog(settings: Settings) -> Sweep | None:
@@ -530,7 +541,7 @@ def figures(conn: Conn, grace: timedelta) -> dict[str, float]:
     return {
         "last_success": float(row["last_success"]),
         "differences": float(row["differences"]),
-        "missing": float(len(overdue(conn, grace))),
+        "missing": float(count_overdue(conn, grace)),
     }
 
 

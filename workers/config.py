@@ -57,6 +57,18 @@ def _whole(name: str, value: str | None, default: int, unit: str = "days") -> in
     return number
 
 
+def _time_of_day(name: str, value: str | None, default: str) -> time | None:
+    """HH:MM (UTC) from the environment; None for `off`."""
+    text = (value or "").strip().lower() or default
+    if text == "off":
+        return None
+    try:
+        hours, minutes = text.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ConfigError(f"{name} must be HH:MM (UTC) or off; got {value!r}") from None
+
+
 def _merchant_code(value: str | None) -> str | None:
     """The merchant code, or None (the provider's API off); it goes into a quoted header value."""
     code = (value or "").strip()
@@ -86,18 +98,6 @@ def _api_algo(value: str | None) -> str:
     return algo
 
 
-def _time_of_day(name: str, value: str | None, default: str) -> time | None:
-    """HH:MM (UTC) from the environment; None for `off`."""
-    text = (value or "").strip().lower() or default
-    if text == "off":
-        return None
-    try:
-        hours, minutes = text.split(":")
-        return time(int(hours), int(minutes))
-    except ValueError:
-        raise ConfigError(f"{name} must be HH:MM (UTC) or off; got {value!r}") from None
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything Rinnovo reads from its environment."""
@@ -119,14 +119,14 @@ class Settings:
     # Appended with defaults so positional construction elsewhere keeps working.
     auto_renewal_notice_days: int = 7  # notice this many days before an automatic renewal
     expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
+    reconcile_at: time | None = time(3, 30)  # the clock's daily sweep (UTC); None: off
+    reconcile_email_max_age: timedelta = timedelta(days=2)  # older facts found: no email
+    expected_notification_grace: timedelta = timedelta(hours=6)  # silence after an expiry
     mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
     redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
     merchant_code: str | None = None  # the provider's REST API is off without it
     api_url: str = DEFAULT_API_URL  # the REST 6.0 base, without a trailing slash
     api_algo: str = API_ALGORITHMS[0]  # HMAC of the API's authentication header
-    reconcile_at: time | None = time(3, 30)  # the clock's daily sweep (UTC); None: off
-    reconcile_email_max_age: timedelta = timedelta(days=2)  # older facts found: no email
-    expected_notification_grace: timedelta = timedelta(hours=6)  # silence after an expiry
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,11 +151,6 @@ class Settings:
                 "AUTO_RENEWAL_NOTICE_DAYS", env.get("AUTO_RENEWAL_NOTICE_DAYS"), 7
             ),
             expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
-            mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
-            redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
-            merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),
-            api_url=_api_url(env.get("TWOCHECKOUT_API_URL")),
-            api_algo=_api_algo(env.get("TWOCHECKOUT_API_ALGO")),
             reconcile_at=_time_of_day("RECONCILE_AT", env.get("RECONCILE_AT"), "03:30"),
             reconcile_email_max_age=timedelta(
                 days=_whole("RECONCILE_EMAIL_MAX_AGE", env.get("RECONCILE_EMAIL_MAX_AGE"), 2)
@@ -168,6 +163,11 @@ class Settings:
                     unit="hours",
                 )
             ),
+            mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
+            redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
+            merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),
+            api_url=_api_url(env.get("TWOCHECKOUT_API_URL")),
+            api_algo=_api_algo(env.get("TWOCHECKOUT_API_ALGO")),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

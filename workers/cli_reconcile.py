@@ -65,8 +65,8 @@ def reconcile_command(
             if dry_run
             else "each difference is stored as a reconciliation event and applied by the workers"
         )
-        click.echo(reconcile.visible(f"{'dry run' if dry_run else 'sweep'}: {what} since {start}, "
-                                     f"orders of {start} to {today}; {then}"))  # fmt: skip
+        header = f"{what} since {start}, orders of {start} to {today}; {then}"
+        click.echo(reconcile.visible(f"{'dry run' if dry_run else 'sweep'}: {header}"))
         try:
             reconcile.run(
                 conn,

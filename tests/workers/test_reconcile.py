@@ -226,6 +226,12 @@ def test_without_since_the_window_starts_a_day_before_the_last_sweep_that_applie
                ('2026-01-01', '2026-03-21', false, 'failed', now())
         """
     )
+    conn.execute(  # the watchdog looks a few subscriptions up: it covers no window
+        """
+        INSERT INTO reconcile_runs (window_start, window_end, dry_run, outcome, finished_at, source)
+        VALUES ('2026-03-22', '2026-03-22', false, 'succeeded', now(), 'watchdog')
+        """
+    )
     assert reconcile("--dry-run").exit_code == 0
     assert "ModifiedAfter=2026-03-09" in fake.paths()[0]
 

@@ -208,3 +208,35 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
     finished_at           timestamptz
 );
 CREATE INDEX IF NOT EXISTS reconcile_runs_started_idx ON reconcile_runs (started_at DESC);
+
+-- Reconciliation events (kind `api`): the provider's subscription or order object, stored and
+-- applied like a notification. Older databases get the wider CHECK once.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'events'::regclass AND conname = 'events_kind_check'
+          AND pg_get_constraintdef(oid) LIKE '%''api''%'
+    ) THEN
+        ALTER TABLE events DROP CONSTRAINT IF EXISTS events_kind_check;
+        ALTER TABLE events ADD CONSTRAINT events_kind_check
+            CHECK (kind IN ('ipn', 'lcn', 'ins', 'api'));
+    END IF;
+END $$;
+
+-- Who started a sweep: the command, the clock's daily sweep, or the watchdog's lookups (which
+-- cover a few subscriptions, so they never open the next sweep's window).
+ALTER TABLE reconcile_runs ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT 'command';
+ALTER TABLE reconcile_runs ADD COLUMN IF NOT EXISTS events_stored integer NOT NULL DEFAULT 0;
+
+-- What each sweep found, and the reconciliation event that applies it (none for a dry run).
+CREATE TABLE IF NOT EXISTS reconcile_differences (
+    id          bigserial PRIMARY KEY,
+    run_id      bigint NOT NULL REFERENCES reconcile_runs (id) ON DELETE CASCADE,
+    subject     text NOT NULL,          -- "subscription LICENSE" or "order REFNO"
+    what        text NOT NULL,
+    rinnovo     text NOT NULL,
+    provider    text NOT NULL,
+    event_id    bigint REFERENCES events (id) ON DELETE SET NULL
+);
+CREATE INDEX IF NOT EXISTS reconcile_differences_run_idx ON reconcile_differences (run_id, id);

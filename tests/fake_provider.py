@@ -305,10 +305,12 @@ def order(
     currency: str = "EUR",
     gross: str = "300.00",
     product_code: str = "AWDOC-TEAM-Y",
+    email: str = "customer@example.com",
 ) -> dict[str, Any]:
     """An order object in the shape the API documents."""
     return {
         "RefNo": refno,
+        "BillingDetails": {"Email": email, "FirstName": "Mario", "LastName": "Rossi"},
         "Status": status,
         "Currency": currency,
         "GrossPrice": gross,

@@ -395,6 +395,8 @@ def event_detail(event_id: str) -> Any:
 
 def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
     """The fields in the order the provider sent them (the stored JSON does not keep it)."""
+    if detail["kind"] == "api":
+        return dict(detail["fields"])  # the provider's JSON object: no form to read
     try:
         return form.group(form.parse_form(detail["raw_body"].encode("utf-8")))
     except MalformedNotification:
@@ -478,3 +480,31 @@ def subscription(license_code: str) -> Any:
         shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
         return _message("No such subscription", f"No subscription has license {shown}.", 404)
     return _page("subscription.html", sub=found)
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+@bp.get("/reconcile")
+def reconcile_runs() -> Any:
+    """The latest sweeps of the provider's API: window, counts, outcome."""
+    from workers import reconcile
+
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        runs = reconcile.recent_runs(conn, PAGE_SIZE)
+    return _page("reconcile.html", runs=runs)
+
+
+@bp.get("/reconcile/<run_id>")
+def reconcile_run(run_id: str) -> Any:
+    """One sweep: each difference, the event that applied it, and what that changed."""
+    from workers import reconcile
+
+    number = _event_id(run_id)
+    detail = None
+    if number is not None:
+        with db.connection(_settings().database_url) as conn, conn.transaction():
+            detail = reconcile.run_detail(conn, number)
+    if detail is None:
+        return _message("No such sweep", f"There is no reconciliation sweep {run_id}.", 404)
+    return _page("reconcile_run.html", **detail)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 
 import redis
 from flask import Blueprint, Response, current_app
@@ -37,7 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from workers import db, events
+from workers import db, events, reconcile
 from workers.broker import broker
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
@@ -192,8 +193,9 @@ def delivered(kind: str, outcome: str, seconds: float | None = None) -> None:
     counters.record(kind, outcome, seconds)
 
 
-def database_families(conn: db.Conn) -> Iterator[Metric]:
-    """The figures the database knows, the same whichever process is asked."""
+def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> Iterator[Metric]:
+    """The figures the database knows, the same whichever process is asked (`grace`: the
+    EXPECTED_NOTIFICATION_GRACE of the watchdog's count)."""
     by_status = GaugeMetricFamily("rinnovo_events", "Stored events, by status.", labels=["status"])
     for status, count in events.counts_by_status(conn).items():
         by_status.add_metric([status], count)
@@ -264,6 +266,28 @@ def database_families(conn: db.Conn) -> Iterator[Metric]:
         "Subscriptions whose provider expiry differs from the policy's by more than a day.",
         value=sum(r["mismatched"] for r in rows),
     )
+    yield from _reconcile_families(conn, grace)
+
+
+def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
+    figures = reconcile.figures(conn, grace)
+    yield GaugeMetricFamily(
+        "rinnovo_reconcile_last_success_timestamp",
+        "Unix time the last sweep of the provider's API over every subscription succeeded "
+        "(0: never).",
+        value=figures["last_success"],
+    )
+    yield CounterMetricFamily(
+        "rinnovo_reconcile_differences",
+        "Records found differing from the provider's by sweeps that applied them.",
+        value=figures["differences"],
+    )
+    yield GaugeMetricFamily(
+        "rinnovo_expected_notifications_missing",
+        "Auto-renewing subscriptions past their expiry by more than EXPECTED_NOTIFICATION_GRACE "
+        "with no notification since.",
+        value=figures["missing"],
+    )
 
 
 class _Collector:
@@ -290,7 +314,8 @@ class _Collector:
         try:
             with db.connection(self.settings.database_url) as conn, conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
-                gathered = list(database_families(conn))
+                grace = self.settings.expected_notification_grace
+                gathered = list(database_families(conn, grace))
         except DatabaseUnavailable as exc:
             log.warning("metrics: %s", exc)
             up.add_metric(["database"], 0)

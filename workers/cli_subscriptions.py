@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from workers import db, lifecycle, policies
+from workers import db, lifecycle, policies, reconcile
 from workers import subscriptions as subs
 from workers.config import Settings
 from workers.terminal import visible
@@ -153,6 +153,30 @@ def show(license_code: str, as_json: bool) -> None:
         click.echo(visible(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}"))
         if entry["note"]:
             click.echo(f"  {'':20}  {visible(entry['note'])}")
+
+
+@subscriptions_group.command("list")
+@click.option(
+    "--overdue",
+    is_flag=True,
+    required=True,
+    help="Auto-renewing subscriptions whose renewal, LCN or failure never came after their "
+    "expiry (EXPECTED_NOTIFICATION_GRACE).",
+)
+def list_subscriptions(overdue: bool) -> None:
+    """List subscriptions whose expected notification is missing, most recently due first."""
+    settings = Settings.from_env()
+    with db.connection(settings.database_url) as conn:
+        rows = reconcile.overdue(conn, settings.expected_notification_grace)
+    for row in rows:
+        click.echo(
+            reconcile.visible(
+                f"{row['license_code']}  {row['status']:<8} {row['product_code']}  "
+                f"expired {subs.iso(row['expires_at'])}, auto-renew on, no notification since"
+            )
+        )
+    hours = settings.expected_notification_grace.total_seconds() / 3600
+    click.echo(f"{len(rows)} subscription(s) overdue by more than {hours:g} hour(s)")
 
 
 COMMANDS = [quote, subscriptions_group]

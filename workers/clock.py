@@ -1,4 +1,5 @@
-"""The clock: periodic jobs (relay of unenqueued events, reminder scan) in one small process."""
+"""The clock: periodic jobs (relay of unenqueued events, reminder scan, reconciliation with the
+provider's API) in one small process."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from workers import dispatch, outbox, reminders
+from workers import dispatch, outbox, reconcile, reminders
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, ConfigError, DatabaseUnavailable
+from workers.provider_api import ProviderApiError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,8 @@ EMAIL_RELAY_EVERY_SECONDS = 10
 # Hourly for "today" (UTC): a run finds what earlier runs wrote and writes nothing twice, and a
 # subscription skipped because a worker held it is caught an hour later.
 REMINDERS_MINUTE = 7
+# Hourly, away from the reminder scan: subscriptions whose expected notification never came.
+WATCHDOG_MINUTE = 37
 
 
 def _relay(name: str, relay: Callable[[str], int], settings: Settings) -> None:
@@ -46,6 +50,58 @@ def reminder_job(settings: Settings) -> None:
         reminders.run(settings, today)  # logs what it wrote
     except (DatabaseUnavailable, ConfigError) as exc:
         log.warning("reminder scan for %s stopped: %s", today.isoformat(), exc)
+
+
+def _sweep(
+    name: str, sweep: Callable[[Settings], reconcile.Sweep | None], settings: Settings
+) -> None:
+    """Run a sweep of the provider's API (recorded in reconcile_runs, failed or not); a refusal or
+    an outage waits for the next run."""
+    try:
+        done = sweep(settings)
+    except (ProviderApiError, DatabaseUnavailable, ConfigError) as exc:
+        log.warning("%s stopped: %s", name, exc)
+    else:
+        if done is not None:
+            log.info("%s %s: %s", name, done.run_id, done.summary())
+
+
+def reconcile_job(settings: Settings) -> None:
+    """The daily sweep of every subscription the provider changed since the last one."""
+    _sweep("reconcile sweep", reconcile.daily, settings)
+
+
+def watchdog_job(settings: Settings) -> None:
+    """Look up at the provider the subscriptions whose expected notification never came."""
+    _sweep("expected-notification watchdog", reconcile.watchdog, settings)
+
+
+def _reconcile_jobs(scheduler: BlockingScheduler, settings: Settings) -> None:
+    """The sweep at RECONCILE_AT and the hourly watchdog; both off without the merchant code."""
+    if not settings.merchant_code:
+        return
+    if settings.reconcile_at is not None:
+        scheduler.add_job(
+            reconcile_job,
+            "cron",
+            hour=settings.reconcile_at.hour,
+            minute=settings.reconcile_at.minute,
+            args=[settings],
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=60 * 60,
+        )
+    scheduler.add_job(
+        watchdog_job,
+        "cron",
+        minute=WATCHDOG_MINUTE,
+        args=[settings],
+        id="watchdog",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=30 * 60,
+    )
 
 
 def build_scheduler(settings: Settings) -> BlockingScheduler:
@@ -79,6 +135,7 @@ def build_scheduler(settings: Settings) -> BlockingScheduler:
         coalesce=True,
         misfire_grace_time=30 * 60,
     )
+    _reconcile_jobs(scheduler, settings)
     return scheduler
 
 

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time, timedelta
 from pathlib import Path
 
 from emails.links import check_http_url
@@ -49,17 +50,29 @@ def _days(value: str) -> tuple[int, ...]:
     return days
 
 
-def _whole(name: str, value: str | None, default: int) -> int:
-    """A whole number of days from the environment, `default` when unset."""
+def _whole(name: str, value: str | None, default: int, unit: str = "days") -> int:
+    """A whole number of days (or `unit`) from the environment, `default` when unset."""
     if value is None or not value.strip():
         return default
     try:
         number = int(value.strip())
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of days; got {value!r}") from None
+        raise ConfigError(f"{name} must be a whole number of {unit}; got {value!r}") from None
     if number < 0:
         raise ConfigError(f"{name} cannot be negative; got {value!r}")
     return number
+
+
+def _time_of_day(name: str, value: str | None, default: str) -> time | None:
+    """HH:MM (UTC) from the environment; None for `off`."""
+    text = (value or "").strip().lower() or default
+    if text == "off":
+        return None
+    try:
+        hours, minutes = text.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise ConfigError(f"{name} must be HH:MM (UTC) or off; got {value!r}") from None
 
 
 def _merchant_code(value: str | None) -> str | None:
@@ -156,6 +169,9 @@ class Settings:
     # Appended with defaults so positional construction elsewhere keeps working.
     auto_renewal_notice_days: int = 7  # notice this many days before an automatic renewal
     expiry_grace_days: int = 3  # auto-renewing subscriptions expire this long after expiry
+    reconcile_at: time | None = time(3, 30)  # the clock's daily sweep (UTC); None: off
+    reconcile_email_max_age: timedelta = timedelta(days=2)  # older facts found: no email
+    expected_notification_grace: timedelta = timedelta(hours=6)  # silence after an expiry
     mail_domain: str = ""  # Message-ID domain; empty: the domain of MAIL_FROM
     redis_namespace: str = "rinnovo"  # prefix of every queue key: several instances, one Redis
     merchant_code: str | None = None  # the provider's REST API is off without it
@@ -193,6 +209,18 @@ class Settings:
                 "AUTO_RENEWAL_NOTICE_DAYS", env.get("AUTO_RENEWAL_NOTICE_DAYS"), 7
             ),
             expiry_grace_days=_whole("EXPIRY_GRACE_DAYS", env.get("EXPIRY_GRACE_DAYS"), 3),
+            reconcile_at=_time_of_day("RECONCILE_AT", env.get("RECONCILE_AT"), "03:30"),
+            reconcile_email_max_age=timedelta(
+                days=_whole("RECONCILE_EMAIL_MAX_AGE", env.get("RECONCILE_EMAIL_MAX_AGE"), 2)
+            ),
+            expected_notification_grace=timedelta(
+                hours=_whole(
+                    "EXPECTED_NOTIFICATION_GRACE",
+                    env.get("EXPECTED_NOTIFICATION_GRACE"),
+                    6,
+                    unit="hours",
+                )
+            ),
             mail_domain=(env.get("MAIL_DOMAIN") or "").strip(),
             redis_namespace=(env.get("REDIS_NAMESPACE") or "rinnovo").strip(),
             merchant_code=_merchant_code(env.get("TWOCHECKOUT_MERCHANT_CODE")),

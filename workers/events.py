@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from workers.db import Conn
 
 STATUSES = ("received", "enqueued", "processed", "failed", "ignored")
-KINDS = ("ipn", "lcn", "ins")
+KINDS = ("ipn", "lcn", "ins", "api")  # api: reconciliation events
 
 # An event's job should start within this long of being due (a worker takes a message in
 # milliseconds); past it, the job is presumed lost (a killed worker, a web process that died

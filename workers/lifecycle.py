@@ -8,9 +8,10 @@ ordered by DATE_UPDATED; emails are outbox rows unique per (subscription, kind, 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from workers.catalog import Catalog, Product, default_path, load
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import PermanentEventError, RinnovoError
+from workers.provider_api import Client, MalformedAnswer, Order, Subscription, parse_record
 
 MISMATCH_TOLERANCE = timedelta(days=1)
 
@@ -134,6 +136,8 @@ class _Run:
         self.changes: list[dict[str, Any]] = []
         self.email_ids: list[int] = []
         self.notes: list[str] = []
+        # When the fact being applied happened, for a reconciliation that finds it late.
+        self.fact_at: datetime | None = None
 
     def product(self, *codes: str) -> Product:
         """The catalog product for the first code that names one, or a clear permanent error."""
@@ -211,7 +215,7 @@ class _Run:
         self, sub: dict[str, Any], kind: str, fact: str, extra: dict[str, Any] | None = None
     ) -> None:
         """Ask for an email about this fact (once ever per subscription, kind and fact)."""
-        if not self.emails:
+        if not self.emails or self.too_old_to_tell(sub, kind):
             return
         from workers import outbox
 
@@ -226,6 +230,35 @@ class _Run:
         )
         if email_id is not None:
             self.email_ids.append(email_id)
+
+    def too_old_to_tell(self, sub: dict[str, Any], kind: str) -> bool:
+        """Whether a fact a reconciliation found is too old for an email; if so, history says why.
+
+        A customer is not told today about a renewal of three weeks ago: the outbox gets no row.
+        """
+        limit = self.settings.reconcile_email_max_age
+        if self.fact_at is None or datetime.now(UTC) - self.fact_at <= limit:
+            return False
+        note = (
+            f"{kind} not sent: found by reconciliation, the fact of "
+            f"{self.fact_at.astimezone(UTC):%Y-%m-%d} is older than RECONCILE_EMAIL_MAX_AGE "
+            f"({limit.days} day(s))"
+        )
+        self.note(sub, "email_skipped", note)
+        return True
+
+    def note(self, sub: dict[str, Any], change: str, note: str) -> None:
+        """Record in the subscription's history something that happened without changing it."""
+        subs.add_history(
+            self.conn,
+            subscription_id=sub["id"],
+            event_id=self.event_id,
+            change=change,
+            before={},
+            after={},
+            note=note,
+        )
+        self.notes.append(note)
 
     def terms(self, sub: dict[str, Any]) -> policies.Terms:
         """The policy's view of a subscription as it stands."""
@@ -289,9 +322,12 @@ class _Run:
 def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool = True) -> Applied:
     """Apply one locked event row; raises PermanentEventError when it can never apply."""
     run = _Run(conn, event, settings, emails)
+    kind = event["kind"]
+    if kind == "api":
+        outcome = _apply_api(run, bytes(event["raw_body"]))
+        return _applied(run, outcome)
     # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
     fields = form.group(form.parse_form(bytes(event["raw_body"])))
-    kind = event["kind"]
     try:
         if kind == "ipn":
             outcome = _apply_ipn(run, fields)
@@ -302,6 +338,10 @@ def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool
     except ValueError as exc:
         # A field the receiver does not check could not be read: retrying will not change it.
         raise PermanentEventError(f"unreadable notification: {exc}") from exc
+    return _applied(run, outcome)
+
+
+def _applied(run: _Run, outcome: str) -> Applied:
     ignored = outcome.startswith("ignored") and not (run.changes or run.email_ids)
     status = "ignored" if ignored else "processed"
     return Applied(status=status, outcome=outcome, changes=run.changes, email_ids=run.email_ids)
@@ -699,15 +739,7 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
             f"LCN of {subs.iso(updated)} is older than the last change applied "
             f"({subs.iso(sub['last_change_at'])}): recorded, not applied"
         )
-        subs.add_history(
-            run.conn,
-            subscription_id=sub["id"],
-            event_id=run.event_id,
-            change="stale",
-            before={},
-            after={},
-            note=note,
-        )
+        run.note(sub, "stale", note)
         return f"ignored: {note}"
     raw_status = form.first(fields, "STATUS").upper()
     status = LCN_STATUSES.get(raw_status)
@@ -767,6 +799,7 @@ def _apply_ins(run: _Run, fields: dict[str, list[str]]) -> str:
         return f"ignored: {message} names no billed item"
     if message in ("SHIP_STATUS_CHANGED",):
         return f"ignored: {message} does not concern subscriptions"
+    _confirm_ins(run.settings, fields, message, items)
     results = []
     for item in sorted(items, key=lambda item: item["item_id"]):
         code = ins.license_code(sale_id, item["item_id"])
@@ -880,3 +913,258 @@ def _apply_ins_item(
             run.email(sub, "refund_notice", f"refunded/{invoice}", charged(amount, None, currency))
         return f"{code}: {sub['status']}"
     return f"{code}: ignored: INS {message}"
+
+
+# INS hashes cover sale, vendor and invoice ids, not what the message says happened: with the API
+# configured, a refund, a cancellation or a new expiry is checked with the provider first.
+CONFIRM_SECONDS = 20.0  # a worker waits this long for the provider, then the event is retried
+REFUNDED_ORDER_STATUSES = frozenset({"REFUND", "REVERSED"})
+ENDED_ORDER_STATUSES = frozenset({"CANCELED", "REFUND", "REVERSED"})
+
+
+def _confirm_ins(
+    settings: Settings, fields: dict[str, list[str]], message: str, items: list[dict[str, str]]
+) -> None:
+    """Check an INS refund, cancellation or renewal against the provider's order (and its
+    subscriptions); a PermanentEventError naming the provider's state when it contradicts it.
+
+    The provider's API unreachable raises a ProviderApiError: transient, the event is retried.
+    """
+    refund = message == "REFUND_ISSUED"
+    cancel = (
+        message == "FRAUD_STATUS_CHANGED" and form.first(fields, "fraud_status").lower() == "fail"
+    )
+    renewal = message == "RECURRING_INSTALLMENT_SUCCESS"
+    if not settings.merchant_code or not (refund or cancel or renewal):
+        return
+    sale_id = form.first(fields, "sale_id")
+    with Client.from_settings(settings, max_total=CONFIRM_SECONDS) as client:
+        order = client.order(sale_id)
+        if order is None:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider has no order {sale_id}"
+            )
+        if refund and order.status.upper() not in REFUNDED_ORDER_STATUSES:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider's order {sale_id} is {order.status}, "
+                "not refunded"
+            )
+        if cancel and order.status.upper() not in ENDED_ORDER_STATUSES:
+            raise PermanentEventError(
+                f"INS {message} not confirmed: the provider's order {sale_id} is {order.status}, "
+                "not canceled"
+            )
+        if renewal:
+            _confirm_expiry(client, message, sale_id, order, items)
+
+
+def _confirm_expiry(
+    client: Client, message: str, sale_id: str, order: Order, items: list[dict[str, str]]
+) -> None:
+    """The provider's subscriptions of the order must expire no earlier than the INS says."""
+    stated = [_time(item["item_rec_date_next"]) for item in items]
+    wanted = max((_day(when) for when in stated if when is not None), default=None)
+    if wanted is None:
+        return  # no new expiry stated: nothing moves
+    found = [client.subscription(ref) for ref in order.subscription_references]
+    expiries = sorted(_day(sub.expires_at) for sub in found if sub and sub.expires_at)
+    if not any(day >= wanted for day in expiries):
+        shown = ", ".join(str(day) for day in expiries) or "no subscription"
+        raise PermanentEventError(
+            f"INS {message} not confirmed: the provider's order {sale_id} has {shown} as expiry, "
+            f"not {wanted}"
+        )
+
+
+# --- API (reconciliation) -------------------------------------------------------------------
+
+API_NOTE = "reconciliation: as the provider's record states"
+ENDED = ("canceled", "refunded")
+PAID_ORDER_STATUSES = frozenset({"COMPLETE", "AUTHRECEIVED"})
+LIFETIME_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def _apply_api(run: _Run, body: bytes) -> str:
+    """Apply a subscription or order the provider's API holds and Rinnovo did not."""
+    try:
+        record = parse_record(json.loads(body))
+    except (ValueError, MalformedAnswer) as exc:
+        raise PermanentEventError(f"unreadable reconciliation record: {exc}") from exc
+    if isinstance(record, Order):
+        return _apply_api_order(run, record)
+    return _apply_api_subscription(run, record)
+
+
+def _day(value: datetime | None) -> Any:
+    return None if value is None else value.astimezone(UTC).date()
+
+
+def _apply_api_subscription(run: _Run, remote: Subscription) -> str:
+    """The provider's record of a subscription, applied like the notifications it stands for.
+
+    A later expiry while enabled is a renewal (the one renewal rule); a disabled subscription is
+    canceled; automatic renewal, an earlier expiry, the product and the quantity are set as an
+    LCN sets them.
+    """
+    sub = subs.lock(run.conn, remote.reference)
+    if sub is None:
+        sub, new = _api_created(run, remote)
+        if new:
+            return f"{remote.reference}: created {sub['status']}"
+    expiry = LIFETIME_EXPIRY if remote.lifetime else remote.expires_at
+    done: list[str] = []
+    if not remote.enabled:
+        if sub["status"] not in ENDED:
+            sub = run.change(sub, "canceled", {"status": "canceled"}, note=f"{API_NOTE}: disabled")
+            _status_email(run, sub, "canceled", f"api/{_day(expiry)}")
+            done.append("canceled")
+    elif sub["status"] in ENDED:
+        sub = run.change(sub, "license", {"status": "active"}, note=f"{API_NOTE}: enabled")
+        done.append("enabled again")
+    previous = sub["expires_at"]
+    if remote.enabled and previous and expiry and _day(expiry) > _day(previous):
+        # An automatic renewal is charged at the expiry; one found later happened then.
+        run.fact_at = min(previous, datetime.now(UTC))
+        new_expiry = run.renew(
+            sub,
+            at=run.fact_at,
+            order_ref=sub["last_order_ref"],
+            provider_expiry=expiry,
+            price_paid=None,
+            paid={},  # the record carries no amount: the email states none rather than guess
+        )
+        sub = subs.lock(run.conn, remote.reference) or sub
+        done.append(f"renewed until {subs.iso(new_expiry)}")
+    elif expiry and _day(expiry) != _day(previous):
+        moved: dict[str, Any] = {"expires_at": expiry, "expected_expires_at": expiry}
+        sub = run.change(sub, "license", moved, note=f"{API_NOTE}: expiry")
+        done.append(f"expires {subs.iso(expiry)}")
+    if sub["auto_renew"] != remote.recurring:
+        sub = run.change(sub, "auto_renew", {"auto_renew": remote.recurring}, note=API_NOTE)
+        done.append(f"auto-renew {'on' if remote.recurring else 'off'}")
+    if (sub["product_code"], sub["quantity"]) != (remote.product_code, remote.quantity):
+        product = run.product(remote.product_code)
+        updates = {
+            "product_code": product.code,
+            "product": product.product,
+            "edition": product.edition,
+            "cycle": product.cycle,
+            "quantity": remote.quantity,
+        }
+        sub = run.change(sub, "license", updates, note=f"{API_NOTE}: product")
+        done.append(f"{product.code} x {remote.quantity}")
+    if not done:
+        return f"ignored: {remote.reference} already matches the provider"
+    return f"{remote.reference}: " + ", ".join(done)
+
+
+def _api_customer(run: _Run, remote: Subscription | Order) -> int:
+    """The customer a provider's record names (by email, as an IPN without a reference does)."""
+    return subs.upsert_customer(
+        run.conn,
+        customer_key=remote.email.lower(),
+        email=remote.email,
+        first_name=remote.first_name,
+        last_name=remote.last_name,
+        company=remote.company if isinstance(remote, Order) else "",
+        locale=remote.language if isinstance(remote, Order) else "",
+        event_id=run.event_id,
+    )
+
+
+def _api_created(run: _Run, remote: Subscription) -> tuple[dict[str, Any], bool]:
+    """A subscription Rinnovo never heard of, created as its order would have created it (False:
+    its order's event, applied at the same time, created it first)."""
+    if not remote.email:
+        raise PermanentEventError(f"subscription {remote.reference} has no customer email")
+    product = run.product(remote.product_code)
+    order = _Order(
+        run=run,
+        refno="",
+        status="API",
+        at=datetime.now(UTC),
+        currency="",
+        test=False,
+        customer_id=_api_customer(run, remote),
+    )
+    line = _Item(
+        code=product.code,
+        pid=product.pid,
+        name="",
+        license_ref=remote.reference,
+        license_type="REGULAR",
+        quantity=remote.quantity,
+        price=None,
+        start=remote.starts_at,
+        expires=LIFETIME_EXPIRY if remote.lifetime else remote.expires_at,
+    )
+    status = "active" if remote.enabled else "canceled"
+    sub, new = order.lock_or_create(line, product, status, f"{API_NOTE}: never received")
+    if new:
+        sub = run.change(sub, "auto_renew", {"auto_renew": remote.recurring}, note=API_NOTE)
+    return sub, new
+
+
+def _apply_api_order(run: _Run, remote: Order) -> str:
+    """An order Rinnovo never received: a purchase creates its subscriptions as an IPN would; a
+    refund or cancellation ends them; one for a subscription already bought is recorded only
+    (its subscription's own record carries the renewal)."""
+    run.fact_at = remote.ordered_at
+    status = remote.status.upper()
+    customer_id = _api_customer(run, remote) if remote.email else 0
+    order = _Order(
+        run=run,
+        refno=remote.refno,
+        status=status,
+        at=remote.ordered_at or datetime.now(UTC),
+        currency=remote.currency,
+        test=False,
+        customer_id=customer_id,
+        order_total=remote.gross_price if len(remote.items) == 1 else None,
+    )
+    results = []
+    for line in remote.items:
+        quantity = line.quantity or 1
+        net = remote.net_price if len(remote.items) == 1 else None
+        for reference in sorted(line.subscription_references):
+            item = _Item(
+                code=line.product_code,
+                pid="",
+                name="",
+                license_ref=reference,
+                license_type="REGULAR",
+                quantity=quantity,
+                price=None if net is None else net / quantity,
+                start=None,
+                expires=None,
+            )
+            results.append(_api_order_item(order, item, bool(customer_id)))
+    return "; ".join(results) or f"ignored: order {remote.refno} names no subscription"
+
+
+def _api_order_item(order: _Order, item: _Item, customer: bool) -> str:
+    if order.status in ("REFUND", "REVERSED"):
+        return order.end(item, "refunded", "refund_notice")
+    if order.status == "CANCELED":
+        return order.end(item, "canceled", "cancellation_notice")
+    if order.status not in PAID_ORDER_STATUSES:
+        return f"{item.license_ref}: ignored: order {order.refno} is {order.status} at the provider"
+    sub = subs.lock(order.run.conn, item.license_ref)
+    bought = (
+        sub is not None
+        and order.run.conn.execute(
+            "SELECT 1 FROM orders WHERE subscription_id = %s LIMIT 1", (sub["id"],)
+        ).fetchone()
+    )
+    if not bought:
+        if sub is None and not customer:
+            raise SubscriptionNotYetKnown(
+                f"order {order.refno} names no customer and {item.license_ref} is not known yet"
+            )
+        return order.purchase(item)
+    assert sub is not None
+    product = order.run.product(item.code, sub["product_code"])
+    kind = "renewal" if product.code == sub["product_code"] else "upgrade"
+    if not order.record(sub, kind, order.paid(item, product)):
+        return f"{item.license_ref}: order {order.refno} already applied"
+    return f"{item.license_ref}: {kind} order {order.refno} recorded (its record carries the state)"

@@ -12,7 +12,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -61,6 +61,10 @@ class Subscription:
     name: str
     lifetime: bool
     status: str | None = None  # read when the provider sends one; not documented for REST
+    starts_at: datetime | None = None
+    first_name: str = ""
+    last_name: str = ""
+    raw: Any = field(default=None, compare=False, repr=False)  # the provider's JSON object
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,12 @@ class Order:
     net_price: Decimal | None
     items: tuple[OrderItem, ...]
     ordered_at: datetime | None  # read as UTC
+    email: str = ""  # the billing details' customer, when the answer has them
+    first_name: str = ""
+    last_name: str = ""
+    company: str = ""
+    language: str = ""
+    raw: Any = field(default=None, compare=False, repr=False)  # the provider's JSON object
 
     @property
     def subscription_references(self) -> tuple[str, ...]:
@@ -177,6 +187,8 @@ def parse_subscription(raw: Any) -> Subscription:
     if expires_at is None and not lifetime:
         raise MalformedAnswer(f"{where}: no ExpirationDate")
     status = sub.get("Status")
+    first = _optional_text(user, "FirstName", f"{where}: EndUser")
+    last = _optional_text(user, "LastName", f"{where}: EndUser")
     return Subscription(
         reference=reference,
         product_code=_text(product, "ProductCode", f"{where}: Product"),
@@ -185,16 +197,13 @@ def parse_subscription(raw: Any) -> Subscription:
         recurring=_field(sub, "RecurringEnabled", bool, where),
         enabled=_field(sub, "SubscriptionEnabled", bool, where),
         email=_optional_text(user, "Email", f"{where}: EndUser"),
-        name=" ".join(
-            part
-            for part in (
-                _optional_text(user, "FirstName", f"{where}: EndUser"),
-                _optional_text(user, "LastName", f"{where}: EndUser"),
-            )
-            if part
-        ),
+        name=" ".join(part for part in (first, last) if part),
         lifetime=lifetime,
         status=None if status is None else _text(sub, "Status", where),
+        starts_at=_time(sub.get("StartDate"), "StartDate", where),
+        first_name=first,
+        last_name=last,
+        raw=sub,
     )
 
 
@@ -224,6 +233,11 @@ def parse_order(raw: Any) -> Order:
     items = order.get("Items") or []
     if not isinstance(items, list):
         raise MalformedAnswer(f"{where}: Items is not a list")
+    billing = _object(order.get("BillingDetails") or {}, f"{where}: BillingDetails")
+
+    def billed(name: str) -> str:
+        return _optional_text(billing, name, f"{where}: BillingDetails")
+
     return Order(
         refno=refno,
         status=_text(order, "Status", where),
@@ -232,7 +246,20 @@ def parse_order(raw: Any) -> Order:
         net_price=_money(order, "NetPrice", where),
         items=tuple(_item(item, where) for item in items),
         ordered_at=_time(order.get("OrderDate"), "OrderDate", where),
+        email=billed("Email"),
+        first_name=billed("FirstName"),
+        last_name=billed("LastName"),
+        company=billed("Company"),
+        language=_optional_text(order, "Language", where).lower(),
+        raw=order,
     )
+
+
+def parse_record(raw: Any) -> Subscription | Order:
+    """A subscription or an order object, told apart by its reference field (a stored body)."""
+    if isinstance(raw, dict) and "SubscriptionReference" in raw:
+        return parse_subscription(raw)
+    return parse_order(raw)
 
 
 # --- the client ---------------------------------------------------------------------------------

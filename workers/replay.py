@@ -229,6 +229,8 @@ def refresh(settings: Settings, event_ids: Sequence[int]) -> tuple[int, list[dic
                 ).fetchall()
                 readings: dict[int, Parsed] = {}
                 for row in rows:
+                    if row["kind"] not in PROTOCOLS:
+                        continue  # api: the provider's JSON, which lifecycle reads itself
                     try:
                         readings[row["id"]] = reparse(row["kind"], row["raw_body"])
                     except MalformedNotification as exc:
@@ -379,8 +381,11 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
             stored = events.lock(conn, event_id)
             if stored is None:
                 raise EventNotFound(f"no event with id {event_id}")
-            reading = reparse(stored["kind"], stored["raw_body"])
-            _store_readings(conn, {event_id: reading})
+            refreshed: list[str] = []
+            if stored["kind"] in PROTOCOLS:  # not api: the provider's JSON has no reading
+                reading = reparse(stored["kind"], stored["raw_body"])
+                _store_readings(conn, {event_id: reading})
+                refreshed = reading.differs(stored)
             event = events.get(conn, event_id)
             assert event is not None  # locked above
             applied = lifecycle.apply(conn, event, settings, emails=emails)
@@ -397,7 +402,7 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
                 "outcome": applied.outcome,
                 "changes": jsonable(list(applied.changes)),
                 "emails": outbox,
-                "refreshed": reading.differs(stored),
+                "refreshed": refreshed,
             }
             raise psycopg.Rollback()
     except (EventNotFound, DatabaseUnavailable, psycopg.OperationalError):

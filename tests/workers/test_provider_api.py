@@ -8,6 +8,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 from decimal import Decimal
 
 import pytest
@@ -276,6 +277,9 @@ def test_a_subscription_becomes_a_typed_record(fake):
         name="Mario Rossi",
         lifetime=False,
         status=None,
+        starts_at=datetime(2026, 1, 10, tzinfo=UTC),
+        first_name="Mario",
+        last_name="Rossi",
     )
 
 
@@ -288,6 +292,14 @@ def test_an_order_becomes_a_typed_record_with_its_subscriptions(fake):
     assert found.subscription_references == ("A1", "B2")
     assert found.ordered_at == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert found.items[0].product_code == "AWDOC-TEAM-Y"
+    assert (found.email, found.first_name) == ("customer@example.com", "Mario")
+
+
+def test_a_stored_record_is_told_apart_by_its_reference_field():
+    sub = provider_api.parse_record(subscription("AAAA000001"))
+    placed = provider_api.parse_record(order("123456789", ordered="2026-03-02 10:00:00"))
+    assert isinstance(sub, provider_api.Subscription) and sub.raw["SubscriptionReference"]
+    assert isinstance(placed, provider_api.Order) and placed.refno == "123456789"
 
 
 def test_an_expiry_with_an_offset_is_taken_to_utc():
@@ -357,8 +369,24 @@ def test_the_first_secret_key_signs_with_the_configured_algorithm():
         ("TWOCHECKOUT_MERCHANT_CODE", 'CODE" algo="md5'),
         ("TWOCHECKOUT_MERCHANT_CODE", "CODE\r\nX-Other: 1"),
         ("TWOCHECKOUT_API_URL", "ftp://api.example.test"),
+        ("RECONCILE_AT", "25:00"),
+        ("RECONCILE_AT", "3h30"),
+        ("RECONCILE_EMAIL_MAX_AGE", "two"),
+        ("EXPECTED_NOTIFICATION_GRACE", "-1"),
     ],
 )
 def test_settings_the_api_cannot_use_stop_with_a_clear_error(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_the_reconciliation_settings_have_their_defaults_and_can_be_turned_off():
+    defaults = Settings.from_env({})
+    assert (defaults.reconcile_at, defaults.reconcile_email_max_age) == (clock(3, 30), timedelta(2))
+    assert defaults.expected_notification_grace == timedelta(hours=6)
+    chosen = Settings.from_env(
+        {"RECONCILE_AT": "off", "RECONCILE_EMAIL_MAX_AGE": "7", "EXPECTED_NOTIFICATION_GRACE": "12"}
+    )
+    assert chosen.reconcile_at is None and chosen.reconcile_email_max_age == timedelta(days=7)
+    assert chosen.expected_notification_grace == timedelta(hours=12)
+    assert Settings.from_env({"RECONCILE_AT": "04:05"}).reconcile_at == clock(4, 5)

@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from emails import unsubscribe
 from emails.message import build_message, parse_mailbox
 from emails.render import TemplateError, render
 from emails.transport import (
@@ -38,7 +39,7 @@ from emails.transport import (
     Transport,
     transport_from_url,
 )
-from workers import db
+from workers import db, dunning
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import ConfigError, DatabaseUnavailable
@@ -59,7 +60,8 @@ INTERRUPTED = (
 
 _LOCK_ROW = """
     SELECT e.*, s.status AS subscription_status, s.expires_at AS subscription_expires_at,
-           s.auto_renew AS subscription_auto_renew
+           s.auto_renew AS subscription_auto_renew, s.customer_id AS subscription_customer_id,
+           s.past_due_since AS subscription_past_due_since
     FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
     WHERE e.id = %s
     FOR UPDATE OF e
@@ -79,6 +81,12 @@ _FAILED_UNTRIED = """
     UPDATE emails SET status = 'failed', last_error = %s, attempts = attempts + 1
     WHERE id = %s AND status <> 'sent'
 """
+_WITHHELD = "UPDATE emails SET status = %s, last_error = %s WHERE id = %s AND status <> 'sent'"
+_SUPPRESSION = """
+    SELECT family, how, created_at FROM email_suppressions WHERE address = lower(%s) AND family = %s
+"""
+# What an attempt finds already settled: nothing to do.
+DONE = ("sent", "failed", "suppressed", "off")
 _CONFIG_RETRY = """
     UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now()
     WHERE id = %s AND status = 'pending'
@@ -128,7 +136,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> N
         if row is None:
             log.warning("email %s does not exist; nothing to send", email_id)
             return
-        if row["status"] in ("sent", "failed"):
+        if row["status"] in DONE:
             return  # a duplicate job: the outcome is already recorded
         try:
             transport = _transport(settings)
@@ -138,6 +146,11 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool) -> N
             if reason is not None:
                 conn.execute(_FAILED, (reason, email_id))
                 log.info("email %s not sent: %s", email_id, reason)
+                return
+            held = withheld(conn, settings, row)
+            if held is not None:
+                conn.execute(_WITHHELD, (*held, email_id))
+                log.info("email %s not sent: %s", email_id, held[1])
                 return
             message = _message(settings, row)
         except ConfigError as exc:
@@ -210,9 +223,27 @@ def _interrupted(conn: Conn, row: dict[str, Any], transport: Transport) -> bool:
     return False
 
 
+def withheld(conn: Conn, settings: Settings, row: dict[str, Any]) -> tuple[str, str] | None:
+    """(`off` or `suppressed`, why) when the row must not be sent though still true; else None."""
+    if row["kind"] in settings.emails_off:
+        return "off", f"not sent: {row['kind']} is in EMAILS_OFF"
+    family = unsubscribe.family(row["kind"])
+    if family is None:
+        return None
+    found = conn.execute(_SUPPRESSION, (row["to_address"], family)).fetchone()
+    if found is None:
+        return None
+    return "suppressed", (
+        f"not sent: the customer unsubscribed from {family} on {iso(found['created_at'])} "
+        f"({found['how']})"
+    )
+
+
 def superseded(row: dict[str, Any]) -> str | None:
     """Why a clock email no longer holds (the subscription changed since), or None."""
     kind, status = row["kind"], row["subscription_status"]
+    if kind == dunning.KIND:
+        return _dunning_superseded(row)
     if kind == "expiry_notice" and status in LIVE:
         return f"not sent: superseded, the subscription is {status} again"
     if kind not in ("renewal_reminder", "auto_renewal_notice"):
@@ -231,6 +262,27 @@ def superseded(row: dict[str, Any]) -> str | None:
     if moved:
         return f"not sent: superseded, the subscription now expires {iso(current)}"
     return None
+
+
+def _dunning_superseded(row: dict[str, Any]) -> str | None:
+    """Why a payment-failed email no longer holds: paid, ended, or from an earlier episode."""
+    status = row["subscription_status"]
+    if status != "past_due":
+        return f"not sent: superseded, the subscription is {status}"
+    stored = row["context"].get("past_due_since")
+    current = iso(row["subscription_past_due_since"])
+    if stored is not None and current is not None and stored != current:
+        return f"not sent: superseded, a new past-due episode began {current}"
+    return None
+
+
+def _headers(settings: Settings, row: dict[str, Any]) -> dict[str, str]:
+    """The one-click unsubscribe headers of a kind one may unsubscribe from (RFC 8058)."""
+    family = unsubscribe.family(row["kind"])
+    if family is None or not settings.public_url or not settings.secret_keys:
+        return {}
+    token = unsubscribe.make(settings.secret_keys, row["subscription_customer_id"], family)
+    return unsubscribe.headers(settings.public_url, settings.unsubscribe_mailto, token)
 
 
 def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
@@ -254,6 +306,7 @@ def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
             to_name=context.get("customer_name") or None,
             sender=settings.mail_from,
             message_id=row["message_id"],
+            extra_headers=_headers(settings, row),
         )
     except ValueError as exc:
         raise PermanentEmailError(f"cannot build the message: {exc}") from exc

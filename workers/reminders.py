@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from workers import db, outbox
+from workers import db, dunning, outbox
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
@@ -41,6 +41,31 @@ FACT_TIME = sql.SQL(
     "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
     "|| 'Z'"
 ).format(t=sql.SQL(_UTC_EXPIRY))
+
+# The start of a past-due episode as dunning facts spell it (workers.dunning.fact).
+SINCE_FACT = sql.SQL(
+    "'past_due/' || to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+    "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
+    "|| 'Z/'"
+).format(t=sql.SQL("(s.past_due_since AT TIME ZONE 'UTC')"))
+
+# Past-due subscriptions whose episode began on one day, through subscriptions_past_due_idx.
+_DUNNING = sql.SQL(
+    """
+    SELECT {columns}, s.past_due_since
+    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+    WHERE s.status = 'past_due'
+      AND s.past_due_since >= %(lo)s AND s.past_due_since < %(hi)s
+      AND (s.past_due_since, s.id) > (%(after_at)s, %(after_id)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM emails e
+          WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(day)s
+      )
+    ORDER BY s.past_due_since, s.id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+    """
+).format(columns=outbox.SOURCE_COLUMNS, fact=SINCE_FACT)
 
 # The predicate matches the partial index's, so the planner can use it.
 _DUE = sql.SQL(
@@ -172,6 +197,7 @@ def _scan(
         "expiry_notice": 0,
         "renewal_reminder": 0,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     cutoff = min(now, _next_day_start(as_of))
     begun_by = day_start(as_of)
@@ -202,6 +228,8 @@ def _scan(
             send=send,
             planned=planned,
         )
+        for day in settings.dunning_days:
+            counts["payment_failed"] += _dun(settings, as_of, day, send, planned)
     if planned is None:
         log.info("reminder scan for %s: %s", as_of.isoformat(), counts)
     return counts
@@ -276,6 +304,51 @@ def _remind(
         params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
 
 
+def _dun(
+    settings: Settings,
+    as_of: date,
+    day: int,
+    send: _Dispatcher,
+    planned: list[outbox.Draft] | None,
+) -> int:
+    """Write day `day` of the payment-failed sequence for episodes begun `day` days before `as_of`.
+
+    Returns how many were new (or would be, when only `planned`).
+    """
+    began = _later(as_of, -day)
+    if began is None:
+        return 0
+    lo = day_start(began)
+    params: dict[str, Any] = {
+        "lo": lo,
+        "hi": _next_day_start(began),
+        "after_at": lo,
+        "after_id": 0,
+        "kind": dunning.KIND,
+        "day": str(day),
+        "limit": BATCH,
+    }
+
+    def draft(row: dict[str, Any]) -> outbox.Draft:
+        since = row["past_due_since"]
+        return outbox.Draft(
+            source=row,
+            kind=dunning.KIND,
+            fact=dunning.fact(since, day),
+            extra=dunning.context(settings, row, since, day),
+        )
+
+    written = 0
+    while True:
+        rows, ids = _batch(settings, _DUNNING, params, draft, planned)
+        send(ids)
+        written += len(rows) if planned is not None else len(ids)
+        if len(rows) < BATCH:
+            return written
+        params["after_at"] = rows[-1]["past_due_since"]
+        params["after_id"] = rows[-1]["subscription_id"]
+
+
 def _expire(
     settings: Settings, cutoff: datetime, send: _Dispatcher, planned: list[outbox.Draft] | None
 ) -> tuple[int, int]:
@@ -307,7 +380,8 @@ def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:
     """Set the (locked) subscriptions `expired` and record the change in their history."""
     ids = [row["subscription_id"] for row in rows]
     conn.execute(
-        "UPDATE subscriptions SET status = 'expired', updated_at = now() WHERE id = ANY(%s)",
+        "UPDATE subscriptions SET status = 'expired', past_due_since = NULL, updated_at = now() "
+        "WHERE id = ANY(%s)",
         (ids,),
     )
     conn.execute(

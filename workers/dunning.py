@@ -1,0 +1,65 @@
+"""Dunning: the payment-failed sequence of one past-due episode, and where a subscription is in it.
+
+An episode begins when a subscription becomes `past_due` (`subscriptions.past_due_since`, set by
+the lifecycle, cleared when the subscription leaves `past_due`). The sequence sends
+`payment_failed` on each day of `DUNNING_DAYS` after that day (day 0 by the lifecycle at once,
+the others by the clock's reminder scan). Each email's fact names the episode and the day, so the
+outbox's uniqueness sends each of them once, whoever writes it and however often.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from workers.config import Settings
+from workers.subscriptions import iso
+
+KIND = "payment_failed"
+RECOVERED = "payment_recovered"
+
+
+def fact(since: datetime, day: int) -> str:
+    """The outbox fact of the sequence's email `day` days into the episode begun at `since`."""
+    return f"past_due/{iso(since)}/{day}"
+
+
+def recovered_fact(since: datetime) -> str:
+    """The outbox fact of the one recovery email of the episode begun at `since`."""
+    return f"recovered/{iso(since)}"
+
+
+def access_ends(settings: Settings, since: datetime, expires_at: datetime | None) -> datetime:
+    """When access ends if nothing happens, as far as Rinnovo knows.
+
+    The provider's expiry while it is still ahead of the episode's start (the provider's own
+    grace); otherwise `DUNNING_GRACE_DAYS` after the episode began.
+    """
+    if expires_at is not None and expires_at > since:
+        return expires_at
+    return since + timedelta(days=settings.dunning_grace_days)
+
+
+def context(settings: Settings, row: dict[str, Any], since: datetime, day: int) -> dict[str, Any]:
+    """What a sequence email adds to its context: the day, and when access ends."""
+    return {
+        "automatic": bool(row["auto_renew"]),
+        "dunning_day": day,
+        "access_ends_at": access_ends(settings, since, row["expires_at"]),
+        "past_due_since": since,
+    }
+
+
+def position(settings: Settings, since: datetime | None, today: date | None = None) -> str:
+    """Where a past-due subscription is in the sequence, e.g. "day 4: sent 0,3; next 7 on ..."."""
+    if since is None:
+        return ""
+    today = today or datetime.now(UTC).date()
+    elapsed = (today - since.astimezone(UTC).date()).days
+    sent = [day for day in settings.dunning_days if day <= elapsed]
+    ahead = [day for day in settings.dunning_days if day > elapsed]
+    text = f"day {elapsed}, sent {','.join(map(str, sent)) or 'none'}"
+    if ahead:
+        due = since.astimezone(UTC).date() + timedelta(days=ahead[0])
+        return f"{text}; next day {ahead[0]} on {due.isoformat()}"
+    return f"{text}; sequence done"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics
+from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics, unsubscribe
 from workers.config import Settings
 
 
@@ -27,6 +27,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(admin_page.bp)
+    app.register_blueprint(unsubscribe.bp)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge) -> Response:

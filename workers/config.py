@@ -164,9 +164,9 @@ class Settings:
     support_email: str = ""
     support_url: str = ""
     # Dunning: days after a subscription became past due that the payment-failed sequence goes
-    # out, and how long access lasts when the provider's expiry is already behind.
+    # out, and how long a past-due subscription keeps access (at least to the provider's expiry).
     dunning_days: tuple[int, ...] = (0, 3, 7)
-    dunning_grace_days: int = 7
+    dunning_grace_days: int = 10
     public_url: str = ""  # the receiver's HTTPS base, for unsubscribe links
     unsubscribe_mailto: str = ""  # a mailto: List-Unsubscribe address, optional
     emails_off: frozenset[str] = frozenset()  # kinds written `off`, never sent
@@ -203,7 +203,7 @@ class Settings:
             support_email=(env.get("SUPPORT_EMAIL") or "").strip(),
             support_url=(env.get("SUPPORT_URL") or "").strip(),
             dunning_days=_offsets("DUNNING_DAYS", env.get("DUNNING_DAYS") or "0,3,7"),
-            dunning_grace_days=_whole("DUNNING_GRACE_DAYS", env.get("DUNNING_GRACE_DAYS"), 7),
+            dunning_grace_days=_whole("DUNNING_GRACE_DAYS", env.get("DUNNING_GRACE_DAYS"), 10),
             public_url=_public_url(env.get("PUBLIC_URL")),
             unsubscribe_mailto=_mailto(env.get("UNSUBSCRIBE_MAILTO")),
             emails_off=_kinds(env.get("EMAILS_OFF")),

@@ -30,14 +30,13 @@ def recovered_fact(since: datetime) -> str:
 
 
 def access_ends(settings: Settings, since: datetime, expires_at: datetime | None) -> datetime:
-    """When access ends if nothing happens, as far as Rinnovo knows.
+    """When access ends if nothing happens: when the clock expires a past-due subscription.
 
-    The provider's expiry while it is still ahead of the episode's start (the provider's own
-    grace); otherwise `DUNNING_GRACE_DAYS` after the episode began.
+    The later of the provider's expiry and `DUNNING_GRACE_DAYS` after the episode began (the
+    reminder scan's expiry query says the same in SQL).
     """
-    if expires_at is not None and expires_at > since:
-        return expires_at
-    return since + timedelta(days=settings.dunning_grace_days)
+    grace_end = since + timedelta(days=settings.dunning_grace_days)
+    return grace_end if expires_at is None else max(expires_at, grace_end)
 
 
 def context(settings: Settings, row: dict[str, Any], since: datetime, day: int) -> dict[str, Any]:

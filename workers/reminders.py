@@ -96,7 +96,11 @@ _EXPIRED = sql.SQL(
     FROM subscriptions s JOIN customers c ON c.id = s.customer_id
     WHERE s.status IN ('active', 'past_due')
       AND s.expires_at < %(cutoff)s
-      AND (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s)
+      -- A past-due episode keeps access DUNNING_GRACE_DAYS (what its emails promise); else
+      -- automatic renewals get EXPIRY_GRACE_DAYS for a late renewal.
+      AND CASE WHEN s.status = 'past_due' AND s.past_due_since IS NOT NULL
+               THEN s.past_due_since < %(dunning_cutoff)s
+               ELSE (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s) END
       AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
       AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
     ORDER BY s.expires_at, s.id
@@ -356,6 +360,7 @@ def _expire(
     params: dict[str, Any] = {
         "cutoff": cutoff,
         "grace_cutoff": cutoff - timedelta(days=settings.expiry_grace_days),
+        "dunning_cutoff": cutoff - timedelta(days=settings.dunning_grace_days),
         "lifetime": LIFETIME_FROM,
         "after_at": _START_OF_TIME,
         "after_id": 0,

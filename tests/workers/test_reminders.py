@@ -91,6 +91,7 @@ def test_running_a_day_again_writes_nothing_more(conn, settings):
         "expiry_notice": 0,
         "renewal_reminder": 1,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     assert again == dict.fromkeys(first, 0)
     assert len(emails(conn)) == 1
@@ -273,6 +274,7 @@ def test_many_due_subscriptions_are_handled_in_batches(conn, settings, monkeypat
         "expiry_notice": 7,
         "renewal_reminder": 8,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     rows = emails(conn)
     assert sorted(row["subscription_id"] for row in rows) == sorted(due + gone)

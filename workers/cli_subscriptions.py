@@ -103,6 +103,9 @@ def quote_renew(license_code: str, at: str | None) -> None:
     )
 
 
+STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
+
+
 @click.group("subscriptions")
 def subscriptions_group() -> None:
     """Subscriptions as Rinnovo holds them."""
@@ -152,6 +155,31 @@ def show(license_code: str, as_json: bool) -> None:
         click.echo(f"  {entry['at']}  {entry['change']:<10} {source:<10} {changed}")
         if entry["note"]:
             click.echo(f"  {'':20}  {entry['note']}")
+
+
+@subscriptions_group.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    default=None,
+    help="Only subscriptions in this status; past_due ones show where they are in the dunning "
+    "sequence.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def list_subscriptions(status: str | None, limit: int) -> None:
+    """List subscriptions: license, status, expiry, and a past-due one's dunning position."""
+    from workers import dunning
+    from workers.reconcile import visible
+
+    settings = Settings.from_env()
+    with db.connection(settings.database_url) as conn:
+        rows = dunning.listing(conn, status, limit)
+    for row in rows:
+        expires = subs.iso(row["expires_at"]) or "-"
+        where = dunning.position(settings, row)
+        line = f"{visible(row['license_code']):<20} {row['status']:<9} expires {expires}"
+        click.echo(f"{line}  {where}" if where else line)
+    click.echo(f"{len(rows)} subscription(s)")
 
 
 COMMANDS = [quote, subscriptions_group]

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from workers.config import Settings
+from workers.db import Conn
 from workers.subscriptions import iso
 
 KIND = "payment_failed"
@@ -49,16 +50,46 @@ def context(settings: Settings, row: dict[str, Any], since: datetime, day: int) 
     }
 
 
-def position(settings: Settings, since: datetime | None, today: date | None = None) -> str:
-    """Where a past-due subscription is in the sequence, e.g. "day 4: sent 0,3; next 7 on ..."."""
+_LIST = """
+    SELECT s.id, s.license_code, s.status, s.expires_at, s.past_due_since
+    FROM subscriptions s
+    WHERE %(status)s::text IS NULL OR s.status = %(status)s
+    ORDER BY s.past_due_since NULLS LAST, s.expires_at NULLS LAST, s.id
+    LIMIT %(limit)s
+"""
+_WRITTEN = """
+    SELECT subscription_id, fact, status FROM emails
+    WHERE kind = %s AND subscription_id = ANY(%s) ORDER BY id
+"""
+
+
+def listing(conn: Conn, status: str | None, limit: int) -> list[dict[str, Any]]:
+    """Subscriptions (of `status` when given), each past-due one with its sequence emails."""
+    rows: list[dict[str, Any]] = conn.execute(_LIST, {"status": status, "limit": limit}).fetchall()
+    written = conn.execute(_WRITTEN, (KIND, [row["id"] for row in rows])).fetchall()
+    for row in rows:
+        prefix = f"past_due/{iso(row['past_due_since'])}/"
+        row["sequence"] = {
+            int(email["fact"].removeprefix(prefix)): email["status"]
+            for email in written
+            if email["subscription_id"] == row["id"] and email["fact"].startswith(prefix)
+        }
+    return rows
+
+
+def position(settings: Settings, row: dict[str, Any], today: date | None = None) -> str:
+    """Where a past-due subscription is in the sequence: its day, what went out, what is next."""
+    since = row["past_due_since"]
     if since is None:
         return ""
     today = today or datetime.now(UTC).date()
-    elapsed = (today - since.astimezone(UTC).date()).days
-    sent = [day for day in settings.dunning_days if day <= elapsed]
+    began = since.astimezone(UTC).date()
+    elapsed = (today - began).days
+    done = ",".join(f"{day}" for day in sorted(row["sequence"])) or "none"
+    text = f"past due since {began.isoformat()}, day {elapsed}, sent {done}"
     ahead = [day for day in settings.dunning_days if day > elapsed]
-    text = f"day {elapsed}, sent {','.join(map(str, sent)) or 'none'}"
     if ahead:
-        due = since.astimezone(UTC).date() + timedelta(days=ahead[0])
-        return f"{text}; next day {ahead[0]} on {due.isoformat()}"
-    return f"{text}; sequence done"
+        due = began + timedelta(days=ahead[0])
+        text += f"; next day {ahead[0]} on {due.isoformat()}"
+    ends = access_ends(settings, since, row["expires_at"])
+    return f"{text}; access ends {ends.date().isoformat()}"

@@ -362,6 +362,18 @@ def subscription(license_code: str) -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
+        sent = subscriptions.emails(conn, license_code)
     if found is None:
         return _message("No such subscription", f"No subscription has license {license_code}.", 404)
-    return _page("subscription.html", sub=found)
+    return _page("subscription.html", sub=found, emails=sent)
+
+
+@bp.get("/suppressions")
+def suppression_list() -> Any:
+    """Addresses that unsubscribed from reminders, newest first."""
+    from workers import subscriptions, suppressions
+
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        rows = suppressions.listing(conn, address=_arg("address"), limit=PAGE_SIZE)
+    shown = [row | {"created_at": subscriptions.iso(row["created_at"])} for row in rows]
+    return _page("suppressions.html", rows=shown)

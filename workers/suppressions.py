@@ -46,7 +46,11 @@ def lift(conn: Conn, address: str) -> int:
 
 
 def listing(conn: Conn, *, address: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Suppressions, newest first (only `address`'s when given)."""
+    """Suppressions, newest first (only `address`'s when given); BadFilter for a NUL in it."""
+    from workers.replay import BadFilter  # replay imports the actors, which import the lifecycle
+
+    if address is not None and "\x00" in address:
+        raise BadFilter("address contains a NUL character")
     rows: list[dict[str, Any]] = conn.execute(
         """
         SELECT address, family, how, created_at FROM email_suppressions

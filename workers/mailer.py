@@ -1,7 +1,9 @@
 """Sending one outbox email: render it, deliver it, and record the outcome so it goes out once.
 
 The states of an outbox row: `pending` (to send), `sending` (an attempt committed that it is
-about to hand the message to the transport), `sent`, `failed` (with the reason). An attempt:
+about to hand the message to the transport), `sent`, `failed` (with the reason), and two that are
+never sent: `suppressed` (the customer unsubscribed from the kind's family) and `off`
+(EMAILS_OFF). An attempt:
 
 1. takes a session advisory lock on the email id: a second attempt at the same email while
    one is live returns at once (the live one owns the outcome and its own retries). The lock

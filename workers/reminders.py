@@ -263,6 +263,28 @@ def _batch(
         return rows, outbox.write(conn, settings, drafts)
 
 
+def _walk(
+    settings: Settings,
+    query: sql.Composed,
+    params: dict[str, Any],
+    draft: Callable[[dict[str, Any]], outbox.Draft],
+    send: _Dispatcher,
+    planned: list[outbox.Draft] | None,
+    order: str,
+    mark: Callable[[Conn, list[dict[str, Any]]], None] | None = None,
+) -> tuple[int, int]:
+    """Run `query` batch after batch, keyed on (`order`, id); (rows read, emails new or planned)."""
+    read = written = 0
+    while True:
+        rows, ids = _batch(settings, query, params, draft, planned, mark)
+        send(ids)
+        read += len(rows)
+        written += len(rows) if planned is not None else len(ids)
+        if len(rows) < BATCH:
+            return read, written
+        params["after_at"], params["after_id"] = rows[-1][order], rows[-1]["subscription_id"]
+
+
 def _remind(
     settings: Settings,
     expiry_day: date | None,
@@ -298,14 +320,7 @@ def _remind(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
 
-    written = 0
-    while True:
-        rows, ids = _batch(settings, _DUE, params, draft, planned)
-        send(ids)
-        written += len(rows) if planned is not None else len(ids)
-        if len(rows) < BATCH:
-            return written
-        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
+    return _walk(settings, _DUE, params, draft, send, planned, "expires_at")[1]
 
 
 def _dun(
@@ -342,15 +357,7 @@ def _dun(
             extra=dunning.context(settings, row, since, day),
         )
 
-    written = 0
-    while True:
-        rows, ids = _batch(settings, _DUNNING, params, draft, planned)
-        send(ids)
-        written += len(rows) if planned is not None else len(ids)
-        if len(rows) < BATCH:
-            return written
-        params["after_at"] = rows[-1]["past_due_since"]
-        params["after_id"] = rows[-1]["subscription_id"]
+    return _walk(settings, _DUNNING, params, draft, send, planned, "past_due_since")[1]
 
 
 def _expire(
@@ -370,15 +377,7 @@ def _expire(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
 
-    expired = notices = 0
-    while True:
-        rows, ids = _batch(settings, _EXPIRED, params, draft, planned, _mark_expired)
-        send(ids)
-        expired += len(rows)
-        notices += len(rows) if planned is not None else len(ids)
-        if len(rows) < BATCH:
-            return expired, notices
-        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
+    return _walk(settings, _EXPIRED, params, draft, send, planned, "expires_at", _mark_expired)
 
 
 def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:

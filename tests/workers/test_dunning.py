@@ -190,3 +190,27 @@ def test_where_each_past_due_subscription_is_in_the_sequence_is_listed(client, c
 
 
 Check = Callable[[str], None]
+
+
+def test_a_dry_run_lists_the_sequence_email_of_a_day_and_writes_nothing(client, conn):
+    fall_past_due(client)
+    day = (BEGAN + timedelta(days=3)).isoformat()
+
+    result = CliRunner().invoke(cli, ["reminders", "run", "--as-of", day, "--dry-run"])
+
+    assert result.exit_code == 0, result.output
+    assert f"payment_failed       {LICENSE}  past_due/" in result.output
+    assert "payment_failed: 1" in result.output
+    count = conn.execute("SELECT count(*) AS n FROM emails WHERE kind = 'payment_failed'")
+    assert count.fetchone()["n"] == 1  # day 0 only, from the notification
+
+
+def test_a_future_day_is_refused_and_writes_no_sequence_email(client, conn):
+    fall_past_due(client)
+    future = (TODAY + timedelta(days=1)).isoformat()
+
+    result = CliRunner().invoke(cli, ["reminders", "run", "--as-of", future])
+
+    assert result.exit_code == 2
+    count = conn.execute("SELECT count(*) AS n FROM emails WHERE kind = 'payment_failed'")
+    assert count.fetchone()["n"] == 1

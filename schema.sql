@@ -180,10 +180,20 @@ CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
 
 -- Dunning and unsubscribe: `suppressed` (the customer unsubscribed from the kind's family) and
 -- `off` (EMAILS_OFF: written to show what the customer would have received, never sent). The
--- constraint is replaced by name, so databases created with the older list take the new one.
-ALTER TABLE emails DROP CONSTRAINT IF EXISTS emails_status_check;
-ALTER TABLE emails ADD CONSTRAINT emails_status_check
-    CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'suppressed', 'off'));
+-- constraint is replaced by name, once, so databases created with the older list take the new
+-- one (later applications leave it, and the table, alone).
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'emails'::regclass AND conname = 'emails_status_check'
+          AND pg_get_constraintdef(oid) LIKE '%''suppressed''%''off''%'
+    ) THEN
+        ALTER TABLE emails DROP CONSTRAINT IF EXISTS emails_status_check;
+        ALTER TABLE emails ADD CONSTRAINT emails_status_check
+            CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'suppressed', 'off'));
+    END IF;
+END $$;
 
 -- When the current past-due episode began (NULL unless past_due): the dunning sequence's day 0,
 -- and its facts' episode.

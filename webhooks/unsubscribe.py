@@ -15,6 +15,7 @@ from flask import Blueprint, Response, render_template, request
 from emails import unsubscribe
 from webhooks.intake import settings
 from workers import db, suppressions
+from workers.errors import DatabaseUnavailable
 
 log = logging.getLogger("rinnovo.unsubscribe")
 
@@ -60,6 +61,15 @@ def _read(token: str) -> tuple[unsubscribe.Token, dict[str, Any]] | None:
     with db.connection(settings().database_url) as conn, conn.transaction():
         found = suppressions.customer(conn, parsed.customer_id)
     return None if found is None else (parsed, found)
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def unavailable(exc: DatabaseUnavailable) -> Response:
+    """The database is down: nothing was recorded; the mail client or the person tries again."""
+    log.warning("unsubscribe: %s", exc)
+    response = _page("unavailable.html", 503, _browser_locale())
+    response.headers["Retry-After"] = "60"
+    return response
 
 
 @bp.get("/<token>")

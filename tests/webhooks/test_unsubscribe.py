@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import requests
 
 from emails import unsubscribe
-from tests.conftest import SECRET_KEYS
-from tests.support import insert_subscription
+from tests.conftest import SECRET_KEYS, TEST_DATABASE_URL
+from tests.support import host_port, insert_subscription
 
 KEYS = SECRET_KEYS.split(",")
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -110,3 +111,21 @@ def test_a_token_names_only_a_customer_and_a_family():
     assert unsubscribe.read(KEYS, token.replace(".reminders.", ".receipts.")) is None
     with pytest.raises(ValueError, match="unknown email family"):
         unsubscribe.make(KEYS, 42, "receipts")
+
+
+def test_with_the_database_down_a_one_click_post_answers_503_and_works_once_it_is_back(
+    conn, customer_id, proxy_factory, receiver_factory
+):
+    proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
+    dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
+    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{proxy.port}/{dbname}")
+    link = f"{receiver.url}/unsubscribe/{unsubscribe.make(KEYS, customer_id, 'reminders')}"
+    proxy.cut()
+
+    down = requests.post(link, data=ONE_CLICK, timeout=30)
+    proxy.start()
+    back = requests.post(link, data=ONE_CLICK, timeout=30)
+
+    assert (down.status_code, down.headers.get("Retry-After")) == (503, "60")
+    assert back.status_code == 200
+    assert len(suppressions(conn)) == 1

@@ -85,8 +85,8 @@ def position(settings: Settings, row: dict[str, Any], today: date | None = None)
     today = today or datetime.now(UTC).date()
     began = since.astimezone(UTC).date()
     elapsed = (today - began).days
-    done = ",".join(f"{day}" for day in sorted(row["sequence"])) or "none"
-    text = f"past due since {began.isoformat()}, day {elapsed}, sent {done}"
+    emails = ", ".join(f"day {day} {status}" for day, status in sorted(row["sequence"].items()))
+    text = f"past due since {began.isoformat()}, day {elapsed}, emails: {emails or 'none'}"
     ahead = [day for day in settings.dunning_days if day > elapsed]
     if ahead:
         due = began + timedelta(days=ahead[0])

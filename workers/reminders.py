@@ -33,21 +33,24 @@ LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _START_OF_TIME = datetime.min.replace(tzinfo=UTC)
 
-# The expiry instant as outbox facts spell it (workers.subscriptions.iso): ISO 8601 in UTC with
-# a Z, microseconds only when there are some.
-_UTC_EXPIRY = "(s.expires_at AT TIME ZONE 'UTC')"
-FACT_TIME = sql.SQL(
-    "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
-    "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
-    "|| 'Z'"
-).format(t=sql.SQL(_UTC_EXPIRY))
+
+def _fact_time(column: str) -> sql.Composed:
+    """The instant in `s.column` as outbox facts spell it (workers.subscriptions.iso).
+
+    ISO 8601 in UTC with a Z, microseconds only when there are some.
+    """
+    t = sql.SQL("(s.{} AT TIME ZONE 'UTC')").format(sql.Identifier(column))
+    return sql.SQL(
+        "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+        "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
+        "|| 'Z'"
+    ).format(t=t)
+
+
+FACT_TIME = _fact_time("expires_at")
 
 # The start of a past-due episode as dunning facts spell it (workers.dunning.fact).
-SINCE_FACT = sql.SQL(
-    "'past_due/' || to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
-    "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
-    "|| 'Z/'"
-).format(t=sql.SQL("(s.past_due_since AT TIME ZONE 'UTC')"))
+SINCE_FACT = sql.SQL("'past_due/' || {} || '/'").format(_fact_time("past_due_since"))
 
 # Past-due subscriptions whose episode began on one day, through subscriptions_past_due_idx.
 _DUNNING = sql.SQL(

@@ -214,3 +214,37 @@ def test_a_future_day_is_refused_and_writes_no_sequence_email(client, conn):
     assert result.exit_code == 2
     count = conn.execute("SELECT count(*) AS n FROM emails WHERE kind = 'payment_failed'")
     assert count.fetchone()["n"] == 1
+
+
+def test_an_ins_installment_paid_after_a_failure_sends_one_recovery_email_with_the_amount(
+    client, conn
+):
+    from tests.workers.test_lifecycle import _ins, _post_ins
+
+    _post_ins(client, _ins("ORDER_CREATED"))
+    drain()
+    failed = _ins(
+        "RECURRING_INSTALLMENT_FAILED", invoice_id="6002", timestamp="2026-02-10 00:05:00"
+    )
+    _post_ins(client, failed)
+    drain()
+    paid = _ins(
+        "RECURRING_INSTALLMENT_SUCCESS",
+        invoice_id="6003",
+        timestamp="2026-02-12 10:00:00",
+        next_date="2026-03-10",
+    )
+    _post_ins(client, paid)
+    _post_ins(client, paid)
+    drain()
+
+    rows = conn.execute("SELECT kind, fact, context FROM emails ORDER BY id").fetchall()
+    assert [row["kind"] for row in rows] == [
+        "order_confirmation",
+        "payment_failed",
+        "payment_recovered",
+    ]
+    assert rows[1]["fact"] == "past_due/2026-02-10T00:05:00Z/0"
+    assert rows[2]["fact"] == "recovered/2026-02-10T00:05:00Z"
+    assert rows[2]["context"]["amount"] == "30.00"
+    assert rows[2]["context"]["past_due_since"] == "2026-02-10T00:05:00Z"

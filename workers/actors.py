@@ -37,8 +37,6 @@ try:
     settings().merchant_voice()
 except ConfigError as exc:  # events are still applied; their emails wait for the setting
     log.error("emails will wait until this is fixed: %s", exc)
-if not settings().public_url:  # mailbox providers expect reminders to carry one-click unsubscribe
-    log.warning("PUBLIC_URL is not set: reminders go out without a one-click unsubscribe link")
 
 
 def _retry_number() -> int:

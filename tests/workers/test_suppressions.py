@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -159,16 +156,3 @@ def test_emails_off_refuses_a_kind_that_does_not_exist():
 
     with pytest.raises(ConfigError, match="EMAILS_OFF names unknown kind"):
         Settings.from_env({"EMAILS_OFF": "renewal_reminders"})
-
-
-@pytest.mark.parametrize(
-    ("public_url", "warned"), [("", True), ("https://shop.example.com", False)]
-)
-def test_a_worker_started_without_public_url_warns_that_reminders_lack_the_link(public_url, warned):
-    env = {**os.environ, "PUBLIC_URL": public_url}
-    started = subprocess.run(
-        [sys.executable, "-c", "import workers.actors"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
-    assert ("PUBLIC_URL is not set" in started.stderr) is warned

@@ -188,6 +188,43 @@ CREATE INDEX IF NOT EXISTS emails_failure_idx ON emails (failure, id) WHERE stat
 CREATE INDEX IF NOT EXISTS emails_status_idx ON emails (status, id);
 CREATE INDEX IF NOT EXISTS emails_to_idx ON emails (to_address);
 
+-- Dunning and unsubscribe: `suppressed` (the customer unsubscribed from the kind's family) and
+-- `off` (EMAILS_OFF: written to show what the customer would have received, never sent). The
+-- constraint is replaced by name, once, so databases created with the older list take the new
+-- one (later applications leave it, and the table, alone).
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'emails'::regclass AND conname = 'emails_status_check'
+          AND pg_get_constraintdef(oid) LIKE '%''suppressed''%''off''%'
+    ) THEN
+        ALTER TABLE emails DROP CONSTRAINT IF EXISTS emails_status_check;
+        ALTER TABLE emails ADD CONSTRAINT emails_status_check
+            CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'suppressed', 'off'));
+    END IF;
+END $$;
+
+-- When the current past-due episode began (NULL unless past_due): the dunning sequence's day 0,
+-- and its facts' episode.
+ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS past_due_since timestamptz;
+CREATE INDEX IF NOT EXISTS subscriptions_past_due_idx ON subscriptions (past_due_since)
+    WHERE status = 'past_due';
+-- Recoveries (past_due -> active) are counted for /metrics from the history, through this.
+CREATE INDEX IF NOT EXISTS subscription_history_recovered_idx ON subscription_history (id)
+    WHERE before ->> 'status' = 'past_due' AND after ->> 'status' = 'active';
+
+-- Addresses that unsubscribed from a family of emails (one-click, the page, or an operator).
+-- Lifting one deletes its row.
+CREATE TABLE IF NOT EXISTS email_suppressions (
+    address         text NOT NULL,            -- lowercased
+    family          text NOT NULL,            -- e.g. 'reminders'
+    customer_id     bigint REFERENCES customers (id),
+    how             text NOT NULL,            -- one-click | page
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (address, family)
+);
+
 -- Sweeps of the provider's API (`rinnovo reconcile`): the window searched, what was found, how
 -- each ended. The next sweep starts a day before the last successful one that applied its
 -- differences over every subscription (the provider's date filters are per day).

@@ -70,6 +70,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     # amount: what the provider refunded, as the refund notification states it.
     "refund_notice": (*COMMON_KEYS, "amount"),
     "cancellation_notice": COMMON_KEYS,
+    # past_due_since: when the payment first failed; expires_at: the expiry after the payment.
+    "payment_recovered": (*COMMON_KEYS, "past_due_since"),
 }
 
 REQUIRED_KEYS = {kind: (*keys, *MERCHANT_KEYS) for kind, keys in REQUIRED_KEYS.items()}
@@ -89,8 +91,18 @@ OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
         "refund_notice": ("tax",),
         # amount: the charge that failed, if the notification states it; automatic: False when
         # automatic renewal is off (nothing was charged: the customer is asked to renew);
-        # next_retry_at: when the provider tries the charge again, if known.
-        "payment_failed": ("amount", "automatic", "next_retry_at"),
+        # next_retry_at: when the provider tries the charge again, if known; dunning_day: the
+        # day of the dunning sequence (0 the day the payment failed); access_ends_at: when
+        # access ends if nothing happens, as far as Rinnovo knows.
+        "payment_failed": (
+            "amount",
+            "automatic",
+            "next_retry_at",
+            "dunning_day",
+            "access_ends_at",
+        ),
+        # amount: what the recovering payment cost, when the notification states it.
+        "payment_recovered": ("amount",),
     }.get(kind, ())
     for kind in REQUIRED_KEYS
 }
@@ -157,6 +169,13 @@ def sample_context(kind: str) -> dict[str, Any]:
             "amount": renewal_amount,
             "automatic": True,
             "next_retry_at": datetime(2026, 7, 3, 9, 30, tzinfo=UTC),
+            "dunning_day": 3,
+            "access_ends_at": datetime(2026, 7, 7, tzinfo=UTC),
+        },
+        "payment_recovered": {
+            "amount": renewal_amount,
+            "past_due_since": datetime(2026, 6, 30, tzinfo=UTC),
+            "expires_at": datetime(2027, 6, 30, tzinfo=UTC),
         },
         "refund_notice": {"amount": renewal_amount, "tax": renewal_tax},
     }

@@ -7,8 +7,9 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address, HeaderRegistry
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime
 from types import MappingProxyType
 
@@ -40,6 +41,24 @@ _RESERVED = frozenset(
     }
 )
 _REGISTRY = HeaderRegistry()
+_URL_ITEM = re.compile(r"<[^<>\s]+>")
+
+
+class _UrlListHeader(UnstructuredHeader):
+    """A list of <URL>s (RFC 2369): folded between items, never encoded (clients read it raw)."""
+
+    def fold(self, *, policy: Policy) -> str:
+        value = str(self)
+        items = _URL_ITEM.findall(value)
+        if ", ".join(items) != value:
+            return super().fold(policy=policy)  # type: ignore[misc]
+        separator = "," + (policy.linesep or "\n") + " "
+        return f"{self.name}: {separator.join(items)}{policy.linesep}"  # type: ignore[attr-defined]
+
+
+_MESSAGE_REGISTRY = HeaderRegistry()
+_MESSAGE_REGISTRY.map_to_type("list-unsubscribe", _UrlListHeader)  # type: ignore[arg-type]
+_POLICY = policy.SMTP.clone(header_factory=_MESSAGE_REGISTRY)
 
 
 def _check_value(value: str, what: str) -> str:
@@ -121,7 +140,7 @@ def build_message(
             raise ValueError(f"header {name} is set by the message builder")
         extras.append((name, _check_value(value, f"header {name}")))
 
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = from_address
     msg["To"] = recipient
     msg["Subject"] = subject

@@ -41,6 +41,7 @@ KINDS: tuple[str, ...] = (
     "payment_failed",
     "refund_notice",
     "cancellation_notice",
+    "payment_recovered",
 )
 LOCALES: tuple[str, ...] = ("en", "it")
 

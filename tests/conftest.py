@@ -44,6 +44,7 @@ from workers import db as database  # noqa: E402
 from workers.broker import broker  # noqa: E402
 
 TABLES = (
+    "email_suppressions",
     "event_attempts",
     "emails",
     "subscription_history",

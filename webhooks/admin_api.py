@@ -332,3 +332,16 @@ def list_emails() -> Response:
             before=before,
         )
     return jsonify(emails=page, next=cursor)
+
+
+@bp.get("/suppressions")
+def list_suppressions() -> Response:
+    """Addresses that unsubscribed, newest first (only `address`'s when given)."""
+    from workers import suppressions
+    from workers.subscriptions import iso
+
+    _only_args("address", "limit")
+    limit, _ = _page()
+    with db.connection(settings().database_url) as conn, conn.transaction():
+        rows = suppressions.listing(conn, address=_text_arg("address"), limit=limit)
+    return jsonify(suppressions=[row | {"created_at": iso(row["created_at"])} for row in rows])

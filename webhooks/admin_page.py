@@ -476,10 +476,11 @@ def subscription(license_code: str) -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
+        sent = subscriptions.emails(conn, license_code)
     if found is None:
         shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
         return _message("No such subscription", f"No subscription has license {shown}.", 404)
-    return _page("subscription.html", sub=found)
+    return _page("subscription.html", sub=found, emails=sent)
 
 
 # --- reconciliation --------------------------------------------------------------------------
@@ -508,3 +509,14 @@ def reconcile_run(run_id: str) -> Any:
     if detail is None:
         return _message("No such sweep", f"There is no reconciliation sweep {run_id}.", 404)
     return _page("reconcile_run.html", **detail)
+
+
+@bp.get("/suppressions")
+def suppression_list() -> Any:
+    """Addresses that unsubscribed from reminders, newest first."""
+    from workers import subscriptions, suppressions
+
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        rows = suppressions.listing(conn, address=_arg("address"), limit=PAGE_SIZE)
+    shown = [row | {"created_at": subscriptions.iso(row["created_at"])} for row in rows]
+    return _page("suppressions.html", rows=shown)

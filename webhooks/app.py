@@ -10,7 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics
+from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics, unsubscribe
 from workers.config import Settings
 
 log = logging.getLogger("rinnovo.http")
@@ -39,6 +39,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(admin_page.bp)
+    app.register_blueprint(unsubscribe.bp)
 
     app.before_request(intake.check_source)  # before the body is read: refused unread
     app.before_request(read_body)

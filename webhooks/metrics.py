@@ -65,7 +65,7 @@ OUTCOMES = (
 # Receipt latency buckets in seconds: a receipt should take milliseconds; the provider waits ~30 s.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FLUSH_EVERY = 1.0  # seconds between writes of a process's counts to Redis
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 SUBSCRIPTION_STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
 
 
@@ -267,6 +267,7 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
         value=sum(r["mismatched"] for r in rows),
     )
     yield from _reconcile_families(conn, grace)
+    yield from _dunning_families(conn)
 
 
 def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
@@ -287,6 +288,29 @@ def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
         "Auto-renewing subscriptions past their expiry by more than EXPECTED_NOTIFICATION_GRACE "
         "with no notification since.",
         value=figures["missing"],
+    )
+
+
+def _dunning_families(conn: db.Conn) -> Iterator[Metric]:
+    """Past-due subscriptions in a dunning sequence, and payments recovered during one."""
+    row = conn.execute(
+        """
+        SELECT (SELECT count(*) FROM subscriptions
+                WHERE status = 'past_due' AND past_due_since IS NOT NULL) AS past_due,
+               (SELECT count(*) FROM subscription_history
+                WHERE before ->> 'status' = 'past_due' AND after ->> 'status' = 'active')
+               AS recovered
+        """
+    ).fetchone()
+    yield GaugeMetricFamily(
+        "rinnovo_dunning_past_due",
+        "Subscriptions past due, in the payment-failed sequence now.",
+        value=row["past_due"] if row else 0,
+    )
+    yield CounterMetricFamily(
+        "rinnovo_dunning_recovered",
+        "Past-due subscriptions whose payment was recovered before access ended.",
+        value=row["recovered"] if row else 0,
     )
 
 

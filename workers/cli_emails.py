@@ -100,7 +100,7 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
     click.echo(f"wrote the {kind} HTML ({chosen}) to {html_file}")
 
 
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 
 
 @emails_group.command("list")
@@ -168,6 +168,41 @@ def emails_resend(email_ids: tuple[int, ...]) -> None:
         click.echo(f"email {email_id}: not resent, {why}", err=True)
     if result.refused:
         raise SystemExit(1)
+
+
+@emails_group.command("suppressions")
+@click.option("--address", default=None, help="Only this address's suppressions.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def emails_suppressions(address: str | None, limit: int) -> None:
+    """List addresses that unsubscribed, newest first: address, family, when and how."""
+    from workers import db, suppressions
+    from workers.subscriptions import iso
+    from workers.terminal import visible
+
+    settings = Settings.from_env()
+    with db.connection(settings.database_url) as conn:
+        rows = suppressions.listing(conn, address=address, limit=limit)
+    for row in rows:
+        click.echo(
+            f"{iso(row['created_at'])}  {visible(row['address'])}  {row['family']}  {row['how']}"
+        )
+    click.echo(f"{len(rows)} suppression(s)")
+
+
+@emails_group.command("unsuppress")
+@click.argument("address")
+def emails_unsuppress(address: str) -> None:
+    """Lift every suppression of ADDRESS: its reminders are sent again from now on."""
+    from workers import db, suppressions
+    from workers.cli_subscriptions import Refused
+    from workers.terminal import visible
+
+    settings = Settings.from_env()
+    with db.connection(settings.database_url) as conn, conn.transaction():
+        lifted = suppressions.lift(conn, address)
+    if not lifted:
+        raise Refused(f"{visible(address)} has no suppression to lift")
+    click.echo(f"lifted {lifted} suppression(s) of {visible(address)}")
 
 
 COMMANDS = [reminders_group, emails_group]

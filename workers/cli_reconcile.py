@@ -12,6 +12,7 @@ from workers.config import Settings
 from workers.db import Conn
 from workers.errors import ConfigError
 from workers.provider_api import Client, ProviderApiError
+from workers.terminal import visible
 
 POLL_SECONDS = 0.5
 
@@ -66,7 +67,7 @@ def reconcile_command(
             else "each difference is stored as a reconciliation event and applied by the workers"
         )
         header = f"{what} since {start}, orders of {start} to {today}; {then}"
-        click.echo(reconcile.visible(f"{'dry run' if dry_run else 'sweep'}: {header}"))
+        click.echo(visible(f"{'dry run' if dry_run else 'sweep'}: {header}"))
         try:
             reconcile.run(
                 conn,
@@ -76,9 +77,7 @@ def reconcile_command(
                 enqueue=reconcile.dispatcher(settings.database_url),
             )
         except ProviderApiError as exc:
-            raise click.ClickException(
-                reconcile.visible(f"sweep {sweep.run_id} stopped: {exc}")
-            ) from None
+            raise click.ClickException(visible(f"sweep {sweep.run_id} stopped: {exc}")) from None
         if dry_run:
             click.echo(sweep.summary())
             return

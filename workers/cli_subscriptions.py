@@ -104,6 +104,9 @@ def quote_renew(license_code: str, at: str | None) -> None:
     )
 
 
+STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
+
+
 @click.group("subscriptions")
 def subscriptions_group() -> None:
     """Subscriptions as Rinnovo holds them."""
@@ -157,20 +160,46 @@ def show(license_code: str, as_json: bool) -> None:
 
 @subscriptions_group.command("list")
 @click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    default=None,
+    help="Only subscriptions in this status; past_due ones show where they are in the dunning "
+    "sequence.",
+)
+@click.option(
     "--overdue",
     is_flag=True,
-    required=True,
-    help="Auto-renewing subscriptions whose renewal, LCN or failure never came after their "
+    help="Only auto-renewing subscriptions whose renewal, LCN or failure never came after their "
     "expiry (EXPECTED_NOTIFICATION_GRACE).",
 )
-def list_subscriptions(overdue: bool) -> None:
-    """List subscriptions whose expected notification is missing, most recently due first."""
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
+    """List subscriptions: license, status, expiry, and a past-due one's dunning position."""
+    if overdue and status is not None:
+        raise click.UsageError("--overdue and --status are two different lists: choose one")
     settings = Settings.from_env()
+    if overdue:
+        _list_overdue(settings, limit)
+        return
+    from workers import dunning
+
     with db.connection(settings.database_url) as conn:
-        rows = reconcile.overdue(conn, settings.expected_notification_grace)
+        rows = dunning.listing(conn, status, limit)
+    for row in rows:
+        expires = subs.iso(row["expires_at"]) or "-"
+        where = dunning.position(settings, row)
+        line = f"{visible(row['license_code']):<20} {row['status']:<9} expires {expires}"
+        click.echo(f"{line}  {where}" if where else line)
+    click.echo(f"{len(rows)} subscription(s)")
+
+
+def _list_overdue(settings: Settings, limit: int) -> None:
+    """Subscriptions whose expected notification is missing, most recently due first."""
+    with db.connection(settings.database_url) as conn:
+        rows = reconcile.overdue(conn, settings.expected_notification_grace, limit=limit)
     for row in rows:
         click.echo(
-            reconcile.visible(
+            visible(
                 f"{row['license_code']}  {row['status']:<8} {row['product_code']}  "
                 f"expired {subs.iso(row['expires_at'])}, auto-renew on, no notification since"
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from emails.links import check_http_url
 from emails.message import parse_mailbox
+from emails.render import KINDS
 from workers.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/rinnovo"
@@ -48,6 +49,51 @@ def _days(value: str) -> tuple[int, ...]:
     if any(day < 0 for day in days):
         raise ConfigError(f"REMINDER_DAYS cannot be negative; got {value!r}")
     return days
+
+
+def _offsets(name: str, value: str) -> tuple[int, ...]:
+    """Whole days after an episode began, ascending (DUNNING_DAYS)."""
+    try:
+        days = tuple(sorted({int(part) for part in _split(value)}))
+    except ValueError:
+        raise ConfigError(f"{name} must be whole numbers, e.g. 0,3,7; got {value!r}") from None
+    if any(day < 0 for day in days):
+        raise ConfigError(f"{name} cannot be negative; got {value!r}")
+    return days
+
+
+def _public_url(value: str | None) -> str:
+    """The receiver's public base URL (links in emails), or empty; it must be HTTPS (RFC 8058)."""
+    url = (value or "").strip().rstrip("/")
+    if url:
+        try:
+            check_http_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"PUBLIC_URL: {exc}") from None
+        if not url.startswith("https://"):
+            raise ConfigError(f"PUBLIC_URL must be an https:// URL (RFC 8058); got {url!r}")
+    return url
+
+
+def _mailto(value: str | None) -> str:
+    address = (value or "").strip()
+    if address:
+        try:
+            parse_mailbox(address, "UNSUBSCRIBE_MAILTO")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return address
+
+
+def _kinds(value: str | None) -> frozenset[str]:
+    """EMAILS_OFF: email kinds never sent; an unknown one is a mistake worth stopping for."""
+    kinds = frozenset(_split(value or ""))
+    unknown = sorted(kinds - set(KINDS))
+    if unknown:
+        raise ConfigError(
+            f"EMAILS_OFF names unknown kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}"
+        )
+    return kinds
 
 
 def _whole(name: str, value: str | None, default: int, unit: str = "days") -> int:
@@ -185,6 +231,13 @@ class Settings:
     # Source networks allowed to post to each endpoint; an endpoint not named takes any source.
     trusted_sources: Mapping[str, tuple[Network, ...]] = field(default_factory=dict)
     admin_cookie_secure: bool | None = None  # None: Secure when the request came over HTTPS
+    # Dunning: days after a subscription became past due that the payment-failed sequence goes
+    # out, and how long a past-due subscription keeps access (at least to the provider's expiry).
+    dunning_days: tuple[int, ...] = (0, 3, 7)
+    dunning_grace_days: int = 10
+    public_url: str = ""  # the receiver's HTTPS base, for unsubscribe links
+    unsubscribe_mailto: str = ""  # a mailto: List-Unsubscribe address, optional
+    emails_off: frozenset[str] = frozenset()  # kinds written `off`, never sent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -234,6 +287,11 @@ class Settings:
             admin_cookie_secure=_optional_flag(
                 "ADMIN_COOKIE_SECURE", env.get("ADMIN_COOKIE_SECURE")
             ),
+            dunning_days=_offsets("DUNNING_DAYS", env.get("DUNNING_DAYS") or "0,3,7"),
+            dunning_grace_days=_whole("DUNNING_GRACE_DAYS", env.get("DUNNING_GRACE_DAYS"), 10),
+            public_url=_public_url(env.get("PUBLIC_URL")),
+            unsubscribe_mailto=_mailto(env.get("UNSUBSCRIBE_MAILTO")),
+            emails_off=_kinds(env.get("EMAILS_OFF")),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from webhooks.protocol import form, ins
-from workers import policies
+from workers import dunning, policies
 from workers import subscriptions as subs
 from workers.catalog import Catalog, Product, default_path, load
 from workers.config import Settings
@@ -154,6 +154,7 @@ class _Run:
         # A caller may state the mismatch (a change the policy refused); else the dates decide.
         stated = updates.pop("policy_mismatch", None)
         updates = {key: value for key, value in updates.items() if sub.get(key) != value}
+        _episode(sub, updates)
         mismatch = stated
         if mismatch is None and ("expires_at" in updates or "expected_expires_at" in updates):
             expires = updates.get("expires_at", sub["expires_at"])
@@ -260,6 +261,29 @@ class _Run:
         )
         self.notes.append(note)
 
+    def dunning_start(self, sub: dict[str, Any], amount: Decimal | None) -> None:
+        """Day 0 of the payment-failed sequence of the episode `sub` entered (if day 0 is on)."""
+        since = sub["past_due_since"]
+        if since is None or 0 not in self.settings.dunning_days:
+            return
+        # Without automatic renewal nothing was charged: the customer is asked to renew instead.
+        extra = dunning.context(self.settings, sub, since, 0)
+        self.email(sub, dunning.KIND, dunning.fact(since, 0),
+                   {**extra, "amount": _amount(amount, sub["currency"])})  # fmt: skip
+
+    def recovered(
+        self, previous: dict[str, Any], sub: dict[str, Any], paid: dict[str, Any] | None = None
+    ) -> bool:
+        """The one recovery email if `previous` was past due and `sub` is active; whether so."""
+        since = previous.get("past_due_since")
+        if previous["status"] != "past_due" or sub["status"] != "active" or since is None:
+            return False
+        self.email(
+            sub, dunning.RECOVERED, dunning.recovered_fact(since),
+            {"past_due_since": since, "amount": None, **(paid or {})},
+        )  # fmt: skip
+        return True
+
     def terms(self, sub: dict[str, Any]) -> policies.Terms:
         """The policy's view of a subscription as it stands."""
         return terms(sub)
@@ -309,7 +333,10 @@ class _Run:
         }
         if price_paid is not None:
             updates["price_paid"] = price_paid
+        before = sub
         sub = self.change(sub, "renewed", updates, note=why)
+        if self.recovered(before, sub, paid):
+            return new_expiry  # the recovery email says it all: not a second one for the payment
         self.email(
             sub,
             "renewal_confirmation",
@@ -725,6 +752,17 @@ class _Order:
         return f"{item.license_ref}: {status}"
 
 
+def _episode(sub: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Keep `past_due_since` with the status: set on entering past_due, cleared on leaving it."""
+    status = updates.get("status")
+    if status is None:
+        return
+    if status == "past_due":
+        updates.setdefault("past_due_since", datetime.now(UTC))
+    elif sub.get("past_due_since") is not None:
+        updates["past_due_since"] = None
+
+
 # --- LCN ------------------------------------------------------------------------------------
 
 
@@ -749,6 +787,8 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
         status = "refunded"  # a refund already ended access; disabling it adds nothing
     expiry = form.parse_time(form.first(fields, "EXPIRATION_DATE"))
     updates: dict[str, Any] = {"status": status, "expires_at": expiry, "last_change_at": updated}
+    if status == "past_due":
+        updates["past_due_since"] = sub["past_due_since"] or updated
     if "RECURRING" in fields:  # absent says nothing about automatic renewal
         updates["auto_renew"] = form.first(fields, "RECURRING") == "1"
     note = f"LCN {raw_status} by {form.first(fields, 'CHANGED_BY') or 'provider'}"
@@ -759,6 +799,8 @@ def _apply_lcn(run: _Run, fields: dict[str, list[str]]) -> str:
         updates["expected_expires_at"] = expiry
     previous = sub
     sub = run.change(sub, "license", updates, note=note)
+    if run.recovered(previous, sub):
+        renewed = False  # the recovery email tells of the renewal too
     if renewed:
         run.email(
             sub,
@@ -777,10 +819,7 @@ def _status_email(
 ) -> None:
     """The email a change of status calls for, if any (`amount`: what the notification carries)."""
     if status == "past_due":
-        # Without automatic renewal nothing was charged: the customer is asked to renew instead.
-        run.email(sub, "payment_failed", f"past_due/{subs.iso(sub['expires_at'])}",
-                  {"amount": _amount(amount, sub["currency"]),
-                   "automatic": bool(sub["auto_renew"])})  # fmt: skip
+        run.dunning_start(sub, amount)
     elif status == "expired":
         # The same fact the clock uses, so an LCN and the clock never both send it.
         run.email(sub, "expiry_notice", subs.iso(sub["expires_at"]) or "")
@@ -899,7 +938,10 @@ def _apply_ins_item(
         return f"{code}: renewed until {subs.iso(new_expiry)}"
     if message == "RECURRING_INSTALLMENT_FAILED":
         if sub["status"] == "active":
-            sub = run.change(sub, "past_due", {"status": "past_due"}, note=f"invoice {invoice}")
+            sub = run.change(
+                sub, "past_due", {"status": "past_due", "past_due_since": at},
+                note=f"invoice {invoice}",
+            )  # fmt: skip
             _status_email(run, sub, "past_due", invoice, amount)
         return f"{code}: {sub['status']}"
     if message in ("RECURRING_STOPPED", "RECURRING_COMPLETE", "RECURRING_RESTARTED"):

@@ -1,7 +1,9 @@
 """Sending one outbox email: render it, deliver it, and record the outcome so it goes out once.
 
 The states of an outbox row: `pending` (to send), `sending` (an attempt committed that it is
-about to hand the message to the transport), `sent`, `failed` (with the reason). An attempt:
+about to hand the message to the transport), `sent`, `failed` (with the reason), and two that are
+never sent: `suppressed` (the customer unsubscribed from the kind's family) and `off`
+(EMAILS_OFF). An attempt:
 
 1. takes a session advisory lock on the email id: a second attempt at the same email while
    one is live returns at once (the live one owns the outcome and its own retries). The lock
@@ -32,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from emails import unsubscribe
 from emails.message import build_message, parse_mailbox
 from emails.render import TemplateError, render
 from emails.transport import (
@@ -41,7 +44,7 @@ from emails.transport import (
     Transport,
     transport_from_url,
 )
-from workers import db
+from workers import db, dunning
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import ConfigError, DatabaseUnavailable
@@ -63,7 +66,8 @@ INTERRUPTED = (
 
 _LOCK_ROW = """
     SELECT e.*, s.status AS subscription_status, s.expires_at AS subscription_expires_at,
-           s.auto_renew AS subscription_auto_renew,
+           s.auto_renew AS subscription_auto_renew, s.customer_id AS subscription_customer_id,
+           s.past_due_since AS subscription_past_due_since,
            (e.due_at > now()) AS retry_pending
     FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
     WHERE e.id = %s
@@ -90,6 +94,12 @@ _FAILED_UNTRIED = """
                       attempts = attempts + 1
     WHERE id = %s AND status <> 'sent'
 """
+_WITHHELD = "UPDATE emails SET status = %s, last_error = %s WHERE id = %s AND status <> 'sent'"
+_SUPPRESSION = """
+    SELECT family, how, created_at FROM email_suppressions WHERE address = lower(%s) AND family = %s
+"""
+# What an attempt finds already settled: nothing to do.
+DONE = ("sent", "failed", "suppressed", "off")
 _CONFIG_RETRY = """
     UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now(),
                       due_at = now() + make_interval(secs => %s), retry_job = %s
@@ -157,7 +167,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
         if row is None:
             log.warning("email %s does not exist; nothing to send", email_id)
             return
-        if row["status"] in ("sent", "failed"):
+        if row["status"] in DONE:
             return  # a duplicate job: the outcome is already recorded
         if _stray(row, job):
             log.info("email %s: its retry is another job's; this copy does nothing", email_id)
@@ -170,6 +180,11 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
             if reason is not None:
                 conn.execute(_FAILED, (reason, "superseded", email_id))
                 log.info("email %s not sent: %s", email_id, reason)
+                return
+            held = withheld(conn, settings, row)
+            if held is not None:
+                conn.execute(_WITHHELD, (*held, email_id))
+                log.info("email %s not sent: %s", email_id, held[1])
                 return
             message = _message(settings, row)
         except ConfigError as exc:
@@ -244,9 +259,27 @@ def _interrupted(conn: Conn, row: dict[str, Any], transport: Transport) -> bool:
     return False
 
 
+def withheld(conn: Conn, settings: Settings, row: dict[str, Any]) -> tuple[str, str] | None:
+    """(`off` or `suppressed`, why) when the row must not be sent though still true; else None."""
+    if row["kind"] in settings.emails_off:
+        return "off", f"not sent: {row['kind']} is in EMAILS_OFF"
+    family = unsubscribe.family(row["kind"])
+    if family is None:
+        return None
+    found = conn.execute(_SUPPRESSION, (row["to_address"], family)).fetchone()
+    if found is None:
+        return None
+    return "suppressed", (
+        f"not sent: the customer unsubscribed from {family} on {iso(found['created_at'])} "
+        f"({found['how']})"
+    )
+
+
 def superseded(row: dict[str, Any]) -> str | None:
     """Why a clock email no longer holds (the subscription changed since), or None."""
     kind, status = row["kind"], row["subscription_status"]
+    if kind == dunning.KIND:
+        return _dunning_superseded(row)
     if kind == "expiry_notice" and status in LIVE:
         return f"not sent: superseded, the subscription is {status} again"
     if kind not in ("renewal_reminder", "auto_renewal_notice"):
@@ -265,6 +298,27 @@ def superseded(row: dict[str, Any]) -> str | None:
     if moved:
         return f"not sent: superseded, the subscription now expires {iso(current)}"
     return None
+
+
+def _dunning_superseded(row: dict[str, Any]) -> str | None:
+    """Why a payment-failed email no longer holds: paid, ended, or from an earlier episode."""
+    status = row["subscription_status"]
+    if status != "past_due":
+        return f"not sent: superseded, the subscription is {status}"
+    stored = row["context"].get("past_due_since")
+    current = iso(row["subscription_past_due_since"])
+    if stored is not None and current is not None and stored != current:
+        return f"not sent: superseded, a new past-due episode began {current}"
+    return None
+
+
+def _headers(settings: Settings, row: dict[str, Any]) -> dict[str, str]:
+    """The one-click unsubscribe headers of a kind one may unsubscribe from (RFC 8058)."""
+    family = unsubscribe.family(row["kind"])
+    if family is None or not settings.public_url or not settings.secret_keys:
+        return {}
+    token = unsubscribe.make(settings.secret_keys, row["subscription_customer_id"], family)
+    return unsubscribe.headers(settings.public_url, settings.unsubscribe_mailto, token)
 
 
 def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
@@ -288,6 +342,7 @@ def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
             to_name=context.get("customer_name") or None,
             sender=settings.mail_from,
             message_id=row["message_id"],
+            extra_headers=_headers(settings, row),
         )
     except ValueError as exc:
         raise PermanentEmailError(f"cannot build the message: {exc}") from exc

@@ -148,7 +148,7 @@ def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
     # and recreated databases.
     salt = secrets.token_hex(8)
     ids = _new_ids(conn, len(drafts))
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    columns: list[list[Any]] = [[] for _ in range(10)]
     for email_id, draft in zip(ids, drafts, strict=True):
         source = draft.source
         values = (
@@ -161,19 +161,21 @@ def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
             resolve_locale(source["customer_locale"], settings.default_locale),
             json.dumps(context_for(settings, source, draft.extra), ensure_ascii=False),
             make_message_id(email_id, domain, salt=salt),
+            # EMAILS_OFF: written all the same, so operators see what the customer would get.
+            "off" if draft.kind in settings.emails_off else "pending",
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     rows = conn.execute(
         """
         INSERT INTO emails (id, subscription_id, event_id, kind, fact, to_address, locale,
-                            context, message_id)
+                            context, message_id, status)
         SELECT id, subscription_id, event_id, kind, fact, to_address, locale,
-               context::jsonb, message_id
+               context::jsonb, message_id, status
         FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[],
-                    %b::text[], %b::text[], %b::text[], %b::text[])
+                    %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
              AS d(id, subscription_id, event_id, kind, fact, to_address, locale, context,
-                  message_id)
+                  message_id, status)
         ON CONFLICT (subscription_id, kind, fact) DO NOTHING
         RETURNING id
         """,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -23,6 +22,7 @@ from workers import db, events
 from workers.config import Settings
 from workers.db import Conn
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
+from workers.terminal import visible
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,6 @@ class Sweep:
             f"checked {self.subscriptions_checked} subscription(s) and {self.orders_checked} "
             f"order(s): {self.differing} differ{later}"
         )
-
-
-def _visible_char(char: str) -> str:
-    if char == "\\" or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-        return char.encode("unicode_escape").decode("ascii")  # \x1b, \u202e, \\
-    return char
-
-
-def visible(text: str) -> str:
-    """`text` with control and format characters (and backslashes) escaped, safe for a terminal."""
-    return "".join(map(_visible_char, text))
 
 
 # --- the window -------------------------------------------------------------------------------

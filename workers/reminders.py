@@ -18,7 +18,7 @@ from typing import Any
 
 from psycopg import sql
 
-from workers import db, outbox
+from workers import db, dunning, outbox
 from workers.config import Settings
 from workers.db import Conn
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
@@ -33,14 +33,42 @@ LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _START_OF_TIME = datetime.min.replace(tzinfo=UTC)
 
-# The expiry instant as outbox facts spell it (workers.subscriptions.iso): ISO 8601 in UTC with
-# a Z, microseconds only when there are some.
-_UTC_EXPIRY = "(s.expires_at AT TIME ZONE 'UTC')"
-FACT_TIME = sql.SQL(
-    "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
-    "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
-    "|| 'Z'"
-).format(t=sql.SQL(_UTC_EXPIRY))
+
+def _fact_time(column: str) -> sql.Composed:
+    """The instant in `s.column` as outbox facts spell it (workers.subscriptions.iso).
+
+    ISO 8601 in UTC with a Z, microseconds only when there are some.
+    """
+    t = sql.SQL("(s.{} AT TIME ZONE 'UTC')").format(sql.Identifier(column))
+    return sql.SQL(
+        "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+        "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
+        "|| 'Z'"
+    ).format(t=t)
+
+
+FACT_TIME = _fact_time("expires_at")
+
+# The start of a past-due episode as dunning facts spell it (workers.dunning.fact).
+SINCE_FACT = sql.SQL("'past_due/' || {} || '/'").format(_fact_time("past_due_since"))
+
+# Past-due subscriptions whose episode began on one day, through subscriptions_past_due_idx.
+_DUNNING = sql.SQL(
+    """
+    SELECT {columns}, s.past_due_since
+    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+    WHERE s.status = 'past_due'
+      AND s.past_due_since >= %(lo)s AND s.past_due_since < %(hi)s
+      AND (s.past_due_since, s.id) > (%(after_at)s, %(after_id)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM emails e
+          WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(day)s
+      )
+    ORDER BY s.past_due_since, s.id
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+    """
+).format(columns=outbox.SOURCE_COLUMNS, fact=SINCE_FACT)
 
 # The predicate matches the partial index's, so the planner can use it.
 _DUE = sql.SQL(
@@ -71,7 +99,11 @@ _EXPIRED = sql.SQL(
     FROM subscriptions s JOIN customers c ON c.id = s.customer_id
     WHERE s.status IN ('active', 'past_due')
       AND s.expires_at < %(cutoff)s
-      AND (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s)
+      -- A past-due episode keeps access DUNNING_GRACE_DAYS (what its emails promise); else
+      -- automatic renewals get EXPIRY_GRACE_DAYS for a late renewal.
+      AND CASE WHEN s.status = 'past_due' AND s.past_due_since IS NOT NULL
+               THEN s.past_due_since < %(dunning_cutoff)s
+               ELSE (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s) END
       AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
       AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
     ORDER BY s.expires_at, s.id
@@ -172,6 +204,7 @@ def _scan(
         "expiry_notice": 0,
         "renewal_reminder": 0,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     cutoff = min(now, _next_day_start(as_of))
     begun_by = day_start(as_of)
@@ -202,6 +235,8 @@ def _scan(
             send=send,
             planned=planned,
         )
+        for day in settings.dunning_days:
+            counts["payment_failed"] += _dun(settings, as_of, day, send, planned)
     if planned is None:
         log.info("reminder scan for %s: %s", as_of.isoformat(), counts)
     return counts
@@ -229,6 +264,28 @@ def _batch(
             planned.extend(drafts)
             return rows, []
         return rows, outbox.write(conn, settings, drafts)
+
+
+def _walk(
+    settings: Settings,
+    query: sql.Composed,
+    params: dict[str, Any],
+    draft: Callable[[dict[str, Any]], outbox.Draft],
+    send: _Dispatcher,
+    planned: list[outbox.Draft] | None,
+    order: str,
+    mark: Callable[[Conn, list[dict[str, Any]]], None] | None = None,
+) -> tuple[int, int]:
+    """Run `query` batch after batch, keyed on (`order`, id); (rows read, emails new or planned)."""
+    read = written = 0
+    while True:
+        rows, ids = _batch(settings, query, params, draft, planned, mark)
+        send(ids)
+        read += len(rows)
+        written += len(rows) if planned is not None else len(ids)
+        if len(rows) < BATCH:
+            return read, written
+        params["after_at"], params["after_id"] = rows[-1][order], rows[-1]["subscription_id"]
 
 
 def _remind(
@@ -266,14 +323,44 @@ def _remind(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
 
-    written = 0
-    while True:
-        rows, ids = _batch(settings, _DUE, params, draft, planned)
-        send(ids)
-        written += len(rows) if planned is not None else len(ids)
-        if len(rows) < BATCH:
-            return written
-        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
+    return _walk(settings, _DUE, params, draft, send, planned, "expires_at")[1]
+
+
+def _dun(
+    settings: Settings,
+    as_of: date,
+    day: int,
+    send: _Dispatcher,
+    planned: list[outbox.Draft] | None,
+) -> int:
+    """Write day `day` of the payment-failed sequence for episodes begun `day` days before `as_of`.
+
+    Returns how many were new (or would be, when only `planned`).
+    """
+    began = _later(as_of, -day)
+    if began is None:
+        return 0
+    lo = day_start(began)
+    params: dict[str, Any] = {
+        "lo": lo,
+        "hi": _next_day_start(began),
+        "after_at": lo,
+        "after_id": 0,
+        "kind": dunning.KIND,
+        "day": str(day),
+        "limit": BATCH,
+    }
+
+    def draft(row: dict[str, Any]) -> outbox.Draft:
+        since = row["past_due_since"]
+        return outbox.Draft(
+            source=row,
+            kind=dunning.KIND,
+            fact=dunning.fact(since, day),
+            extra=dunning.context(settings, row, since, day),
+        )
+
+    return _walk(settings, _DUNNING, params, draft, send, planned, "past_due_since")[1]
 
 
 def _expire(
@@ -283,6 +370,7 @@ def _expire(
     params: dict[str, Any] = {
         "cutoff": cutoff,
         "grace_cutoff": cutoff - timedelta(days=settings.expiry_grace_days),
+        "dunning_cutoff": cutoff - timedelta(days=settings.dunning_grace_days),
         "lifetime": LIFETIME_FROM,
         "after_at": _START_OF_TIME,
         "after_id": 0,
@@ -292,22 +380,15 @@ def _expire(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
 
-    expired = notices = 0
-    while True:
-        rows, ids = _batch(settings, _EXPIRED, params, draft, planned, _mark_expired)
-        send(ids)
-        expired += len(rows)
-        notices += len(rows) if planned is not None else len(ids)
-        if len(rows) < BATCH:
-            return expired, notices
-        params["after_at"], params["after_id"] = rows[-1]["expires_at"], rows[-1]["subscription_id"]
+    return _walk(settings, _EXPIRED, params, draft, send, planned, "expires_at", _mark_expired)
 
 
 def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:
     """Set the (locked) subscriptions `expired` and record the change in their history."""
     ids = [row["subscription_id"] for row in rows]
     conn.execute(
-        "UPDATE subscriptions SET status = 'expired', updated_at = now() WHERE id = ANY(%s)",
+        "UPDATE subscriptions SET status = 'expired', past_due_since = NULL, updated_at = now() "
+        "WHERE id = ANY(%s)",
         (ids,),
     )
     conn.execute(

@@ -30,7 +30,7 @@ from workers.subscriptions import iso
 log = logging.getLogger(__name__)
 
 PROTOCOLS: dict[str, ModuleType] = {module.KIND: module for module in (ipn, lcn, ins)}
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed")
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 
 # One transaction and one Redis pipeline per chunk: big enough to be fast, small enough that
 # workers never wait long on the rows a replay holds.

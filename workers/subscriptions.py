@@ -242,3 +242,21 @@ def describe(conn: Conn, license_code: str) -> dict[str, Any] | None:
             for h in history
         ],
     }
+
+
+def emails(conn: Conn, license_code: str, limit: int = 100) -> list[dict[str, Any]]:
+    """A subscription's outbox rows, newest first (instants in ISO): sent, held back, or off."""
+    rows: list[dict[str, Any]] = conn.execute(
+        """
+        SELECT e.id, e.kind, e.fact, e.to_address, e.status, e.created_at, e.sent_at,
+               e.last_error
+        FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
+        WHERE s.license_code = %s
+        ORDER BY e.id DESC
+        LIMIT %s
+        """,
+        (license_code, limit),
+    ).fetchall()
+    return [
+        row | {"created_at": iso(row["created_at"]), "sent_at": iso(row["sent_at"])} for row in rows
+    ]

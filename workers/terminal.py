@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
-# C0 (newlines and tabs included), DEL, C1, the line and paragraph separators, the bidirectional
-# overrides that reorder what is shown, and the backslash (so an escape cannot be faked).
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\\\\]"
-)
+# In ASCII: C0 (newlines and tabs included), DEL and the backslash (so an escape cannot be faked).
+_ASCII_UNSAFE = re.compile("[\x00-\x1f\x7f\\\\]")
+# Beyond ASCII, by category: C1 controls, format characters (the bidirectional overrides that
+# reorder what is shown, zero-width characters) and the line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def _escape(match: re.Match[str]) -> str:
-    return match.group().encode("unicode_escape").decode("ascii")
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")  # \x1b, \n, \u202e, \\
+
+
+def _visible_char(char: str) -> str:
+    if char == "\\" or unicodedata.category(char) in _UNSAFE_CATEGORIES:
+        return _escape(char)
+    return char
 
 
 def visible(value: object) -> str:
@@ -22,9 +29,11 @@ def visible(value: object) -> str:
     a line of output; what was received stays readable, as Python's repr shows it.
     """
     text = value if isinstance(value, str) else str(value)
-    return _UNSAFE.sub(_escape, text)
+    if text.isascii():
+        return _ASCII_UNSAFE.sub(lambda match: _escape(match.group()), text)
+    return "".join(map(_visible_char, text))
 
 
 def printable(text: str) -> bool:
     """Whether `text` holds nothing that `visible` would escape."""
-    return _UNSAFE.search(text) is None
+    return visible(text) == text

@@ -67,6 +67,7 @@ def test_the_api_answers_as_its_openapi_file_says_and_never_with_a_server_error(
         "POST /events/replay",
         "GET /subscriptions/{license_code}",
         "GET /emails",
+        "GET /suppressions",
     }
     for operation in operations:
 

@@ -117,3 +117,30 @@ def test_db_init_widens_two_decimal_amounts_of_an_older_database_keeping_them(fr
         conn.execute("UPDATE subscriptions SET price_paid = 1.234 WHERE license_code = 'LIC-OLD'")
         kept = conn.execute("SELECT price_paid::text FROM subscriptions").fetchone()
     assert kept == ("1.234",)
+
+
+def test_db_init_lets_an_older_outbox_hold_suppressed_and_off_emails(fresh_url):
+    assert db_init(fresh_url).returncode == 0
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        # The outbox as it was before emails could be suppressed or switched off.
+        conn.execute("ALTER TABLE emails DROP CONSTRAINT emails_status_check")
+        conn.execute(
+            "ALTER TABLE emails ADD CONSTRAINT emails_status_check "
+            "CHECK (status IN ('pending', 'sending', 'sent', 'failed'))"
+        )
+
+    again = db_init(fresh_url)
+    assert again.returncode == 0, again.stderr
+    assert db_init(fresh_url).returncode == 0
+
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        definition = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'emails_status_check'"
+        ).fetchone()
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'subscriptions' AND column_name = 'past_due_since'"
+        ).fetchall()
+    assert definition is not None and "'suppressed'" in definition[0] and "'off'" in definition[0]
+    assert columns == [("past_due_since",)]

@@ -362,6 +362,8 @@ class CutsTheSender(Recorder):
                 """
                 SELECT pg_terminate_backend(pid), pid FROM pg_locks
                 WHERE locktype = 'advisory' AND classid = %s AND objid = %s
+                  -- this session's database only: other test runs hold locks on the same ids
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """,
                 (mailer.LOCK_BASE >> 32, self.email_id),
             ).fetchall()

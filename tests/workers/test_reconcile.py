@@ -20,7 +20,8 @@ from webhooks.protocol import samples
 from workers import actors, clock
 from workers.cli import cli
 from workers.config import Settings
-from workers.reconcile import Difference, visible
+from workers.reconcile import Difference
+from workers.terminal import visible
 
 
 def today() -> date:

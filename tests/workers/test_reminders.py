@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from tests.support import insert_subscription, queued_event_ids
-from workers import reminders
+from workers import dunning, reminders
 from workers.config import Settings
 from workers.subscriptions import iso
 
@@ -91,6 +91,7 @@ def test_running_a_day_again_writes_nothing_more(conn, settings):
         "expiry_notice": 0,
         "renewal_reminder": 1,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     assert again == dict.fromkeys(first, 0)
     assert len(emails(conn)) == 1
@@ -273,6 +274,7 @@ def test_many_due_subscriptions_are_handled_in_batches(conn, settings, monkeypat
         "expiry_notice": 7,
         "renewal_reminder": 8,
         "auto_renewal_notice": 0,
+        "payment_failed": 0,
     }
     rows = emails(conn)
     assert sorted(row["subscription_id"] for row in rows) == sorted(due + gone)
@@ -322,8 +324,8 @@ def test_facts_spell_the_expiry_as_the_lifecycle_does(conn, instant):
     assert conn.execute(query).fetchone()["fact"] == iso(instant)
 
 
-@pytest.mark.parametrize("query", ["_DUE", "_EXPIRED"])
-def test_the_scan_queries_can_use_the_live_expiry_index(conn, query):
+@pytest.mark.parametrize("query", ["_DUE", "_EXPIRED", "_DUNNING"])
+def test_the_scan_queries_can_use_their_partial_index(conn, query):
     subscription(conn)
     params = {
         "lo": EXPIRES,
@@ -336,16 +338,30 @@ def test_the_scan_queries_can_use_the_live_expiry_index(conn, query):
         "limit": 500,
         "cutoff": NOW,
         "grace_cutoff": NOW,
+        "dunning_cutoff": NOW,
         "lifetime": reminders.LIFETIME_FROM,
         "begun_by": NOW,
+        "day": "3",
     }
+    index = "subscriptions_past_due_idx" if query == "_DUNNING" else "subscriptions_live_expiry_idx"
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         plan = conn.execute(
             sql.SQL("EXPLAIN {}").format(getattr(reminders, query)), params
         ).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)
-    assert "subscriptions_live_expiry_idx" in text
+    assert index in text
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [datetime(2030, 6, 30, tzinfo=UTC), datetime(2030, 6, 30, 1, 2, 3, 450, tzinfo=UTC)],
+)
+def test_dunning_facts_spell_the_episode_as_the_lifecycle_does(conn, instant):
+    sub_id = subscription(conn, status="past_due")
+    conn.execute("UPDATE subscriptions SET past_due_since = %s WHERE id = %s", (instant, sub_id))
+    query = sql.SQL("SELECT {} || '3' AS fact FROM subscriptions s").format(reminders.SINCE_FACT)
+    assert conn.execute(query).fetchone()["fact"] == dunning.fact(instant, 3)
 
 
 def bought(conn: psycopg.Connection, at: datetime, expires: datetime, **values: Any) -> int:

@@ -476,7 +476,7 @@ def subscription(license_code: str) -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
-        sent = subscriptions.emails(conn, license_code)
+        sent = [] if found is None else subscriptions.emails(conn, license_code)
     if found is None:
         shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
         return _message("No such subscription", f"No subscription has license {shown}.", 404)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from dotenv import dotenv_values
 
 from tests.conftest import REDIS_NAMESPACE, SECRET_KEYS, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import free_port
@@ -146,3 +147,25 @@ def test_setup_without_postgresql_redis_or_apt_stops_first_with_the_commands(tmp
     )
     assert "sudo -u postgres createuser --superuser" in result.stderr
     assert not (checkout / ".venv").exists()  # stopped before anything else
+
+
+def test_the_generated_env_reads_the_same_under_honcho_and_rinnovo(tmp_path):
+    env_file = tmp_path / ".env"
+    made = subprocess.run(
+        [str(ROOT / "scripts" / "new-env")], capture_output=True, text=True, check=True
+    )
+    env_file.write_text(made.stdout, encoding="utf-8")
+
+    honcho = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "honcho"), "-e", str(env_file), "run", "env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = dict(line.split("=", 1) for line in honcho.stdout.splitlines() if "=" in line)
+    read = dotenv_values(env_file)
+
+    assert seen["MERCHANT_NAME"] == read["MERCHANT_NAME"] == "Example Shop"
+    for name, value in read.items():
+        assert seen[name] == value, name
+    assert len(read["ADMIN_TOKEN"] or "") >= 16  # the receiver refuses a shorter one

@@ -139,8 +139,17 @@ def build_scheduler(settings: Settings) -> BlockingScheduler:
     return scheduler
 
 
+def quiet_scheduler() -> None:
+    """Keep APScheduler's warnings and errors (a job that raised, a missed run), not its chatter.
+
+    It logs two info lines per job run: with relays every 10 s they bury what the jobs say.
+    """
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
 def run(settings: Settings) -> None:
     """Run the clock until interrupted, with one pass of every job at start-up."""
+    quiet_scheduler()
     relay_job(settings)
     email_relay_job(settings)
     reminder_job(settings)

@@ -139,3 +139,14 @@ def test_with_redis_down_the_jobs_write_the_emails_and_leave_them_for_a_later_ti
     assert rows == [{"kind": "renewal_reminder", "enqueued_at": None}]
     assert "left for the relay" in caplog.text
     assert "email relay skipped this tick" in caplog.text
+
+
+def test_the_scheduler_s_per_run_chatter_is_left_out_but_its_warnings_are_kept():
+    executor = logging.getLogger("apscheduler.executors.default")
+    before = logging.getLogger("apscheduler").level
+    try:
+        clock.quiet_scheduler()
+        assert not executor.isEnabledFor(logging.INFO)
+        assert executor.isEnabledFor(logging.WARNING)
+    finally:
+        logging.getLogger("apscheduler").setLevel(before)

@@ -1,4 +1,4 @@
-"""The locked dependencies: pyproject's ranges, the lock, the installed versions, dramatiq's internals."""
+"""The lock: pyproject's ranges, the installed versions, and the dramatiq internals replay uses."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def locked() -> dict[str, str]:
 def declared() -> list[Requirement]:
     """The project's own and its dev extra's requirements, as pyproject.toml states them."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    dev = project["optional-dependencies"]["dev"]
+    return [Requirement(r) for r in project["dependencies"] + dev]
 
 
 def test_every_dependency_in_pyproject_is_pinned_in_the_lock_within_its_range() -> None:

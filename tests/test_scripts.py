@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy(target: Path, env: str = "") -> Path:
-    """The scripts, Procfile, pyproject and lock of this checkout, sharing its installed virtualenv."""
+    """The scripts, Procfile, pyproject and lock of this checkout, sharing its virtualenv."""
     target.mkdir()
     shutil.copytree(ROOT / "scripts", target / "scripts")
     for name in ("Procfile", "pyproject.toml", "requirements-dev.lock"):

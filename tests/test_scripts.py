@@ -21,15 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy(target: Path, env: str = "") -> Path:
-    """The scripts, Procfile and pyproject of this checkout, sharing its installed virtualenv."""
+    """The scripts, Procfile, pyproject and lock of this checkout, sharing its virtualenv."""
     target.mkdir()
     shutil.copytree(ROOT / "scripts", target / "scripts")
-    for name in ("Procfile", "pyproject.toml"):
+    for name in ("Procfile", "pyproject.toml", "requirements-dev.lock"):
         shutil.copy2(ROOT / name, target / name)
     # Older than the shared virtualenv's install stamp: setup installs nothing from the copy
     # (without the stamp it would reinstall the package from the copy into the shared one).
     assert (ROOT / ".venv" / ".rinnovo-installed").is_file(), "run scripts/setup first"
-    os.utime(target / "pyproject.toml", (0, 0))
+    for name in ("pyproject.toml", "requirements-dev.lock"):
+        os.utime(target / name, (0, 0))
     (target / ".venv").symlink_to(ROOT / ".venv")
     if env:
         (target / ".env").write_text(env, encoding="utf-8")

@@ -40,8 +40,8 @@ from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from tests.support import Receiver, TcpProxy, free_port, queued_event_ids  # noqa: E402
-from workers import db as database  # noqa: E402
-from workers.broker import broker  # noqa: E402
+from workers.jobs.broker import broker  # noqa: E402
+from workers.store import db as database  # noqa: E402
 
 TABLES = (
     "email_suppressions",

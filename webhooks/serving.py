@@ -157,7 +157,7 @@ class Worker(GeventWorker):
     def run(self) -> None:
         """Serve until told to stop, then close the database pool while gevent still runs."""
         super().run()
-        from workers import db  # not at the top: the master must not import psycopg
+        from workers.store import db  # not at the top: the master must not import psycopg
 
         db.close_pool()
 

@@ -148,7 +148,7 @@ def test_the_rinnovo_command_logs_json_lines_on_stderr_with_v_and_only_warnings_
     assert verbose.returncode == 0, verbose.stderr
     assert verbose.stdout == "enqueued 1 event(s)\n"
     entries = [json.loads(line) for line in verbose.stderr.splitlines()]
-    [relayed] = [entry for entry in entries if entry["logger"] == "workers.dispatch"]
+    [relayed] = [entry for entry in entries if entry["logger"] == "workers.jobs.dispatch"]
     assert relayed["level"] == "info"
     assert relayed["message"] == "relay enqueued 1 stored event(s)"
 

@@ -477,7 +477,7 @@ def subscription(license_code: str) -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
-        sent = subscriptions.emails(conn, license_code)
+        sent = subscriptions.emails(conn, license_code) if found is not None else []
     if found is None:
         shown = visible(license_code)  # a NUL or ESC typed into the address bar, shown
         return _message("No such subscription", f"No subscription has license {shown}.", 404)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL
@@ -19,8 +20,10 @@ from tests.emails.conftest import Recorder
 from tests.support import FORM, signed_ipn
 from tests.workers.jobs.test_mailer import new_email
 from workers.config import Settings
-from workers.jobs import outbox
+from workers.jobs import actors
 from workers.jobs.broker import broker
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 BIN = Path(sys.executable).parent
 
@@ -60,7 +63,7 @@ def test_on_sigterm_a_worker_finishes_the_email_it_is_sending_and_hands_back_the
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        outbox.dispatch(TEST_DATABASE_URL, [first, second])
+        actors.dispatch_emails(TEST_DATABASE_URL, [first, second])
 
         def status(email_id: int) -> str:
             found = conn.execute("SELECT status FROM emails WHERE id = %s", (email_id,))

@@ -16,6 +16,8 @@ import requests
 from tests.conftest import REDIS_NAMESPACE, SECRET_KEYS, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import free_port
 
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

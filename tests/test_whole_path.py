@@ -13,6 +13,8 @@ from workers.jobs import actors
 from workers.ops import replay, samples
 from workers.protocol import form
 
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
+
 
 @pytest.fixture
 def smtp_sink(monkeypatch, smtp_server):

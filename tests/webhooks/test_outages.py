@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import host_port, signed_ipn
 from workers.jobs import dispatch
 from workers.ops import samples
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 
 def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_relayed_once(

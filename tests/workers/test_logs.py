@@ -153,6 +153,7 @@ def test_the_rinnovo_command_logs_json_lines_on_stderr_with_v_and_only_warnings_
     assert relayed["message"] == "relay enqueued 1 stored event(s)"
 
 
+@pytest.mark.slow  # a real gunicorn or dramatiq process
 def test_gunicorn_with_the_rinnovo_logger_writes_json_access_and_application_lines(conn, tmp_path):
     port = free_port()
     out, err = tmp_path / "stdout", tmp_path / "stderr"

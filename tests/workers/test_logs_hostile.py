@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REDIS_NAMESPACE, TEST_REDIS_URL
 from tests.workers.jobs.test_mailer import new_email, settings  # noqa: F401
 from workers import logs
@@ -46,6 +48,7 @@ def test_a_sent_email_is_logged_by_id_and_kind_with_the_address_only_at_debug(
     assert any("giulia.rossi@example.com" in message for message in debug)
 
 
+@pytest.mark.slow  # a real gunicorn or dramatiq process
 def test_the_worker_main_process_logs_json_lines_too(database_url, tmp_path):
     env = {
         **os.environ,

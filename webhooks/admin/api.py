@@ -18,8 +18,9 @@ from webhooks.admin import page as admin_page
 from webhooks.intake import settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
-from workers.store import db
+from workers.store import db, subscriptions, suppressions
 from workers.store.events import EventFilter
+from workers.store.subscriptions import iso
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -309,7 +310,6 @@ def replay_events() -> tuple[Response, int]:
 def show_subscription(license_code: str) -> Response:
     """One subscription: its state, customer and history."""
     _only_args()
-    from workers.store import subscriptions
 
     with db.connection(settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
@@ -338,8 +338,6 @@ def list_emails() -> Response:
 @bp.get("/suppressions")
 def list_suppressions() -> Response:
     """Addresses that unsubscribed, newest first (only `address`'s when given)."""
-    from workers.store import suppressions
-    from workers.store.subscriptions import iso
 
     _only_args("address", "limit")
     limit, _ = _page()

@@ -43,11 +43,12 @@ from werkzeug.exceptions import HTTPException
 
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+from workers.jobs import outbox, reconcile
 from workers.jobs.broker import broker
 from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
-from workers.store import db, events
+from workers.store import db, events, subscriptions, suppressions
 from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
@@ -433,7 +434,6 @@ def replay_event(event_id: str) -> Any:
 @bp.post("/emails/<email_id>/resend")
 def resend_email(email_id: str) -> Any:
     """Send a failed email again, same Message-ID (interrupted: check the mail log first)."""
-    from workers.jobs import outbox
 
     number = _event_id(email_id)
     found = None
@@ -473,7 +473,6 @@ def find_subscription() -> Any:
 @bp.get("/subscriptions/<license_code>")
 def subscription(license_code: str) -> Any:
     """One subscription: state, customer, and every change with the event that made it."""
-    from workers.store import subscriptions
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         found = subscriptions.describe(conn, license_code)
@@ -490,7 +489,6 @@ def subscription(license_code: str) -> Any:
 @bp.get("/reconcile")
 def reconcile_runs() -> Any:
     """The latest sweeps of the provider's API: window, counts, outcome."""
-    from workers.jobs import reconcile
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         runs = reconcile.recent_runs(conn, PAGE_SIZE)
@@ -500,7 +498,6 @@ def reconcile_runs() -> Any:
 @bp.get("/reconcile/<run_id>")
 def reconcile_run(run_id: str) -> Any:
     """One sweep: each difference, the event that applied it, and what that changed."""
-    from workers.jobs import reconcile
 
     number = _event_id(run_id)
     detail = None
@@ -515,7 +512,6 @@ def reconcile_run(run_id: str) -> Any:
 @bp.get("/suppressions")
 def suppression_list() -> Any:
     """Addresses that unsubscribed from reminders, newest first."""
-    from workers.store import subscriptions, suppressions
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         rows = suppressions.listing(conn, address=_arg("address"), limit=PAGE_SIZE)

@@ -22,6 +22,7 @@ from workers.config import Settings
 from workers.errors import PermanentEventError, RinnovoError
 from workers.protocol import form, ins
 from workers.provider_api import Client, MalformedAnswer, Order, Subscription, parse_record
+from workers.store import outbox
 from workers.store import subscriptions as subs
 from workers.store.db import Conn
 
@@ -218,8 +219,6 @@ class _Run:
         """Ask for an email about this fact (once ever per subscription, kind and fact)."""
         if not self.emails or self.too_old_to_tell(sub, kind):
             return
-        from workers.jobs import outbox
-
         email_id = outbox.add(
             self.conn,
             self.settings,

@@ -18,6 +18,7 @@ from dotenv import load_dotenv
 from workers.config import Settings
 from workers.errors import RinnovoError
 from workers.logs import configure_logging
+from workers.store import db as database
 from workers.terminal import visible
 
 _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
@@ -69,7 +70,6 @@ def db() -> None:
 @db.command("init")
 def db_init() -> None:
     """Create the database if it is missing and apply schema.sql (safe to run again)."""
-    from workers.store import db as database
 
     url = _settings().database_url
     created = database.init_db(url)
@@ -80,6 +80,8 @@ def db_init() -> None:
 @click.pass_context
 def clock(ctx: click.Context) -> None:
     """Run the scheduler: the relay of stored-but-unenqueued events and the reminder scan."""
+    # Deferred: APScheduler and the actors (the broker, built from the environment) stay out of
+    # every other command's start-up.
     from workers.jobs import clock as scheduler
 
     # A service, not a command a person waits on: it logs what it does at info level at least.
@@ -94,6 +96,8 @@ def clock(ctx: click.Context) -> None:
 )
 def relay(older_than: float) -> None:
     """Enqueue now every event that was stored but never enqueued."""
+    # Deferred: importing the actors builds the broker from the environment, which start-up
+    # of every command (before ./.env is read) must not do.
     from workers.jobs import dispatch
 
     count = dispatch.relay(_settings().database_url, older_than_seconds=older_than)

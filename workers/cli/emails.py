@@ -7,9 +7,17 @@ from pathlib import Path
 
 import click
 
+from emails.preview import preview
 from emails.render import KINDS, LOCALES, template_locale
+from workers.cli.events import _cut, _when, table
+from workers.cli.subscriptions import Refused
 from workers.config import Settings
+from workers.jobs import reminders
 from workers.jobs.mailer import FAILURES
+from workers.ops import replay
+from workers.store import db, suppressions
+from workers.store.subscriptions import iso
+from workers.terminal import visible
 
 
 @click.group("reminders")
@@ -32,7 +40,6 @@ def reminders_group() -> None:
 )
 def reminders_run(as_of: datetime | None, dry_run: bool) -> None:
     """Run the reminder scan for one day; safe to repeat (nothing is written twice)."""
-    from workers.jobs import reminders
 
     today = datetime.now(UTC).date()
     day = as_of.date() if as_of is not None else today
@@ -79,7 +86,6 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
 
     Prints the subject and text body, or writes the HTML body to a file.
     """
-    from emails.preview import preview
 
     settings = Settings.from_env()
     voice = settings.merchant_voice()
@@ -117,9 +123,6 @@ def emails_list(
     status: str | None, reason: str | None, to: str | None, kind: str | None, limit: int
 ) -> None:
     """List outbox emails, newest first."""
-    from workers.cli.events import _cut, _when, table
-    from workers.ops import replay
-    from workers.store import db
 
     try:
         with db.connection(Settings.from_env().database_url) as conn, conn.transaction():
@@ -158,6 +161,8 @@ def emails_resend(email_ids: tuple[int, ...]) -> None:
     An interrupted email may have reached the customer: check the mail server's log for its
     Message-ID first. Exits 1 if any id could not be resent.
     """
+    # Deferred: importing the actors builds the broker from the environment, which start-up
+    # of every command (before ./.env is read) must not do.
     from workers.jobs import outbox
 
     result = outbox.resend(Settings.from_env().database_url, email_ids)
@@ -176,9 +181,6 @@ def emails_resend(email_ids: tuple[int, ...]) -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 def emails_suppressions(address: str | None, limit: int) -> None:
     """List addresses that unsubscribed, newest first: address, family, when and how."""
-    from workers.store import db, suppressions
-    from workers.store.subscriptions import iso
-    from workers.terminal import visible
 
     settings = Settings.from_env()
     with db.connection(settings.database_url) as conn:
@@ -194,9 +196,6 @@ def emails_suppressions(address: str | None, limit: int) -> None:
 @click.argument("address")
 def emails_unsuppress(address: str) -> None:
     """Lift every suppression of ADDRESS: its reminders are sent again from now on."""
-    from workers.cli.subscriptions import Refused
-    from workers.store import db, suppressions
-    from workers.terminal import visible
 
     settings = Settings.from_env()
     with db.connection(settings.database_url) as conn, conn.transaction():

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from workers.billing import lifecycle, policies
+from workers.billing import dunning, lifecycle, policies
 from workers.config import Settings
 from workers.jobs import reconcile
 from workers.store import db
@@ -183,7 +183,6 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
     if overdue:
         _list_overdue(settings, limit)
         return
-    from workers.billing import dunning
 
     with db.connection(settings.database_url) as conn:
         rows = dunning.listing(conn, status, limit)

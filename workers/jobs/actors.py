@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterable
 from functools import lru_cache
 
 import dramatiq
@@ -19,8 +20,9 @@ from workers.errors import (
     DatabaseUnavailable,
     PermanentEventError,
 )
-from workers.jobs import retry
-from workers.store import db, events
+from workers.jobs import mailer, retry
+from workers.jobs.broker import send_each
+from workers.store import db, events, outbox
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +83,8 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
             conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
         )
     if applied.email_ids:
-        from workers.jobs import outbox
-
         try:
-            outbox.dispatch(settings().database_url, applied.email_ids)
+            dispatch_emails(settings().database_url, applied.email_ids)
         except (BrokerUnavailable, DatabaseUnavailable) as exc:
             # Committed as pending: the clock's email relay sends them when Redis is back.
             log.warning("event %s: emails left for the relay (%s)", event_id, exc)
@@ -110,7 +110,29 @@ def process_event(event_id: int, emails: bool = True) -> None:
 @dramatiq.actor(**retry.EMAILS.actor_options(), throws=(PermanentEmailError,))
 def send_email(email_id: int) -> None:
     """Render one outbox row and send it; marked `sent` once, `failed` when it never can be."""
-    from workers.jobs import mailer
 
     job = retry.job_of(CurrentMessage.get_current_message(), retry.EMAILS)
     mailer.send(settings(), email_id, final=job.final, job=job)
+
+
+def send_emails(email_ids: Iterable[int]) -> list[int]:
+    """Hand ids to the broker until it fails; the ones it took."""
+    return send_each(send_email, email_ids)
+
+
+def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:
+    """Enqueue committed emails and record when; returns those the broker took.
+
+    Raises BrokerUnavailable when Redis takes none of them: they stay unenqueued for the relay.
+    """
+    if not email_ids:
+        return []
+    sent = send_emails(email_ids)
+    if len(sent) < len(email_ids):
+        log.warning("broker failed: %d email(s) left for the relay", len(email_ids) - len(sent))
+    with db.connection(database_url) as conn, conn.transaction():
+        # Losing this mark only means the relay enqueues the email again, which the mailer
+        # shrugs off, so it need not wait for the disk.
+        conn.execute("SET LOCAL synchronous_commit = off")
+        outbox.mark_enqueued(conn, sent)
+    return sent

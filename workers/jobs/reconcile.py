@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from workers.config import Settings
+from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
 from workers.store import db, events
 from workers.store.db import Conn
@@ -403,7 +404,6 @@ def run(
 
 def _enqueue(enqueue: Enqueue, sweep: Sweep) -> None:
     """Hand the new events to the broker; when it refuses, the clock's relay sends them later."""
-    from workers.errors import BrokerUnavailable, DatabaseUnavailable
 
     try:
         enqueue(sweep.event_ids)
@@ -415,6 +415,7 @@ def dispatcher(database_url: str) -> Enqueue:
     """Enqueue events as the receiver does (any the broker refuses go back to the relay)."""
 
     def enqueue(event_ids: list[int]) -> object:
+        # Deferred: the CLI and the web app list runs without the actors (the broker) at start-up.
         from workers.jobs import dispatch
 
         return dispatch.dispatch(database_url, event_ids)

@@ -21,8 +21,7 @@ from psycopg import sql
 from workers.billing import dunning
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
-from workers.jobs import outbox
-from workers.store import db
+from workers.store import db, outbox
 from workers.store.db import Conn
 
 log = logging.getLogger(__name__)
@@ -163,8 +162,12 @@ class _Dispatcher:
     def _dispatch(self, email_ids: list[int]) -> None:
         if self.broker_down:
             return
+        # Deferred: importing the actors builds the broker and checks the catalog, which a
+        # reminder run that writes nothing must not pay at start-up.
+        from workers.jobs.actors import dispatch_emails
+
         try:
-            outbox.dispatch(self.database_url, email_ids)
+            dispatch_emails(self.database_url, email_ids)
         except BrokerUnavailable as exc:
             self.broker_down = True
             log.warning("reminder emails left for the relay: %s", exc)

@@ -18,8 +18,15 @@ from dramatiq.brokers.redis import RedisBroker
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from workers.billing import lifecycle
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound, RinnovoError
+from workers.errors import (
+    BadFilter,
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    EventNotFound,
+    RinnovoError,
+)
 from workers.protocol import form, ins, ipn, lcn
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events
@@ -35,10 +42,6 @@ EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 # One transaction and one Redis pipeline per chunk: big enough to be fast, small enough that
 # workers never wait long on the rows a replay holds.
 CHUNK = 2000
-
-
-class BadFilter(RinnovoError, ValueError):
-    """An operator's filter, date or id that cannot be understood; the message says why."""
 
 
 @dataclass
@@ -254,6 +257,8 @@ def _enqueue_many(event_ids: Sequence[int], *, emails: bool) -> None:
     through dramatiq's own enqueue (ids, middleware, encoding) and only the sending is batched:
     one message at a time is many times slower (see benchmarks/replay.py).
     """
+    # Deferred: importing the actors builds the broker from the environment, which start-up
+    # of every command (before ./.env is read) must not do.
     from workers.jobs.actors import process_event
 
     broker = process_event.broker
@@ -373,7 +378,6 @@ def replay(
 
 def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> dict[str, Any]:
     """Apply one event in a transaction that is rolled back; what it would change."""
-    from workers.billing import lifecycle
 
     preview: dict[str, Any] = {"event_id": event_id}
     try:

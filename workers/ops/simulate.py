@@ -31,7 +31,7 @@ from workers.errors import ConfigError, DatabaseUnavailable, RinnovoError
 from workers.ops import samples
 from workers.protocol import form
 from workers.protocol.signature import Algorithm
-from workers.store import db
+from workers.store import db, subscriptions
 
 DEFAULT_PORT = "8000"  # the Procfile's when PORT is unset
 DEFAULT_EMAIL = "customer@example.com"
@@ -127,7 +127,6 @@ def known_subscription(
     settings: Settings, license_code: str, notes: list[str]
 ) -> dict[str, Any] | None:
     """The local database's view of a license, or None with a note saying why there is none."""
-    from workers.store import subscriptions
 
     try:
         with db.connection(settings.database_url) as conn, conn.transaction():

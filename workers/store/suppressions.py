@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workers.errors import BadFilter
 from workers.store.db import Conn
 
 HOW = ("one-click", "page")
@@ -47,10 +48,6 @@ def lift(conn: Conn, address: str) -> int:
 
 def listing(conn: Conn, *, address: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Suppressions, newest first (only `address`'s when given); BadFilter for a NUL in it."""
-    from workers.ops.replay import (
-        BadFilter,  # replay imports the actors, which import the lifecycle
-    )
-
     if address is not None and "\x00" in address:
         raise BadFilter("address contains a NUL character")
     rows: list[dict[str, Any]] = conn.execute(

@@ -427,6 +427,7 @@ def test_the_openapi_file_is_served_as_json(admin):
     assert json.loads(response.data)["info"]["title"] == "Rinnovo admin API"
 
 
+@pytest.mark.slow  # a real gunicorn or dramatiq process
 def test_with_the_database_down_the_api_answers_503_in_json(conn, proxy_factory):
     host, port = re.search(r"//([^:/]+):(\d+)", TEST_DATABASE_URL).groups()  # type: ignore[union-attr]
     pg_proxy = proxy_factory(host, int(port))

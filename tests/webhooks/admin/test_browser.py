@@ -21,6 +21,8 @@ from workers.jobs import actors
 from workers.jobs.broker import broker
 from workers.ops import samples
 
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
+
 TOKEN = "browser-admin-token"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")  # Debian's package
 CHROMIUM_ARGS = [

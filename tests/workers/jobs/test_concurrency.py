@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from psycopg import sql
 
 from tests.support import post_signed
 from workers.billing import lifecycle
 from workers.jobs.actors import process_event, settings
 from workers.ops import samples
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 SUBSCRIPTIONS = 30
 LCNS_EACH = 8

@@ -31,8 +31,9 @@ from tests.emails.conftest import HOST, Recorder, free_port
 from tests.support import insert_subscription
 from workers.config import Settings
 from workers.errors import ConfigError
-from workers.jobs import actors, mailer, outbox
+from workers.jobs import actors, mailer
 from workers.jobs.broker import broker
+from workers.store import outbox as store_outbox
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
 Start = Callable[..., Controller]
@@ -96,7 +97,7 @@ def new_email(
         "renewal_reminder": {"days_left": 7},
     }.get(kind, {})
     sub_id = subscription(conn, **values)
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind=kind, fact=fact, event_id=None, extra=extra
     )
     assert email_id is not None
@@ -497,8 +498,8 @@ def test_the_send_email_actor_delivers_through_a_dramatiq_worker(
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
-        outbox.dispatch(TEST_DATABASE_URL, [email_id])
-        outbox.dispatch(TEST_DATABASE_URL, [email_id])  # a duplicate job
+        actors.dispatch_emails(TEST_DATABASE_URL, [email_id])
+        actors.dispatch_emails(TEST_DATABASE_URL, [email_id])  # a duplicate job
         wait_for(conn, email_id, "sent")
         broker.join(actors.send_email.queue_name, timeout=10_000)
         worker.join()

@@ -18,9 +18,10 @@ from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import TcpProxy
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, ConfigError
-from workers.jobs import outbox
+from workers.jobs import actors, outbox
 from workers.jobs.actors import send_email
 from workers.jobs.broker import build_broker
+from workers.store import outbox as store_outbox
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
 
@@ -96,7 +97,7 @@ def test_an_email_is_written_with_the_full_context_recipient_locale_and_a_messag
 ):
     sub_id = subscription(conn)
 
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind="order_confirmation", fact="170623894",
         event_id=None,
     )  # fmt: skip
@@ -131,8 +132,8 @@ def test_the_same_fact_is_written_once_and_the_second_add_returns_none(conn, set
     sub_id = subscription(conn)
     args = {"subscription_id": sub_id, "kind": "refund_notice", "fact": "R-1", "event_id": None}
 
-    first = outbox.add(conn, settings, **args, extra={"amount": Decimal("10.00")})
-    second = outbox.add(conn, settings, **args, extra={"amount": Decimal("99.00")})
+    first = store_outbox.add(conn, settings, **args, extra={"amount": Decimal("10.00")})
+    second = store_outbox.add(conn, settings, **args, extra={"amount": Decimal("99.00")})
 
     assert first is not None and second is None
     rows = conn.execute("SELECT id, context FROM emails").fetchall()
@@ -144,7 +145,7 @@ def test_the_same_fact_for_another_kind_or_subscription_is_another_email(conn, s
     one = subscription(conn)
     two = subscription(conn, license_code="OTHER00001", email="other@example.com")
     ids = [
-        outbox.add(conn, settings, subscription_id=sub, kind=kind, fact="F", event_id=None)
+        store_outbox.add(conn, settings, subscription_id=sub, kind=kind, fact="F", event_id=None)
         for sub, kind in (
             (one, "cancellation_notice"),
             (one, "expiry_notice"),
@@ -161,7 +162,7 @@ def test_extra_values_override_and_extend_the_context_and_are_stored_json_safe(c
         "merchant_name": "DocFlow",
     }
 
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind="upgrade_confirmation", fact="U-1",
         event_id=None, extra=extra,
     )  # fmt: skip
@@ -176,7 +177,7 @@ def test_extra_values_override_and_extend_the_context_and_are_stored_json_safe(c
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_stored_from_a_subscription_renders_in_the_customer_locale(conn, settings, kind):
     sub_id = subscription(conn)
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind=kind, fact="F", event_id=None,
         extra=kind_extra(kind),
     )  # fmt: skip
@@ -199,7 +200,7 @@ def test_the_locale_is_the_customers_resolved_with_the_default(
     conn, settings, customer_locale, default, expected
 ):
     sub_id = subscription(conn, locale=customer_locale)
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, dataclasses.replace(settings, default_locale=default), subscription_id=sub_id,
         kind="expiry_notice", fact="F", event_id=None,
     )  # fmt: skip
@@ -208,7 +209,7 @@ def test_the_locale_is_the_customers_resolved_with_the_default(
 
 def test_message_ids_take_the_mail_domain_setting_before_the_sender_domain(conn, settings):
     sub_id = subscription(conn)
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, dataclasses.replace(settings, mail_domain="mail.rinnovo.example"),
         subscription_id=sub_id, kind="expiry_notice", fact="F", event_id=None,
     )  # fmt: skip
@@ -218,7 +219,7 @@ def test_message_ids_take_the_mail_domain_setting_before_the_sender_domain(conn,
 def test_message_ids_are_unique_per_row(conn, settings):
     sub_id = subscription(conn)
     ids = [
-        outbox.add(conn, settings, subscription_id=sub_id, kind="refund_notice", fact=f"R{n}",
+        store_outbox.add(conn, settings, subscription_id=sub_id, kind="refund_notice", fact=f"R{n}",
                    event_id=None, extra={"amount": "1"})
         for n in range(20)
     ]  # fmt: skip
@@ -230,7 +231,7 @@ def test_a_broken_renewal_url_setting_is_a_config_error_and_writes_nothing(conn,
     sub_id = subscription(conn)
     broken = dataclasses.replace(settings, renewal_url="https://shop.example/?x={licence}")
     with pytest.raises(ConfigError, match="licence"):
-        outbox.add(
+        store_outbox.add(
             conn, broken, subscription_id=sub_id, kind="expiry_notice", fact="F", event_id=None
         )
     assert conn.execute("SELECT count(*) AS n FROM emails").fetchone()["n"] == 0
@@ -239,11 +240,11 @@ def test_a_broken_renewal_url_setting_is_a_config_error_and_writes_nothing(conn,
 def test_an_unknown_kind_or_subscription_is_refused(conn, settings):
     sub_id = subscription(conn)
     with pytest.raises(ValueError, match="newsletter"):
-        outbox.add(
+        store_outbox.add(
             conn, settings, subscription_id=sub_id, kind="newsletter", fact="F", event_id=None
         )
     with pytest.raises(ValueError, match="no subscription"):
-        outbox.add(
+        store_outbox.add(
             conn, settings, subscription_id=999, kind="expiry_notice", fact="F", event_id=None
         )
 
@@ -251,7 +252,7 @@ def test_an_unknown_kind_or_subscription_is_refused(conn, settings):
 def test_naive_datetimes_cannot_be_stored_in_a_context(conn, settings):
     sub_id = subscription(conn)
     with pytest.raises(ValueError, match="naive"):
-        outbox.add(
+        store_outbox.add(
             conn, settings, subscription_id=sub_id, kind="expiry_notice", fact="F", event_id=None,
             extra={"expires_at": datetime(2030, 1, 1)},
         )  # fmt: skip
@@ -266,12 +267,12 @@ def queued_email_ids() -> list[int]:
 def test_dispatch_enqueues_send_email_and_records_when(conn, settings):
     sub_id = subscription(conn)
     ids = [
-        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"F{n}",
+        store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"F{n}",
                    event_id=None)
         for n in range(3)
     ]  # fmt: skip
 
-    assert outbox.dispatch(TEST_DATABASE_URL, ids) == ids
+    assert actors.dispatch_emails(TEST_DATABASE_URL, ids) == ids
 
     assert queued_email_ids() == ids
     rows = conn.execute("SELECT enqueued_at FROM emails").fetchall()
@@ -294,12 +295,12 @@ def redis_down(monkeypatch, proxy_factory) -> Iterator[TcpProxy]:
 
 def test_with_redis_down_dispatch_leaves_the_emails_for_the_relay(conn, settings, redis_down):
     sub_id = subscription(conn)
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind="expiry_notice", fact="F", event_id=None
     )
 
     with pytest.raises(BrokerUnavailable):
-        outbox.dispatch(TEST_DATABASE_URL, [email_id])
+        actors.dispatch_emails(TEST_DATABASE_URL, [email_id])
 
     assert email_row(conn, email_id)["enqueued_at"] is None
     with pytest.raises(BrokerUnavailable):
@@ -310,7 +311,7 @@ def test_with_redis_down_dispatch_leaves_the_emails_for_the_relay(conn, settings
 def test_the_relay_enqueues_emails_never_enqueued_once_they_are_old_enough(conn, settings):
     sub_id = subscription(conn)
     old, fresh = (
-        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=fact,
+        store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=fact,
                    event_id=None)
         for fact in ("OLD", "FRESH")
     )  # fmt: skip
@@ -338,8 +339,8 @@ def test_the_relay_re_enqueues_only_unfinished_emails_whose_job_is_overdue(conn,
         "failed",
     )
     ids = {
-        name: outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=name,
-                         event_id=None)
+        name: store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice",
+                               fact=name, event_id=None)
         for name in names
     }  # fmt: skip
     conn.execute("UPDATE emails SET enqueued_at = now() - interval '4 hours'")
@@ -366,7 +367,7 @@ def test_the_relay_re_enqueues_only_unfinished_emails_whose_job_is_overdue(conn,
 def test_the_relay_works_in_batches(conn, settings):
     sub_id = subscription(conn)
     for n in range(7):
-        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"F{n}",
+        store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"F{n}",
                    event_id=None)  # fmt: skip
 
     assert outbox.relay(TEST_DATABASE_URL, older_than_seconds=0, batch=3) == 7
@@ -384,7 +385,7 @@ def test_the_event_that_caused_an_email_is_recorded_with_it(conn, settings):
         """
     ).fetchone()["id"]
 
-    email_id = outbox.add(
+    email_id = store_outbox.add(
         conn, settings, subscription_id=sub_id, kind="refund_notice", fact="R-9",
         event_id=event_id, extra={"amount": Decimal("5.00"), "lines": [{"price": Decimal("1.5")}]},
     )  # fmt: skip
@@ -397,7 +398,7 @@ def test_the_event_that_caused_an_email_is_recorded_with_it(conn, settings):
 def test_a_relay_run_sends_each_row_once_even_without_a_grace(conn, settings):
     sub_id = subscription(conn)
     for n in range(3):
-        outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"G{n}",
+        store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact=f"G{n}",
                    event_id=None)  # fmt: skip
 
     assert outbox.relay(TEST_DATABASE_URL, older_than_seconds=0, stale_after_seconds=0) == 3
@@ -406,15 +407,15 @@ def test_a_relay_run_sends_each_row_once_even_without_a_grace(conn, settings):
 
 def test_a_late_enqueue_mark_leaves_a_retry_a_quick_worker_already_scheduled(conn, settings):
     sub_id = subscription(conn)
-    email_id = outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice", fact="Q",
-                          event_id=None)  # fmt: skip
+    email_id = store_outbox.add(conn, settings, subscription_id=sub_id, kind="expiry_notice",
+                                fact="Q", event_id=None)  # fmt: skip
     # The worker took the message, failed and scheduled its retry before dispatch's mark landed.
     conn.execute(
         "UPDATE emails SET due_at = now() + interval '9 seconds', retry_job = 'm/1' WHERE id = %s",
         (email_id,),
     )
 
-    assert outbox.dispatch(TEST_DATABASE_URL, [email_id]) == [email_id]
+    assert actors.dispatch_emails(TEST_DATABASE_URL, [email_id]) == [email_id]
 
     row = email_row(conn, email_id)
     assert row["retry_job"] == "m/1" and row["enqueued_at"] is not None

@@ -22,6 +22,8 @@ from workers.config import Settings
 from workers.jobs import actors, outbox
 from workers.jobs.broker import broker, build_broker
 
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
+
 
 class SlowRefusal(Recorder):
     """Refuses messages with a transient error after a pause (to cut Redis meanwhile), until

@@ -16,7 +16,8 @@ from tests.support import drain
 from tests.workers.billing.test_dunning import messages, outbox_smtp  # noqa: F401 (a fixture)
 from tests.workers.jobs.test_mailer import new_email, received, row, settings, smtp_url  # noqa: F401
 from workers.cli import cli
-from workers.jobs import mailer, outbox
+from workers.jobs import mailer
+from workers.store import outbox as store_outbox
 from workers.store import suppressions
 
 KEYS = SECRET_KEYS.split(",")
@@ -94,7 +95,7 @@ def test_a_reminder_to_an_unsubscribed_address_ends_suppressed_with_when_and_how
         f"not sent: the customer unsubscribed from reminders on {stamp} (one-click)"
     )
     # A transactional email to the same address still goes out.
-    receipt = outbox.add(
+    receipt = store_outbox.add(
         conn,
         configured,
         subscription_id=suppressed["subscription_id"],

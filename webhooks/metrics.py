@@ -42,8 +42,8 @@ from workers.config import Settings
 from workers.errors import DatabaseUnavailable
 from workers.jobs import reconcile
 from workers.jobs.broker import broker
-from workers.jobs.mailer import FAILURES
 from workers.store import db, events
+from workers.store.outbox import FAILURES
 
 log = logging.getLogger("rinnovo.metrics")
 

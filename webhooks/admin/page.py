@@ -43,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
-from workers.jobs import outbox, reconcile
+from workers.jobs import reconcile
 from workers.jobs.broker import broker
 from workers.ops import replay
 from workers.protocol import form
@@ -446,6 +446,10 @@ def resend_email(email_id: str) -> Any:
             ).fetchone()
     if number is None or found is None:
         return _message("No such email", f"There is no email {email_id}.", 404)
+    # Deferred: the relay imports the actors, and with them the rules, which the receiver's
+    # start-up must not load.
+    from workers.jobs import outbox
+
     result = outbox.resend(_settings().database_url, [number])
     if result.refused:
         flash(f"Email {number} was not resent: {result.refused[number]}.", "error")

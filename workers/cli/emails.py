@@ -13,9 +13,9 @@ from workers.cli.events import _cut, _when, table
 from workers.cli.subscriptions import Refused
 from workers.config import Settings
 from workers.jobs import reminders
-from workers.jobs.mailer import FAILURES
 from workers.ops import replay
 from workers.store import db, suppressions
+from workers.store.outbox import FAILURES
 from workers.store.subscriptions import iso
 from workers.terminal import visible
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
@@ -36,7 +36,30 @@ def build_broker(redis_url: str, namespace: str = "rinnovo") -> RedisBroker:
     return broker
 
 
+# The actor that applies a stored event, and its queue: the receiver and the relay enqueue it by
+# name, so they need not import the actors (and with them the rules, the policies, the catalog).
+PROCESS_EVENT = "process_event"
+EVENTS_QUEUE = "default"
+
+
 def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
+    """Send one message per id to `actor` until the broker fails; the ids it took."""
+    return _send_until_failure(actor.send, ids)
+
+
+def send_by_name(actor_name: str, queue_name: str, ids: Iterable[int]) -> list[int]:
+    """Send one message per id to an actor known by name, as its `send` would; the ids taken."""
+
+    def send(item: int) -> object:
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue_name, actor_name=actor_name, args=(item,), kwargs={}, options={}
+        )
+        return broker.enqueue(message)
+
+    return _send_until_failure(send, ids)
+
+
+def _send_until_failure(send: Callable[[int], object], ids: Iterable[int]) -> list[int]:
     """Send one message per id until the broker fails; the ids it took.
 
     Raises BrokerUnavailable when it took none; after a partial failure the caller leaves the
@@ -45,7 +68,7 @@ def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
     sent: list[int] = []
     for item in ids:
         try:
-            actor.send(item)
+            send(item)
         except redis.RedisError as exc:
             if not sent:
                 raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
@@ -56,10 +79,14 @@ def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
 
 def backlog(actor: dramatiq.Actor[Any, Any]) -> int:
     """How many messages wait in the actor's queue, not yet taken by any worker."""
-    broker = actor.broker
-    assert isinstance(broker, RedisBroker)
+    return queue_length(actor.broker, actor.queue_name)
+
+
+def queue_length(on: dramatiq.Broker, queue_name: str) -> int:
+    """How many messages wait in a queue of a Redis broker, not yet taken by any worker."""
+    assert isinstance(on, RedisBroker)
     try:
-        return int(broker.client.llen(f"{broker.namespace}:{actor.queue_name}"))
+        return int(on.client.llen(f"{on.namespace}:{queue_name}"))
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
-
-import dramatiq
 
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
-from workers.jobs.actors import process_event
-from workers.jobs.broker import backlog, send_each
+from workers.jobs import broker
 from workers.store import db, events
 from workers.store.db import Conn
 
@@ -25,7 +21,7 @@ BACKLOG_STALE_AFTER_SECONDS = 15 * 60
 
 
 def _send(event_ids: list[int]) -> list[int]:
-    return send_each(process_event, event_ids)
+    return broker.send_by_name(broker.PROCESS_EVENT, broker.EVENTS_QUEUE, event_ids)
 
 
 def _unsend(database_url: str, event_ids: list[int]) -> None:
@@ -58,7 +54,8 @@ def relay(
 ) -> int:
     """Send every event stored but never sent (Redis was down), or whose job is overdue (lost
     with a worker or a web process); how many."""
-    stale_after_seconds = unless_backlog(process_event, stale_after_seconds)
+    waiting = broker.queue_length(broker.broker, broker.EVENTS_QUEUE)
+    stale_after_seconds = unless_backlog(waiting, stale_after_seconds)
     return relay_batches(
         database_url,
         claim=lambda conn: events.unenqueued(
@@ -73,9 +70,9 @@ def relay(
     )
 
 
-def unless_backlog(actor: dramatiq.Actor[Any, Any], stale_after_seconds: float) -> float:
-    """The overdue threshold, or the long one while the actor's queue has a backlog."""
-    if backlog(actor):
+def unless_backlog(waiting: int, stale_after_seconds: float) -> float:
+    """The overdue threshold, or the long one while `waiting` messages make a backlog."""
+    if waiting:
         return max(stale_after_seconds, BACKLOG_STALE_AFTER_SECONDS)
     return stale_after_seconds
 

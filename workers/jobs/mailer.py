@@ -109,7 +109,6 @@ _CONFIG_RETRY = """
 
 # Why an email failed (`emails.failure`), for /metrics, `rinnovo emails list --reason` and alerts.
 INTERRUPTED_REASON = "interrupted"  # may have been delivered: an operator checks, then resends
-FAILURES = ("interrupted", "permanent", "exhausted", "superseded", "config")
 
 
 def _lock_key(email_id: int) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from workers.errors import BrokerUnavailable
 from workers.jobs.actors import dispatch_emails, send_email, send_emails
+from workers.jobs.broker import backlog
 from workers.jobs.dispatch import relay_batches, unless_backlog
 from workers.store import db, events
 from workers.store.outbox import due, mark_enqueued
@@ -36,7 +37,7 @@ def relay(
     job is overdue by `stale_after_seconds` lost it (Redis lost it, a worker died) and is enqueued
     again. A duplicate job is harmless: the mailer sends a row once.
     """
-    stale_after_seconds = unless_backlog(send_email, stale_after_seconds)
+    stale_after_seconds = unless_backlog(backlog(send_email), stale_after_seconds)
     return relay_batches(
         database_url,
         claim=lambda conn: due(

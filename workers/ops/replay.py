@@ -18,7 +18,6 @@ from dramatiq.brokers.redis import RedisBroker
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from workers.billing import lifecycle
 from workers.config import Settings
 from workers.errors import (
     BadFilter,
@@ -392,6 +391,10 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
                 refreshed = reading.differs(stored)
             event = events.get(conn, event_id)
             assert event is not None  # locked above
+            # Deferred: the admin pages list from this module; the rules stay out of the
+            # receiver's start-up until a preview needs them.
+            from workers.billing import lifecycle
+
             applied = lifecycle.apply(conn, event, settings, emails=emails)
             outbox = conn.execute(
                 """

@@ -29,6 +29,10 @@ from workers.errors import ConfigError
 from workers.store.db import Conn
 from workers.store.subscriptions import iso
 
+# Why a failed email failed (the emails table's `failure`): interrupted (it may have been
+# delivered), permanent, exhausted (retries), superseded, config.
+FAILURES = ("interrupted", "permanent", "exhausted", "superseded", "config")
+
 # The subscription and customer columns a context is built from; the scan selects the same.
 SOURCE_COLUMNS = sql.SQL(
     "s.id AS subscription_id, s.license_code, s.product_code, s.product, s.edition, s.cycle, "

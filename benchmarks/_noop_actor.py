@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
-import workers.broker  # noqa: F401  # sets the broker (and its namespace) before the actor exists
+import workers.jobs.broker  # noqa: F401  # sets the broker (and its namespace) before the actor exists
 
 QUEUE = "bench-noop"
 

@@ -43,11 +43,12 @@ from flask import Flask
 
 from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
 from benchmarks._durable_app import create_table
-from webhooks.protocol import form, samples
-from webhooks.protocol.signature import Algorithm
-from workers import db
-from workers.actors import process_event
 from workers.config import Settings
+from workers.jobs.actors import process_event
+from workers.ops import samples
+from workers.protocol import form
+from workers.protocol.signature import Algorithm
+from workers.store import db
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "rinnovo_bench_ingest"

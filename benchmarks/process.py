@@ -3,15 +3,15 @@
 Stores N realistic notifications in a database of the benchmark's own: a COMPLETE IPN opening each
 subscription (AWDoc products of the shipped catalog), then LCNs with increasing DATE_UPDATED,
 renewal IPNs and an occasional payment failure, interleaved across subscriptions as a live stream
-is. It starts the worker processes (`dramatiq workers.actors`), waits until they are up and warm,
-then puts one message per event on the queue at once and times the workers until no event is left
-enqueued: once without emails, once with the outbox (and until every email is written). The batch
-is staged in Redis beforehand and released in one push, so the figure is the workers' and not how
-fast one client enqueues (printed beside it). In the same run the same worker setup drains as many
-messages of a no-op actor on a queue of its own; both rates and their ratio are printed.
-Every event must end processed or ignored and every subscription as the provider last described
-it. The database, the run's Redis namespace and the mail directory are removed afterwards, also
-on errors and interruptions.
+is. It starts the worker processes (`dramatiq workers.jobs.actors`), waits until they are up and
+warm, then puts one message per event on the queue at once and times the workers until no event is
+left enqueued: once without emails, once with the outbox (and until every email is written). The
+batch is staged in Redis beforehand and released in one push, so the figure is the workers' and not
+how fast one client enqueues (printed beside it). In the same run the same worker setup drains as
+many messages of a no-op actor on a queue of its own; both rates and their ratio are printed. Every
+event must end processed or ignored and every subscription as the provider last described it. The
+database, the run's Redis namespace and the mail directory are removed afterwards, also on errors
+and interruptions.
 
     .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16]
 
@@ -44,10 +44,12 @@ import redis
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from webhooks.protocol import form, ipn, lcn, samples
-from webhooks.protocol.signature import Algorithm
-from workers import catalog, db, events
-from workers.policies import add_period
+from workers.billing import catalog
+from workers.billing.policies import add_period
+from workers.ops import samples
+from workers.protocol import form, ipn, lcn
+from workers.protocol.signature import Algorithm
+from workers.store import db, events
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "rinnovo_bench_process"
@@ -423,7 +425,7 @@ def time_events(
     client: redis.Redis, namespace: str, url: str, ids: Sequence[int], *, emails: bool
 ) -> Pass:
     """Hand the workers every event at once; time them until none is left enqueued (and mailed)."""
-    from workers.actors import process_event
+    from workers.jobs.actors import process_event
 
     staged = stage(client, namespace, [process_event.message(i, emails=emails) for i in ids])
     with psycopg.connect(url, autocommit=True) as conn:
@@ -568,10 +570,10 @@ def run(
             f"({kinds['ipn']:,} IPN, {kinds['lcn']:,} LCN) in {time.perf_counter() - started:.1f} s"
         )
 
-        from workers.actors import process_event
+        from workers.jobs.actors import process_event
 
         workers = start_workers(
-            "workers.actors", EVENT_QUEUE, processes=args.processes, threads=args.threads,
+            "workers.jobs.actors", EVENT_QUEUE, processes=args.processes, threads=args.threads,
             env=env, log_dir=scratch,
         )  # fmt: skip
         running.append(workers)

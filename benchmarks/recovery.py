@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 
 from benchmarks._common import own_database_url
 from tests.faults import Rig
-from workers import db
+from workers.store import db
 
 DB_NAME = "rinnovo_bench_recovery"
 OBJECTIVE_SECONDS = 60.0

@@ -43,9 +43,10 @@ os.environ["REDIS_URL"] = redis_url()
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from workers import db, reminders  # noqa: E402
-from workers.broker import broker  # noqa: E402
 from workers.config import Settings  # noqa: E402
+from workers.jobs import reminders  # noqa: E402
+from workers.jobs.broker import broker  # noqa: E402
+from workers.store import db  # noqa: E402
 
 CUSTOMERS = 100_000
 # The due subscriptions, by what is due: (share of --due, status, auto_renew, days from today).

@@ -45,12 +45,13 @@ os.environ["REDIS_URL"] = redis_url()
 import psycopg  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
-from webhooks.protocol import form, ipn, samples  # noqa: E402
-from workers import db, replay  # noqa: E402
-from workers.actors import process_event  # noqa: E402
-from workers.broker import broker  # noqa: E402
 from workers.config import Settings  # noqa: E402
-from workers.events import EventFilter  # noqa: E402
+from workers.jobs.actors import process_event  # noqa: E402
+from workers.jobs.broker import broker  # noqa: E402
+from workers.ops import replay, samples  # noqa: E402
+from workers.protocol import form, ipn  # noqa: E402
+from workers.store import db  # noqa: E402
+from workers.store.events import EventFilter  # noqa: E402
 
 KEY = "BENCH-REPLAY-KEY"
 

@@ -25,8 +25,9 @@ from collections.abc import Iterator, Sequence
 import requests
 
 from benchmarks._common import ROOT, own_database_url, own_redis_url, procfile_gunicorn_options
-from webhooks.protocol import form, samples
-from workers import db
+from workers.ops import samples
+from workers.protocol import form
+from workers.store import db
 
 DB_NAME = "rinnovo_bench_slow_clients"
 REDIS_DB = 11

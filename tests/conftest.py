@@ -34,14 +34,15 @@ from typing import Any  # noqa: E402
 
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
+import redis  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from tests.support import Receiver, TcpProxy, free_port, queued_event_ids  # noqa: E402
-from workers import db as database  # noqa: E402
-from workers.broker import broker  # noqa: E402
+from workers.jobs.broker import broker  # noqa: E402
+from workers.store import db as database  # noqa: E402
 
 TABLES = (
     "email_suppressions",
@@ -69,7 +70,10 @@ def database_url() -> Iterator[str]:
 
 
 def _delete_session_keys() -> None:
-    keys = list(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}*", count=1000))
+    try:
+        keys = list(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}*", count=1000))
+    except redis.ConnectionError:  # no Redis: the tests that need none still run
+        return
     if keys:
         broker.client.delete(*keys)
 

@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 
 from benchmarks._common import procfile_gunicorn_options
 from tests.support import FORM, KEY, TcpProxy, free_port, signed_ipn
-from webhooks.protocol import samples
+from workers.ops import samples
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -210,8 +210,8 @@ class Rig:
                     # As the Procfile's `worker:` line runs it.
                     str(BIN / "python"),
                     "-m",
-                    "workers.dramatiq_main",
-                    "workers.actors",
+                    "workers.jobs.dramatiq_main",
+                    "workers.jobs.actors",
                     "--processes",
                     "1",
                     "--threads",

@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 import requests
 
 from benchmarks._common import procfile_gunicorn_options
-from webhooks.protocol import form, samples
-from webhooks.protocol.signature import Algorithm
-from workers.broker import broker
+from workers.jobs.broker import broker
+from workers.ops import samples
+from workers.protocol import form
+from workers.protocol.signature import Algorithm
 
 KEY = "AABBCCDDEEFF"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -206,7 +207,7 @@ def post_signed(client, path: str, pairs: list[tuple[str, str]]) -> int:
     body = form.encode(samples.sign_pairs(pairs, KEY))
     response = client.post(path, data=body, headers=FORM)
     assert response.status_code == 200, response.text
-    from workers import db
+    from workers.store import db
 
     with db.connection(os.environ["DATABASE_URL"]) as conn:
         row = (

@@ -74,13 +74,13 @@ def probe_broker() -> Iterator[RedisBroker]:
 def test_the_redis_broker_enqueues_through_the_dispatch_script_that_replay_binds_to_a_pipeline(
     probe_broker: RedisBroker,
 ) -> None:
-    # `rinnovo replay` (_enqueue_many in workers/replay.py) copies the broker, swaps
+    # `rinnovo replay` (_enqueue_many in workers/ops/replay.py) copies the broker, swaps
     # scripts["dispatch"] for the same Lua script registered on a Redis pipeline, and calls
     # enqueue: messages must reach Redis only when the pipeline runs.
     check = (
         "replay's batching relies on dramatiq's private RedisBroker.scripts['dispatch'] (a redis-py"
         " Script with a .script source, called by enqueue): read the new dramatiq's"
-        " brokers/redis.py and changelog, and change _enqueue_many in workers/replay.py (its"
+        " brokers/redis.py and changelog, and change _enqueue_many in workers/ops/replay.py (its"
         " benchmark is benchmarks/replay.py) before locking this version"
     )
     dispatch = probe_broker.scripts.get("dispatch")

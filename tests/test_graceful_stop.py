@@ -12,15 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL
 from tests.emails.conftest import Recorder
 from tests.support import FORM, signed_ipn
-from tests.workers.test_mailer import new_email
-from workers import outbox
-from workers.broker import broker
+from tests.workers.jobs.test_mailer import new_email
 from workers.config import Settings
+from workers.jobs import actors
+from workers.jobs.broker import broker
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 BIN = Path(sys.executable).parent
 
@@ -56,11 +59,11 @@ def test_on_sigterm_a_worker_finishes_the_email_it_is_sending_and_hands_back_the
     second = new_email(conn, settings, fact="second", license_code="LICSTOP002")
     held_before = set(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}:__acks__.*"))
     worker = subprocess.Popen(
-        [str(BIN / "dramatiq"), "workers.actors", "--processes", "1", "--threads", "1"],
+        [str(BIN / "dramatiq"), "workers.jobs.actors", "--processes", "1", "--threads", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        outbox.dispatch(TEST_DATABASE_URL, [first, second])
+        actors.dispatch_emails(TEST_DATABASE_URL, [first, second])
 
         def status(email_id: int) -> str:
             found = conn.execute("SELECT status FROM emails WHERE id = %s", (email_id,))

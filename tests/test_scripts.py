@@ -17,6 +17,8 @@ from dotenv import dotenv_values
 from tests.conftest import REDIS_NAMESPACE, SECRET_KEYS, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import free_port
 
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -9,8 +9,11 @@ import pytest
 
 from tests.emails.conftest import Recorder
 from tests.support import FORM, KEY, drain
-from webhooks.protocol import form, samples
-from workers import actors, replay
+from workers.jobs import actors
+from workers.ops import replay, samples
+from workers.protocol import form
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 
 @pytest.fixture

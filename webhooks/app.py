@@ -10,7 +10,9 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhooks import admin_api, admin_page, health, ins, intake, ipn, lcn, metrics, unsubscribe
+from webhooks import health, ins, intake, ipn, lcn, metrics, unsubscribe
+from webhooks.admin import api as admin_api
+from webhooks.admin import page as admin_page
 from workers.config import Settings
 
 log = logging.getLogger("rinnovo.http")

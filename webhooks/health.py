@@ -3,9 +3,9 @@
 from flask import Blueprint, Response, jsonify
 
 from webhooks.intake import settings
-from workers import db
-from workers.broker import broker
 from workers.errors import DatabaseUnavailable
+from workers.jobs.broker import broker
+from workers.store import db
 
 bp = Blueprint("health", __name__)
 

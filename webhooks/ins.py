@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from webhooks import intake
-from webhooks.protocol import ins
+from workers.protocol import ins
 
 bp = Blueprint("ins", __name__)
 

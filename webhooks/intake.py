@@ -11,11 +11,12 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from webhooks import metrics
-from webhooks.protocol import form, ins, signature
-from webhooks.protocol.errors import MalformedNotification, SignatureError
-from workers import db, dispatch, events
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
+from workers.jobs import dispatch
+from workers.protocol import form, ins, signature
+from workers.protocol.errors import MalformedNotification, SignatureError
+from workers.store import db, events
 
 log = logging.getLogger("rinnovo.receiver")
 

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from webhooks import intake
-from webhooks.protocol import ipn
+from workers.protocol import ipn
 
 bp = Blueprint("ipn", __name__)
 

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response
 
 from webhooks import intake
-from webhooks.protocol import lcn
+from workers.protocol import lcn
 
 bp = Blueprint("lcn", __name__)
 

@@ -38,11 +38,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from workers import db, events, reconcile
-from workers.broker import broker
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
-from workers.mailer import FAILURES
+from workers.jobs import reconcile
+from workers.jobs.broker import broker
+from workers.store import db, events
+from workers.store.outbox import FAILURES
 
 log = logging.getLogger("rinnovo.metrics")
 

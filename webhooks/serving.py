@@ -157,7 +157,8 @@ class Worker(GeventWorker):
     def run(self) -> None:
         """Serve until told to stop, then close the database pool while gevent still runs."""
         super().run()
-        from workers import db  # not at the top: the master must not import psycopg
+        # Deferred: the master must not import psycopg at start-up, before gevent patches.
+        from workers.store import db
 
         db.close_pool()
 

@@ -14,8 +14,8 @@ from flask import Blueprint, Response, render_template, request
 
 from emails import unsubscribe
 from webhooks.intake import settings
-from workers import db, suppressions
 from workers.errors import DatabaseUnavailable
+from workers.store import db, suppressions
 
 log = logging.getLogger("rinnovo.unsubscribe")
 

@@ -17,6 +17,10 @@ class BrokerUnavailable(RinnovoError):
     """Redis did not take the message; the relay will enqueue it later."""
 
 
+class BadFilter(RinnovoError, ValueError):
+    """An operator's filter, date or id that cannot be understood; the message says why."""
+
+
 class EventNotFound(RinnovoError):
     """No stored event has that id."""
 

@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import FORM, host_port, signed_ipn
 from webhooks import metrics
-from webhooks.protocol import form, samples
+from workers.ops import samples
+from workers.protocol import form
 
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.support import host_port, signed_ipn
-from webhooks.protocol import samples
-from workers import dispatch
+from workers.jobs import dispatch
+from workers.ops import samples
+
+pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
 
 def test_with_redis_down_a_notification_is_still_stored_and_acknowledged_then_relayed_once(
@@ -93,7 +97,7 @@ def test_the_first_delivery_after_the_database_restarts_is_accepted(
 def _stored_but_never_sent(client, conn) -> tuple[bytes, int]:
     """An acknowledged notification whose message is lost, as if the process died after commit."""
     from tests.support import FORM
-    from workers.broker import broker
+    from workers.jobs.broker import broker
 
     body = signed_ipn(items=(samples.SampleItem(license_ref="LICDIED01"),))
     assert client.post("/ipn", data=body, headers=FORM).status_code == 200
@@ -123,7 +127,7 @@ def test_an_event_stored_but_never_sent_is_sent_by_the_relay_once_its_job_is_ove
 
 
 def test_while_the_queue_has_a_backlog_the_relay_leaves_overdue_events_to_it(client, conn, queued):
-    from workers.actors import process_event
+    from workers.jobs.actors import process_event
 
     _, event_id = _stored_but_never_sent(client, conn)
     _overdue(conn, 25)

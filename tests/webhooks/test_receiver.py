@@ -11,10 +11,11 @@ import pytest
 import requests
 
 from tests.support import FORM, KEY, signed_ipn
-from webhooks.protocol import form, samples
-from webhooks.protocol.signature import Algorithm
 from workers.config import Settings
 from workers.errors import ConfigError
+from workers.ops import samples
+from workers.protocol import form
+from workers.protocol.signature import Algorithm
 
 ITEMS = (
     samples.SampleItem(

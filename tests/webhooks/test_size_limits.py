@@ -9,10 +9,11 @@ import pytest
 
 from tests.conftest import INS_SECRET_WORD
 from tests.support import FORM, KEY, signed_ins, signed_ipn
-from webhooks.protocol import form, samples
-from webhooks.protocol.signature import Algorithm
-from workers import db
 from workers.errors import DatabaseUnavailable, ValueNotStorable
+from workers.ops import samples
+from workers.protocol import form
+from workers.protocol.signature import Algorithm
+from workers.store import db
 
 LONG_CODE = secrets.token_hex(1500)  # 3,000 characters, incompressible like a crafted one
 

@@ -148,11 +148,12 @@ def test_the_rinnovo_command_logs_json_lines_on_stderr_with_v_and_only_warnings_
     assert verbose.returncode == 0, verbose.stderr
     assert verbose.stdout == "enqueued 1 event(s)\n"
     entries = [json.loads(line) for line in verbose.stderr.splitlines()]
-    [relayed] = [entry for entry in entries if entry["logger"] == "workers.dispatch"]
+    [relayed] = [entry for entry in entries if entry["logger"] == "workers.jobs.dispatch"]
     assert relayed["level"] == "info"
     assert relayed["message"] == "relay enqueued 1 stored event(s)"
 
 
+@pytest.mark.slow  # a real gunicorn or dramatiq process
 def test_gunicorn_with_the_rinnovo_logger_writes_json_access_and_application_lines(conn, tmp_path):
     port = free_port()
     out, err = tmp_path / "stdout", tmp_path / "stderr"

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REDIS_NAMESPACE, TEST_REDIS_URL
-from tests.workers.test_mailer import new_email, settings  # noqa: F401
-from workers import logs, mailer
+from tests.workers.jobs.test_mailer import new_email, settings  # noqa: F401
+from workers import logs
+from workers.jobs import mailer
 
 
 def test_json_log_lines_escape_c0_c1_del_and_the_line_separators():
@@ -33,7 +36,7 @@ def test_a_sent_email_is_logged_by_id_and_kind_with_the_address_only_at_debug(
     caplog,
 ):
     email_id = new_email(conn, settings, email="giulia.rossi@example.com")
-    with caplog.at_level(logging.DEBUG, logger="workers.mailer"):
+    with caplog.at_level(logging.DEBUG, logger="workers.jobs.mailer"):
         mailer.send(settings, email_id, final=False)
     sent = [r for r in caplog.records if r.levelno >= logging.INFO and f"{email_id}" in r.message]
     assert sent, caplog.records
@@ -45,6 +48,7 @@ def test_a_sent_email_is_logged_by_id_and_kind_with_the_address_only_at_debug(
     assert any("giulia.rossi@example.com" in message for message in debug)
 
 
+@pytest.mark.slow  # a real gunicorn or dramatiq process
 def test_the_worker_main_process_logs_json_lines_too(database_url, tmp_path):
     env = {
         **os.environ,
@@ -55,7 +59,7 @@ def test_the_worker_main_process_logs_json_lines_too(database_url, tmp_path):
     stderr = tmp_path / "stderr"
     with stderr.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workers.dramatiq_main", "workers.actors",
+            [sys.executable, "-m", "workers.jobs.dramatiq_main", "workers.jobs.actors",
              "--processes", "1", "--threads", "1"],
             env=env, stdout=out, stderr=out,
         )  # fmt: skip

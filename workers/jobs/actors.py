@@ -1,0 +1,138 @@
+"""Dramatiq actors. Jobs carry ids, not objects (the row is the truth); each is safe to rerun."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterable
+from functools import lru_cache
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+import workers.jobs.broker  # noqa: F401  # sets the broker before any actor is declared
+from emails.transport import PermanentEmailError
+from workers.billing import lifecycle
+from workers.config import Settings
+from workers.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    PermanentEventError,
+)
+from workers.jobs import mailer, retry
+from workers.jobs.broker import send_each
+from workers.store import db, events, outbox
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The worker process's settings, read once."""
+    return Settings.from_env()
+
+
+# A malformed catalog stops the worker at start-up, naming the line, instead of failing events.
+lifecycle.catalog(settings())
+try:
+    settings().merchant_voice()
+except ConfigError as exc:  # events are still applied; their emails wait for the setting
+    log.error("emails will wait until this is fixed: %s", exc)
+
+
+def _retry_number() -> int:
+    """Which retry of its message the running attempt is (0: the first try)."""
+    message = CurrentMessage.get_current_message()
+    return 0 if message is None else int(message.options.get("retries", 0))
+
+
+def _record_failure(
+    event_id: int, exc: BaseException, *, final: bool, retry_within_seconds: float = 0.0
+) -> None:
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        with db.connection(settings().database_url) as conn, conn.transaction():
+            events.record_failure(
+                conn,
+                event_id,
+                error=error,
+                traceback=traceback.format_exc(),
+                final=final,
+                retry=_retry_number(),
+            )
+            if not final:
+                events.retry_due(conn, event_id, retry_within_seconds)
+    except DatabaseUnavailable:
+        log.warning("event %s: could not record the failure, database unavailable", event_id)
+    if final:
+        log.warning("event %s failed for good: %s", event_id, error, extra={"event_id": event_id})
+
+
+def apply_event(event_id: int, *, emails: bool = True) -> str | None:
+    """Apply one stored event in one transaction; its outcome, or None if nothing was left to do."""
+    with db.connection(settings().database_url) as conn, conn.transaction():
+        event = events.lock(conn, event_id)
+        if event is None:
+            log.warning("event %s does not exist; nothing to do", event_id)
+            return None
+        if event["status"] in ("processed", "ignored"):
+            return None  # a duplicate message: the first run already applied it
+        applied = lifecycle.apply(conn, event, settings(), emails=emails)
+        events.finish(
+            conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
+        )
+    if applied.email_ids:
+        try:
+            dispatch_emails(settings().database_url, applied.email_ids)
+        except (BrokerUnavailable, DatabaseUnavailable) as exc:
+            # Committed as pending: the clock's email relay sends them when Redis is back.
+            log.warning("event %s: emails left for the relay (%s)", event_id, exc)
+    return applied.outcome
+
+
+@dramatiq.actor(**retry.EVENTS.actor_options(), throws=(PermanentEventError,))
+def process_event(event_id: int, emails: bool = True) -> None:
+    """Apply one stored notification to the subscription it concerns (`emails=False`: no outbox)."""
+    try:
+        apply_event(event_id, emails=emails)
+    except PermanentEventError as exc:
+        _record_failure(event_id, exc, final=True)
+        raise
+    except Exception as exc:
+        job = retry.job_of(CurrentMessage.get_current_message(), retry.EVENTS)
+        _record_failure(
+            event_id, exc, final=job.final, retry_within_seconds=job.retry_within_seconds
+        )
+        raise
+
+
+@dramatiq.actor(**retry.EMAILS.actor_options(), throws=(PermanentEmailError,))
+def send_email(email_id: int) -> None:
+    """Render one outbox row and send it; marked `sent` once, `failed` when it never can be."""
+
+    job = retry.job_of(CurrentMessage.get_current_message(), retry.EMAILS)
+    mailer.send(settings(), email_id, final=job.final, job=job)
+
+
+def send_emails(email_ids: Iterable[int]) -> list[int]:
+    """Hand ids to the broker until it fails; the ones it took."""
+    return send_each(send_email, email_ids)
+
+
+def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:
+    """Enqueue committed emails and record when; returns those the broker took.
+
+    Raises BrokerUnavailable when Redis takes none of them: they stay unenqueued for the relay.
+    """
+    if not email_ids:
+        return []
+    sent = send_emails(email_ids)
+    if len(sent) < len(email_ids):
+        log.warning("broker failed: %d email(s) left for the relay", len(email_ids) - len(sent))
+    with db.connection(database_url) as conn, conn.transaction():
+        # Losing this mark only means the relay enqueues the email again, which the mailer
+        # shrugs off, so it need not wait for the disk.
+        conn.execute("SET LOCAL synchronous_commit = off")
+        outbox.mark_enqueued(conn, sent)
+    return sent

@@ -1,0 +1,568 @@
+"""Reconciliation: compare what the provider's API holds with Rinnovo's records, sweep by sweep.
+
+A sweep reads the subscriptions the provider changed since a day and the orders of that window,
+and reports every difference. Unless it is a dry run, each differing record is stored as a
+reconciliation event (kind `api`, the provider's JSON as its body) and enqueued: the workers apply
+it through the same rules, history and outbox as a notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from workers.config import Settings
+from workers.errors import BrokerUnavailable, DatabaseUnavailable
+from workers.provider_api import Client, Order, ProviderApiError, Subscription
+from workers.store import db, events
+from workers.store.db import Conn
+from workers.terminal import visible
+
+log = logging.getLogger(__name__)
+
+OVERLAP = timedelta(days=1)  # the provider's date filters are per day: sweeps overlap by one
+ORDER_SETTLING = timedelta(minutes=5)  # subscriptions are attached to orders within 5 minutes
+ENDED = frozenset({"canceled", "refunded"})  # Rinnovo's statuses of a subscription disabled
+LIFETIME_YEAR = 9999  # lifetime licenses expire 9999-12-31
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way Rinnovo's record differs from the provider's."""
+
+    subject: str  # "subscription LICENSE" or "order REFNO"
+    what: str
+    rinnovo: str
+    provider: str
+
+    def line(self) -> str:
+        """The difference on one line, with control characters in any value made visible."""
+        return visible(
+            f"{self.subject}: {self.what}: Rinnovo {self.rinnovo}, provider {self.provider}"
+        )
+
+
+@dataclass
+class Sweep:
+    """What one sweep covered and found."""
+
+    window_start: date
+    window_end: date
+    license_code: str | None = None
+    dry_run: bool = True
+    source: str = "command"  # command | clock | watchdog
+    run_id: int = 0
+    subscriptions_checked: int = 0
+    orders_checked: int = 0
+    differing: int = 0
+    deferred: int = 0
+    event_ids: list[int] = field(default_factory=list)  # reconciliation events stored anew
+
+    def summary(self) -> str:
+        """The counts, as the command's last line."""
+        later = f", {self.deferred} young order(s) left for the next sweep" if self.deferred else ""
+        return (
+            f"checked {self.subscriptions_checked} subscription(s) and {self.orders_checked} "
+            f"order(s): {self.differing} differ{later}"
+        )
+
+
+# --- the window -------------------------------------------------------------------------------
+
+
+def default_start(conn: Conn) -> date | None:
+    """A day before the last successful sweep of every subscription that applied what it found;
+    without one, a day before the first notification stored; None when neither exists."""
+    row = conn.execute(
+        """
+        SELECT window_end FROM reconcile_runs
+        WHERE outcome = 'succeeded' AND NOT dry_run AND license_code IS NULL
+          AND source <> 'watchdog'
+        ORDER BY started_at DESC LIMIT 1
+        """
+    ).fetchone()
+    if row is not None:
+        return row["window_end"] - OVERLAP
+    first = conn.execute("SELECT min(received_at) AS at FROM events").fetchone()
+    if first is None or first["at"] is None:
+        return None
+    return first["at"].astimezone(UTC).date() - OVERLAP
+
+
+# --- comparing ----------------------------------------------------------------------------------
+
+
+def _day(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).date().isoformat()
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _describe(sub: Subscription) -> str:
+    expiry = "lifetime" if sub.lifetime else f"expires {_day(sub.expires_at)}"
+    state = "enabled" if sub.enabled else "disabled"
+    return (
+        f"{sub.product_code} x {sub.quantity}, {expiry}, {state}, auto-renew "
+        f"{_on(sub.recurring)}, customer {sub.name} <{sub.email}>"
+    )
+
+
+def compare_subscription(local: Mapping[str, Any] | None, remote: Subscription) -> list[Difference]:
+    """How Rinnovo's row for a subscription (None: no row) differs from the provider's."""
+    subject = f"subscription {remote.reference}"
+    if local is None:
+        missing = Difference(
+            subject, "never received", "has no such subscription", _describe(remote)
+        )
+        return [missing]
+    found: list[Difference] = []
+
+    def differs(what: str, rinnovo: str, provider: str) -> None:
+        if rinnovo != provider:
+            found.append(Difference(subject, what, rinnovo, provider))
+
+    local_lifetime = local["cycle"] == "lifetime" or (
+        local["expires_at"] is not None and local["expires_at"].year == LIFETIME_YEAR
+    )
+    if remote.lifetime or local_lifetime:
+        differs(
+            "lifetime",
+            "lifetime" if local_lifetime else f"expires {_day(local['expires_at'])}",
+            "lifetime" if remote.lifetime else f"expires {_day(remote.expires_at)}",
+        )
+    else:
+        differs("expiry", _day(local["expires_at"]), _day(remote.expires_at))
+    differs("automatic renewal", _on(local["auto_renew"]), _on(remote.recurring))
+    enabled = local["status"] not in ENDED
+    if enabled != remote.enabled:
+        state = ("enabled" if remote.enabled else "disabled") + (
+            f" ({remote.status})" if remote.status else ""
+        )
+        differs("enabled", local["status"], state)
+    differs("product", local["product_code"], remote.product_code)
+    differs("quantity", str(local["quantity"]), str(remote.quantity))
+    return found
+
+
+def order_difference(order: Order) -> Difference:
+    """An order Rinnovo never stored, described."""
+    amount = f" {order.gross_price} {order.currency}" if order.gross_price is not None else ""
+    when = f" of {order.ordered_at:%Y-%m-%d %H:%M:%S}" if order.ordered_at else ""
+    refs = ", ".join(order.subscription_references) or "none yet"
+    return Difference(
+        f"order {order.refno}",
+        "never received",
+        "has no such order",
+        f"{order.status}{amount}{when}, subscriptions {refs}",
+    )
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+
+def _local_subscriptions(conn: Conn, references: Iterable[str]) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(
+        """
+        SELECT license_code, product_code, quantity, status, auto_renew, expires_at, cycle
+        FROM subscriptions WHERE license_code = ANY(%s)
+        """,
+        (list(references),),
+    ).fetchall()
+    return {row["license_code"]: row for row in rows}
+
+
+def _known_orders(conn: Conn, refnos: Iterable[str]) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT refno FROM orders WHERE refno = ANY(%s)", (list(refnos),)
+    ).fetchall()
+    return {row["refno"] for row in rows}
+
+
+def _start(conn: Conn, sweep: Sweep) -> None:
+    row = conn.execute(
+        """
+        INSERT INTO reconcile_runs (window_start, window_end, license_code, dry_run, source)
+        VALUES (%s, %s, %s, %s, %s) RETURNING id
+        """,
+        (sweep.window_start, sweep.window_end, sweep.license_code, sweep.dry_run, sweep.source),
+    ).fetchone()
+    assert row is not None
+    sweep.run_id = row["id"]
+
+
+def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
+    conn.execute(
+        """
+        UPDATE reconcile_runs
+        SET outcome = %s, error = %s, subscriptions_checked = %s, orders_checked = %s,
+            differing = %s, deferred = %s, events_stored = %s, finished_at = now()
+        WHERE id = %s
+        """,
+        (
+            "failed" if error else "succeeded",
+            error,
+            sweep.subscriptions_checked,
+            sweep.orders_checked,
+            sweep.differing,
+            sweep.deferred,
+            len(sweep.event_ids),
+            sweep.run_id,
+        ),
+    )
+
+
+Report = Callable[[Difference], None]
+
+
+def dedupe_key(record: Subscription | Order) -> str:
+    """The same provider record in the same state always gives the same key, so a sweep run
+    twice (or overlapping the one before) stores nothing new."""
+    if isinstance(record, Order):
+        return f"api:order:{record.refno}:{record.status.upper()}"
+    expiry = "lifetime" if record.lifetime else _day(record.expires_at)
+    state = (
+        f"{expiry}:{_on(record.recurring)}:{'enabled' if record.enabled else 'disabled'}:"
+        f"{record.product_code}:{record.quantity}"
+    )
+    return f"api:subscription:{record.reference}:{state}"
+
+
+def _event(record: Subscription | Order) -> events.NewEvent:
+    """A reconciliation event: the provider's JSON object as its body."""
+    if isinstance(record, Order):
+        summary, codes = f"order {record.status.upper()}", list(record.subscription_references)
+    else:
+        summary, codes = "subscription", [record.reference]
+    return events.NewEvent(
+        kind="api",
+        dedupe_key=dedupe_key(record),
+        raw_body=json.dumps(record.raw, sort_keys=True).encode(),
+        content_type="application/json",
+        headers={},
+        fields={},
+        signature_algo="api",
+        key_index=0,
+        summary=summary,
+        license_codes=codes,
+        test=False,
+    )
+
+
+def _store(conn: Conn, sweep: Sweep, record: Subscription | Order) -> int:
+    """Store the record's reconciliation event (once ever); its id."""
+    stored = events.store(conn, _event(record))
+    if stored.inserted:
+        sweep.event_ids.append(stored.event_id)
+    return stored.event_id
+
+
+def _found(
+    conn: Conn,
+    sweep: Sweep,
+    differences: list[Difference],
+    report: Report,
+    record: Subscription | Order | None,
+) -> None:
+    """Count, report and record the differences; unless a dry run, store the event applying them."""
+    if not differences:
+        return
+    sweep.differing += 1
+    event_id = None if sweep.dry_run or record is None else _store(conn, sweep, record)
+    for difference in differences:
+        conn.execute(
+            """
+            INSERT INTO reconcile_differences (run_id, subject, what, rinnovo, provider, event_id)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            """,
+            (
+                sweep.run_id,
+                difference.subject,
+                difference.what,
+                difference.rinnovo,
+                difference.provider,
+                event_id,
+            ),
+        )
+        report(difference)
+
+
+def check_one(conn: Conn, client: Client, sweep: Sweep, reference: str, report: Report) -> None:
+    """Look one subscription up by its reference and compare it."""
+    remote = client.subscription(reference)
+    local = _local_subscriptions(conn, [reference]).get(reference)
+    sweep.subscriptions_checked += 1
+    if remote is None:
+        absent = Difference(
+            f"subscription {reference}",
+            "unknown to the provider",
+            local["status"] if local else "has no such subscription",
+            "has no such subscription",
+        )
+        _found(conn, sweep, [absent], report, None)  # nothing to apply: an operator looks
+    else:
+        _found(conn, sweep, compare_subscription(local, remote), report, remote)
+
+
+def _subscriptions(conn: Conn, client: Client, sweep: Sweep, report: Report) -> None:
+    if sweep.license_code is not None:
+        check_one(conn, client, sweep, sweep.license_code, report)
+        return
+    for page in client.search_subscriptions(sweep.window_start):
+        local = _local_subscriptions(conn, (sub.reference for sub in page))
+        for remote in page:
+            sweep.subscriptions_checked += 1
+            differences = compare_subscription(local.get(remote.reference), remote)
+            _found(conn, sweep, differences, report, remote)
+
+
+def _concerns(sweep: Sweep, order: Order) -> bool:
+    """Whether the sweep covers this order: every order, or those of its one subscription."""
+    return sweep.license_code is None or sweep.license_code in order.subscription_references
+
+
+def _orders(conn: Conn, client: Client, sweep: Sweep, report: Report, now: datetime) -> None:
+    for page in client.search_orders(sweep.window_start, sweep.window_end):
+        known = _known_orders(conn, (order.refno for order in page))
+        for order in page:
+            if order.refno in known:
+                sweep.orders_checked += _concerns(sweep, order)
+                continue
+            if not order.subscription_references:
+                # A search may list an order without its items; the order itself has them.
+                order = client.order(order.refno) or order
+            refs = order.subscription_references
+            young = order.ordered_at is not None and now - order.ordered_at < ORDER_SETTLING
+            if young and not refs:
+                sweep.deferred += 1  # its subscriptions are not attached yet
+                continue
+            if not _concerns(sweep, order):
+                continue
+            sweep.orders_checked += 1
+            _found(conn, sweep, [order_difference(order)], report, order)
+
+
+Enqueue = Callable[[list[int]], object]
+
+
+def run(
+    conn: Conn,
+    client: Client,
+    sweep: Sweep,
+    *,
+    report: Report = lambda difference: None,
+    now: datetime | None = None,
+    enqueue: Enqueue = lambda event_ids: None,
+    body: Callable[[], None] | None = None,
+) -> Sweep:
+    """Run one sweep on an autocommit connection, recorded in reconcile_runs whatever its end.
+
+    Differences are reported as they are found, and the events stored for them are enqueued when
+    the sweep ends, whatever its end (each one stands on its own); a ProviderApiError ends the
+    sweep, recorded as failed with its reason, and is raised again. `body` replaces the search
+    of the window (the watchdog looks subscriptions up one by one).
+    """
+    now = now or datetime.now(UTC)
+    _start(conn, sweep)
+    try:
+        if body is not None:
+            body()
+        else:
+            _subscriptions(conn, client, sweep, report)
+            _orders(conn, client, sweep, report, now)
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, ProviderApiError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(psycopg.Error):  # a database gone leaves the run 'running'
+            _finish(conn, sweep, error)
+        log.warning("reconcile sweep failed", extra={"run_id": sweep.run_id, "error": error})
+        raise
+    finally:
+        if sweep.event_ids:
+            _enqueue(enqueue, sweep)
+    _finish(conn, sweep, None)
+    log.info(
+        "reconcile sweep done",
+        extra={
+            "run_id": sweep.run_id,
+            "subscriptions_checked": sweep.subscriptions_checked,
+            "orders_checked": sweep.orders_checked,
+            "differing": sweep.differing,
+            "deferred": sweep.deferred,
+            "events_stored": len(sweep.event_ids),
+        },
+    )
+    return sweep
+
+
+def _enqueue(enqueue: Enqueue, sweep: Sweep) -> None:
+    """Hand the new events to the broker; when it refuses, the clock's relay sends them later."""
+
+    try:
+        enqueue(sweep.event_ids)
+    except (BrokerUnavailable, DatabaseUnavailable) as exc:
+        log.warning("reconcile events left for the relay: %s", exc, extra={"run_id": sweep.run_id})
+
+
+def dispatcher(database_url: str) -> Enqueue:
+    """Enqueue events as the receiver does (any the broker refuses go back to the relay)."""
+
+    def enqueue(event_ids: list[int]) -> object:
+        # Deferred: the CLI and the web app list runs without the actors (the broker) at start-up.
+        from workers.jobs import dispatch
+
+        return dispatch.dispatch(database_url, event_ids)
+
+    return enqueue
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Where a sweep's events stand: applied by a worker, failed (or failing), still waiting."""
+
+    applied: int
+    failed: int
+    waiting: int
+
+
+def outcomes(conn: Conn, run_id: int) -> Outcomes:
+    """How the reconciliation events of one sweep fared so far."""
+    row = conn.execute(
+        """
+        SELECT count(*) FILTER (WHERE e.status IN ('processed', 'ignored')) AS applied,
+               count(*) FILTER (WHERE e.status = 'failed'
+                                OR (e.status IN ('received', 'enqueued')
+                                    AND e.last_error IS NOT NULL)) AS failed,
+               count(*) FILTER (WHERE e.status IN ('received', 'enqueued')
+                                AND e.last_error IS NULL) AS waiting
+        FROM events e
+        WHERE e.id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
+        """,
+        (run_id,),
+    ).fetchone()
+    assert row is not None
+    return Outcomes(row["applied"], row["failed"], row["waiting"])
+
+
+# --- on the clock: the daily sweep and the expected-notification watchdog ------------------------
+
+WATCHDOG_BATCH = 100  # lookups per watchdog run, the most recently due first
+
+
+def daily(settings: Settings, now: datetime | None = None) -> Sweep:
+    """The clock's sweep: every subscription changed since a day before the last sweep."""
+    now = now or datetime.now(UTC)
+    with Client.from_settings(settings) as client, db.statement(settings.database_url) as conn:
+        start = default_start(conn) or now.date() - OVERLAP
+        sweep = Sweep(start, now.date(), dry_run=False, source="clock")
+        return run(conn, client, sweep, now=now, enqueue=dispatcher(settings.database_url))
+
+
+# Auto-renewing subscriptions past their expiry by more than the grace that no notification
+# (renewal, LCN, failure: any IPN, LCN or INS naming them) has concerned since.
+_OVERDUE = """
+    FROM subscriptions s
+    WHERE s.auto_renew AND s.status IN ('active', 'expired')
+      AND s.expires_at < now() - make_interval(secs => %(grace)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM events e
+          WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
+            AND e.received_at >= s.expires_at)
+"""
+
+
+def overdue(conn: Conn, grace: timedelta, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """The subscriptions whose expected notification never came, most recently due first."""
+    return conn.execute(
+        "SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew"
+        + _OVERDUE
+        + "ORDER BY s.expires_at DESC, s.license_code LIMIT %(limit)s",
+        {"grace": grace.total_seconds(), "limit": limit},
+    ).fetchall()
+
+
+def count_overdue(conn: Conn, grace: timedelta) -> int:
+    """How many subscriptions' expected notification never came."""
+    row = conn.execute(
+        "SELECT count(*) AS n" + _OVERDUE, {"grace": grace.total_seconds()}
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def watchdog(settings: Settings) -> Sweep | None:
+    """Look up at the provider each subscription whose expected notification never came, and
+    reconcile it; None when none is overdue."""
+    with Client.from_settings(settings) as client, db.statement(settings.database_url) as conn:
+        silent = overdue(conn, settings.expected_notification_grace, limit=WATCHDOG_BATCH)
+        if not silent:
+            return None
+        today = datetime.now(UTC).date()
+        sweep = Sweep(today, today, dry_run=False, source="watchdog")
+
+        def look_up() -> None:
+            for row in silent:
+                check_one(conn, client, sweep, row["license_code"], lambda found: None)
+
+        return run(conn, client, sweep, enqueue=dispatcher(settings.database_url), body=look_up)
+
+
+# --- what operators read: metrics and the admin page --------------------------------------------
+
+
+def figures(conn: Conn, grace: timedelta) -> dict[str, float]:
+    """The reconciliation figures /metrics shows."""
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM max(finished_at) FILTER (
+                   WHERE outcome = 'succeeded' AND license_code IS NULL
+                     AND source <> 'watchdog')), 0) AS last_success,
+               coalesce(sum(differing), 0) AS differences
+        FROM reconcile_runs WHERE NOT dry_run
+        """
+    ).fetchone()
+    assert row is not None
+    return {
+        "last_success": float(row["last_success"]),
+        "differences": float(row["differences"]),
+        "missing": float(count_overdue(conn, grace)),
+    }
+
+
+def recent_runs(conn: Conn, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest sweeps, newest first."""
+    return conn.execute(
+        "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
+    ).fetchall()
+
+
+def run_detail(conn: Conn, run_id: int) -> dict[str, Any] | None:
+    """One sweep, each difference it found with the event applying it, and what that changed."""
+    found = conn.execute("SELECT * FROM reconcile_runs WHERE id = %s", (run_id,)).fetchone()
+    if found is None:
+        return None
+    differences = conn.execute(
+        """
+        SELECT d.subject, d.what, d.rinnovo, d.provider, d.event_id,
+               e.status AS event_status, e.outcome, e.last_error
+        FROM reconcile_differences d LEFT JOIN events e ON e.id = d.event_id
+        WHERE d.run_id = %s ORDER BY d.id
+        """,
+        (run_id,),
+    ).fetchall()
+    changes = conn.execute(
+        """
+        SELECT h.event_id, s.license_code, h.change, h.note, h.at
+        FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
+        WHERE h.event_id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
+        ORDER BY h.id
+        """,
+        (run_id,),
+    ).fetchall()
+    return {"run": found, "differences": differences, "changes": changes}

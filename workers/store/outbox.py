@@ -1,0 +1,237 @@
+"""The outbox's rows: one per fact worth telling a customer, written in the caller's transaction.
+
+An outbox row carries everything needed to send it later: the recipient, the locale, the full
+rendering context (stored JSON-safe: instants as ISO 8601 UTC strings, money as decimal strings)
+and a Message-ID fixed at creation, so every retry sends the same message. Rows are unique per
+(subscription, kind, fact): writing the same fact twice writes nothing, so an email is never
+written, and therefore never sent, twice. Enqueueing happens after commit
+(`actors.dispatch_emails`); rows the broker never took are picked up by the email relay
+(`workers.jobs.outbox`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+
+from emails.links import portal_url, renewal_url
+from emails.message import make_message_id, parse_mailbox
+from emails.render import KINDS, resolve_locale
+from workers.config import Settings
+from workers.errors import ConfigError
+from workers.store.db import Conn
+from workers.store.subscriptions import iso
+
+# Why a failed email failed (the emails table's `failure`): interrupted (it may have been
+# delivered), permanent, exhausted (retries), superseded, config.
+FAILURES = ("interrupted", "permanent", "exhausted", "superseded", "config")
+
+# The subscription and customer columns a context is built from; the scan selects the same.
+SOURCE_COLUMNS = sql.SQL(
+    "s.id AS subscription_id, s.license_code, s.product_code, s.product, s.edition, s.cycle, "
+    "s.quantity, s.status, s.auto_renew, s.test, s.currency, s.expires_at, s.last_order_ref, "
+    "c.email AS customer_email, c.first_name, c.last_name, c.locale AS customer_locale"
+)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One email to write: which subscription row (with its customer), what kind, which fact."""
+
+    source: Mapping[str, Any]
+    kind: str
+    fact: str
+    event_id: int | None = None
+    extra: Mapping[str, Any] | None = None
+
+
+def jsonable(value: Any) -> Any:
+    """Return `value` in a form JSON keeps exactly: instants as ISO UTC, Decimals as strings."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} in an email context")
+        return iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    raise TypeError(f"cannot store a {type(value).__name__} in an email context")
+
+
+def message_domain(settings: Settings) -> str:
+    """The domain of Message-IDs: MAIL_DOMAIN, else the domain of MAIL_FROM."""
+    if settings.mail_domain:
+        return settings.mail_domain
+    try:
+        return str(parse_mailbox(settings.mail_from, "MAIL_FROM").domain)
+    except ValueError as exc:
+        raise ConfigError(f"MAIL_FROM: {exc}") from None
+
+
+def customer_name(source: Mapping[str, Any]) -> str:
+    """The customer's name as emails greet them (may be empty)."""
+    return " ".join(part for part in (source["first_name"], source["last_name"]) if part)
+
+
+def context_for(
+    settings: Settings, source: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The full rendering context of one email, JSON-safe; `extra` overrides and extends it."""
+    try:
+        renewal = renewal_url(
+            settings.renewal_url,
+            license_code=source["license_code"],
+            product_code=source["product_code"],
+            email=source["customer_email"],
+        )
+        portal = portal_url(settings.portal_url)
+    except ValueError as exc:
+        # A broken link setting would break every email: fail loudly, the event is retried.
+        raise ConfigError(f"RENEWAL_URL/PORTAL_URL: {exc}") from None
+    context: dict[str, Any] = {
+        "customer_name": customer_name(source),
+        "customer_email": source["customer_email"],
+        "license_code": source["license_code"],
+        "product": source["product"],
+        "edition": source["edition"],
+        "cycle": source["cycle"],
+        "quantity": source["quantity"],
+        "order_ref": source["last_order_ref"],
+        "expires_at": source["expires_at"],
+        "portal_url": portal,
+        "renewal_url": renewal,
+        "currency": source["currency"],
+        "test": source["test"],
+    }
+    context.update(extra or {})
+    result = jsonable(context)
+    assert isinstance(result, dict)
+    return result
+
+
+def _new_ids(conn: Conn, count: int) -> list[int]:
+    """Reserve `count` outbox ids, so each Message-ID can be made from its row's id."""
+    rows = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('emails', 'id')) AS id FROM generate_series(1, %s)",
+        (count,),
+    ).fetchall()
+    return [int(row["id"]) for row in rows]
+
+
+def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
+    """Insert the drafts (facts already in the outbox are skipped); the ids of the new rows."""
+    if not drafts:
+        return []
+    for draft in drafts:
+        if draft.kind not in KINDS:
+            raise ValueError(f"unknown email kind {draft.kind!r}")
+    domain = message_domain(settings)
+    # With the row id in the hash, one salt per batch keeps ids unique across installations
+    # and recreated databases.
+    salt = secrets.token_hex(8)
+    ids = _new_ids(conn, len(drafts))
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for email_id, draft in zip(ids, drafts, strict=True):
+        source = draft.source
+        values = (
+            email_id,
+            source["subscription_id"],
+            draft.event_id,
+            draft.kind,
+            draft.fact,
+            source["customer_email"],
+            resolve_locale(source["customer_locale"], settings.default_locale),
+            json.dumps(context_for(settings, source, draft.extra), ensure_ascii=False),
+            make_message_id(email_id, domain, salt=salt),
+            # EMAILS_OFF: written all the same, so operators see what the customer would get.
+            "off" if draft.kind in settings.emails_off else "pending",
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = conn.execute(
+        """
+        INSERT INTO emails (id, subscription_id, event_id, kind, fact, to_address, locale,
+                            context, message_id, status)
+        SELECT id, subscription_id, event_id, kind, fact, to_address, locale,
+               context::jsonb, message_id, status
+        FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[],
+                    %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+             AS d(id, subscription_id, event_id, kind, fact, to_address, locale, context,
+                  message_id, status)
+        ON CONFLICT (subscription_id, kind, fact) DO NOTHING
+        RETURNING id
+        """,
+        columns,  # binary arrays: thousands of JSON texts need no quoting
+    ).fetchall()
+    return sorted(int(row["id"]) for row in rows)
+
+
+def add(
+    conn: Conn,
+    settings: Settings,
+    *,
+    subscription_id: int,
+    kind: str,
+    fact: str,
+    event_id: int | None,
+    extra: Mapping[str, Any] | None = None,
+) -> int | None:
+    """Write one email about `fact` in the caller's transaction; None if it was already written."""
+    query = sql.SQL(
+        "SELECT {} FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE s.id = %s"
+    ).format(SOURCE_COLUMNS)
+    source = conn.execute(query, (subscription_id,)).fetchone()
+    if source is None:
+        raise ValueError(f"no subscription with id {subscription_id}")
+    ids = write(
+        conn, settings, [Draft(source=source, kind=kind, fact=fact, event_id=event_id, extra=extra)]
+    )
+    return ids[0] if ids else None
+
+
+def mark_enqueued(conn: Conn, email_ids: list[int]) -> None:
+    # Due now, and any job may take it: an older retry job, if it ever comes, is a stray copy.
+    # Unless a worker was quicker than this mark and already scheduled a retry: that one stands.
+    conn.execute(
+        """
+        UPDATE emails SET enqueued_at = now(),
+                          retry_job = CASE WHEN due_at > now() THEN retry_job END,
+                          due_at = GREATEST(due_at, now())
+        WHERE id = ANY(%s)
+        """,
+        (email_ids,),
+    )
+
+
+def due(
+    conn: Conn, *, older_than_seconds: float, stale_after_seconds: float, limit: int
+) -> list[int]:
+    """Lock a batch of emails the broker should have (again), skipping rows another relay holds."""
+    rows = conn.execute(
+        """
+        SELECT id FROM emails
+        WHERE status IN ('pending', 'sending')
+          AND ((status = 'pending' AND enqueued_at IS NULL
+                AND created_at < now() - make_interval(secs => %s))
+               OR COALESCE(GREATEST(due_at, enqueued_at), created_at)
+                  < now() - make_interval(secs => %s))
+        ORDER BY id
+        LIMIT %s
+        FOR UPDATE SKIP LOCKED
+        """,
+        (older_than_seconds, stale_after_seconds, limit),
+    ).fetchall()
+    return [int(row["id"]) for row in rows]

@@ -1,0 +1,262 @@
+"""SQL for customers, subscriptions, orders and history. The caller owns the transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from workers.store.db import Conn
+
+# The columns a change may touch, in the order history shows them.
+TRACKED = (
+    "status",
+    "product_code",
+    "product",
+    "edition",
+    "cycle",
+    "quantity",
+    "auto_renew",
+    "test",
+    "currency",
+    "price_paid",
+    "purchase_price",
+    "period_start",
+    "expires_at",
+    "expected_expires_at",
+    "policy_mismatch",
+    "last_order_ref",
+)
+
+
+def upsert_customer(
+    conn: Conn,
+    *,
+    customer_key: str,
+    email: str,
+    first_name: str,
+    last_name: str,
+    company: str,
+    locale: str,
+    event_id: int,
+) -> int:
+    """Create or refresh a customer by the provider's reference (or email); returns its id.
+
+    Only an event at least as new as the last one that set the details may change them, so a
+    replayed old order never brings back an old address.
+    """
+    row = conn.execute(
+        """
+        INSERT INTO customers
+            (customer_key, email, first_name, last_name, company, locale, last_event_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (customer_key) DO UPDATE SET
+            email = EXCLUDED.email,
+            first_name = EXCLUDED.first_name,
+            last_name = EXCLUDED.last_name,
+            company = EXCLUDED.company,
+            locale = COALESCE(NULLIF(EXCLUDED.locale, ''), customers.locale),
+            last_event_id = EXCLUDED.last_event_id,
+            updated_at = now()
+        WHERE (customers.last_event_id IS NULL OR customers.last_event_id <= EXCLUDED.last_event_id)
+          AND (customers.email, customers.first_name, customers.last_name, customers.company,
+               customers.locale)
+              IS DISTINCT FROM
+              (EXCLUDED.email, EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.company,
+               COALESCE(NULLIF(EXCLUDED.locale, ''), customers.locale))
+        RETURNING id
+        """,
+        (customer_key, email, first_name, last_name, company, locale, event_id),
+    ).fetchone()
+    if row is None:  # known already, and nothing newer to write
+        row = conn.execute(
+            "SELECT id FROM customers WHERE customer_key = %s", (customer_key,)
+        ).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def lock(conn: Conn, license_code: str) -> dict[str, Any] | None:
+    """Load a subscription and lock its row: one writer per subscription at a time."""
+    return conn.execute(
+        "SELECT * FROM subscriptions WHERE license_code = %s FOR UPDATE", (license_code,)
+    ).fetchone()
+
+
+def create(conn: Conn, values: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert a subscription unless one with that license code exists; the new row, locked."""
+    columns = list(values)
+    query = sql.SQL(
+        "INSERT INTO subscriptions ({}) VALUES ({}) ON CONFLICT (license_code) DO NOTHING "
+        "RETURNING *"
+    ).format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
+    return conn.execute(query, [values[c] for c in columns]).fetchone()
+
+
+def update(conn: Conn, subscription_id: int, changes: dict[str, Any]) -> None:
+    """Write the changed columns of one (already locked) subscription."""
+    if not changes:
+        return
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder()) for column in changes
+    )
+    query = sql.SQL("UPDATE subscriptions SET {}, updated_at = now() WHERE id = %s").format(
+        assignments
+    )
+    conn.execute(query, [*changes.values(), subscription_id])
+
+
+def add_order(
+    conn: Conn,
+    *,
+    subscription_id: int,
+    event_id: int,
+    refno: str,
+    kind: str,
+    order_status: str,
+    amount: Decimal,
+    currency: str,
+) -> bool:
+    """Record an order against a subscription; False when that (order, status) was already seen."""
+    cur = conn.execute(
+        """
+        INSERT INTO orders (subscription_id, event_id, refno, kind, order_status, amount, currency)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (refno, subscription_id, order_status) DO NOTHING
+        """,
+        (subscription_id, event_id, refno, kind, order_status, amount, currency),
+    )
+    return cur.rowcount == 1
+
+
+def order_seen(conn: Conn, subscription_id: int, refno: str, statuses: tuple[str, ...]) -> bool:
+    """Whether this order already reached one of these statuses for the subscription."""
+    row = conn.execute(
+        """
+        SELECT 1 FROM orders
+        WHERE subscription_id = %s AND refno = %s AND order_status = ANY(%s)
+        """,
+        (subscription_id, refno, list(statuses)),
+    ).fetchone()
+    return row is not None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def add_history(
+    conn: Conn,
+    *,
+    subscription_id: int,
+    event_id: int | None,
+    change: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    note: str = "",
+) -> None:
+    """Record one change to a subscription: what, from which event, before and after."""
+    conn.execute(
+        """
+        INSERT INTO subscription_history (subscription_id, event_id, change, before, after, note)
+        VALUES (%s, %s, %s, %s, %s, %s)
+        """,
+        (
+            subscription_id,
+            event_id,
+            change,
+            Jsonb({k: _jsonable(v) for k, v in before.items()}),
+            Jsonb({k: _jsonable(v) for k, v in after.items()}),
+            note,
+        ),
+    )
+
+
+def iso(value: datetime | None) -> str | None:
+    """An instant as ISO 8601 in UTC with a Z, the one format the API and facts use."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def describe(conn: Conn, license_code: str) -> dict[str, Any] | None:
+    """One subscription as the admin API shows it: state, customer and full history."""
+    if "\x00" in license_code:  # PostgreSQL text cannot hold one, so no license code does
+        return None
+    row = conn.execute(
+        """
+        SELECT s.*, c.email, c.first_name, c.last_name, c.company, c.locale
+        FROM subscriptions s JOIN customers c ON c.id = s.customer_id
+        WHERE s.license_code = %s
+        """,
+        (license_code,),
+    ).fetchone()
+    if row is None:
+        return None
+    history = conn.execute(
+        """
+        SELECT at, change, event_id, before, after, note FROM subscription_history
+        WHERE subscription_id = %s ORDER BY id
+        """,
+        (row["id"],),
+    ).fetchall()
+    name = " ".join(part for part in (row["first_name"], row["last_name"]) if part)
+    return {
+        "license_code": row["license_code"],
+        "status": row["status"],
+        "product_code": row["product_code"],
+        "product": row["product"],
+        "edition": row["edition"],
+        "cycle": row["cycle"],
+        "quantity": row["quantity"],
+        "auto_renew": row["auto_renew"],
+        "test": row["test"],
+        "currency": row["currency"],
+        "price_paid": str(row["price_paid"]),
+        "purchase_price": None if row["purchase_price"] is None else str(row["purchase_price"]),
+        "period_start": iso(row["period_start"]),
+        "expires_at": iso(row["expires_at"]),
+        "expected_expires_at": iso(row["expected_expires_at"]),
+        "policy_mismatch": row["policy_mismatch"],
+        "last_order_ref": row["last_order_ref"],
+        "customer": {"email": row["email"], "name": name, "locale": row["locale"]},
+        "history": [
+            {
+                "at": iso(h["at"]),
+                "change": h["change"],
+                "event_id": h["event_id"],
+                "before": h["before"],
+                "after": h["after"],
+                "note": h["note"],
+            }
+            for h in history
+        ],
+    }
+
+
+def emails(conn: Conn, license_code: str, limit: int = 100) -> list[dict[str, Any]]:
+    """A subscription's outbox rows, newest first (instants in ISO): sent, held back, or off."""
+    rows: list[dict[str, Any]] = conn.execute(
+        """
+        SELECT e.id, e.kind, e.fact, e.to_address, e.status, e.created_at, e.sent_at,
+               e.last_error
+        FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
+        WHERE s.license_code = %s
+        ORDER BY e.id DESC
+        LIMIT %s
+        """,
+        (license_code, limit),
+    ).fetchall()
+    return [
+        row | {"created_at": iso(row["created_at"]), "sent_at": iso(row["sent_at"])} for row in rows
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,3 +47,56 @@ def procfile_gunicorn_options(*, drop: tuple[str, ...] = ("--bind", "--workers")
         else:
             options.append(word)
     return options
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU seconds used so far by each process and by the whole machine (Linux /proc)."""
+
+    processes: dict[int, tuple[str, int, float]]  # pid -> (command name, parent pid, seconds)
+    busy: float
+    total: float
+
+
+def cpu_snapshot() -> Snapshot | None:
+    """Read every process's CPU time, or None where there is no /proc."""
+    proc = Path("/proc")
+    if not (proc / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    processes = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        rest = text[text.rindex(")") + 2 :].split()
+        processes[int(entry.name)] = (name, int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+    ticks = [int(value) for value in (proc / "stat").read_text().split("\n")[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return Snapshot(processes, (sum(ticks) - idle) / tick, sum(ticks) / tick)
+
+
+_BACKEND_TITLE = re.compile(r" (\S+) (?:\S+\([0-9]+\)|\[local\]) ")
+
+
+def postgres_backends(snapshot: Snapshot, database: str) -> tuple[set[int], set[int]]:
+    """PostgreSQL's client backends, and those serving `database`."""
+    backends: set[int] = set()
+    ours: set[int] = set()
+    for pid, (name, _, _) in snapshot.processes.items():
+        if not name.startswith("postgres"):
+            continue
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        # A backend's title is "postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE".
+        if match := _BACKEND_TITLE.search(title.replace("\0", " ")):
+            backends.add(pid)
+            if match.group(1) == database:
+                ours.add(pid)
+    return backends, ours

@@ -523,7 +523,8 @@ def count_round_trips(trace: str) -> int:
     """Round trips in a libpq trace: every time the server answers what the client sent."""
     trips, sent = 0, False
     for line in trace.splitlines():
-        direction = line.split("\t", 1)[0]
+        words = line.split("\t", 2)  # [timestamp,] direction, length, message
+        direction = words[0] if words[0] in ("F", "B") else words[1] if len(words) > 1 else ""
         if direction == "F":
             sent = True
         elif direction == "B" and sent:
@@ -558,16 +559,18 @@ def sample_events(url: str, expected: dict[str, Expected], scratch: Path, *, ema
     db.close_pool()
     pool = db.get_pool(url, max_size=1)  # every event on the one traced connection
     trace_path = scratch / "libpq.trace"
-    with pool.connection() as conn, trace_path.open("w") as trace_file:
-        backend = conn.pgconn.backend_pid
-        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        conn.pgconn.trace(trace_file.fileno())
-    server_before, started = process_cpu(backend), time.process_time()
-    for event_id in ids:
-        actors.apply_event(event_id, emails=emails)
-    client_cpu, server_cpu = time.process_time() - started, process_cpu(backend) - server_before
-    with pool.connection() as conn:
-        conn.pgconn.untrace()
+    with trace_path.open("w") as trace_file:  # open until libpq stops writing to it
+        with pool.connection() as conn:
+            backend = conn.pgconn.backend_pid
+            conn.pgconn.trace(trace_file.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        server_before, started = process_cpu(backend), time.process_time()
+        for event_id in ids:
+            actors.apply_event(event_id, emails=emails)
+        client_cpu = time.process_time() - started
+        server_cpu = process_cpu(backend) - server_before
+        with pool.connection() as conn:
+            conn.pgconn.untrace()
     db.close_pool()
     trips = count_round_trips(trace_path.read_text(errors="replace"))
     print(

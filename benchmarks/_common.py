@@ -100,3 +100,32 @@ def postgres_backends(snapshot: Snapshot, database: str) -> tuple[set[int], set[
             if match.group(1) == database:
                 ours.add(pid)
     return backends, ours
+
+
+def cpu_by_party(
+    before: Snapshot, after: Snapshot, *, database: str, roots: dict[int, str], parties: list[str]
+) -> dict[str, float]:
+    """CPU seconds between two snapshots by party: PostgreSQL (the server, and the backends of
+    `database`), Redis, each process tree of `roots` (pid -> party, the nearest root wins), else
+    "other"."""
+    parents = {pid: parent for pid, (_, parent, _) in after.processes.items()}
+    backends, ours = postgres_backends(after, database)
+
+    def party(pid: int, name: str) -> str:
+        if name.startswith("postgres"):
+            # Backends serving other databases (someone else's tests) are not ours.
+            return "postgres" if pid in ours or pid not in backends else "other"
+        if name.startswith("redis"):
+            return "redis"
+        ancestor = pid
+        while ancestor > 1:
+            if ancestor in roots:
+                return roots[ancestor]
+            ancestor = parents.get(ancestor, 0)
+        return "other"
+
+    used = dict.fromkeys([*parties, *roots.values(), "postgres", "redis", "other"], 0.0)
+    for pid, (name, _, seconds) in after.processes.items():
+        earlier = before.processes.get(pid)
+        used[party(pid, name)] += seconds - (earlier[2] if earlier and earlier[0] == name else 0.0)
+    return used

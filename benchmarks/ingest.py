@@ -42,10 +42,10 @@ from flask import Flask
 
 from benchmarks._common import (
     Snapshot,
+    cpu_by_party,
     cpu_snapshot,
     own_database_url,
     own_redis_url,
-    postgres_backends,
     procfile_gunicorn_options,
 )
 from benchmarks._durable_app import create_table
@@ -280,30 +280,9 @@ def cpu_used(
     """CPU seconds between two snapshots by party: the gunicorn tree, PostgreSQL, Redis, client."""
     if before is None or after is None:
         return {}
-    parents = {pid: parent for pid, (_, parent, _) in after.processes.items()}
-    backends, ours = postgres_backends(after, DB_NAME)
-
-    def party(pid: int, name: str) -> str:
-        if pid == client_pid:
-            return "client"
-        if name.startswith("postgres"):
-            # Backends serving other databases (someone else's tests) are not ours.
-            return "postgres" if pid in ours or pid not in backends else "other"
-        if name.startswith("redis"):
-            return "redis"
-        ancestor = pid
-        while ancestor > 1:
-            if ancestor == server_pid:
-                return "gunicorn"
-            ancestor = parents.get(ancestor, 0)
-        return "other"
-
-    used: dict[str, float] = dict.fromkeys(
-        ("gunicorn", "postgres", "redis", "client", "other"), 0.0
-    )
-    for pid, (name, _, seconds) in after.processes.items():
-        earlier = before.processes.get(pid)
-        used[party(pid, name)] += seconds - (earlier[2] if earlier and earlier[0] == name else 0.0)
+    roots = {server_pid: "gunicorn"} | ({client_pid: "client"} if client_pid else {})
+    parties = ["gunicorn", "postgres", "redis", "client", "other"]
+    used = cpu_by_party(before, after, database=DB_NAME, roots=roots, parties=parties)
     used["machine"] = after.busy - before.busy
     used["capacity"] = after.total - before.total
     return used

@@ -45,7 +45,7 @@ import redis
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from benchmarks._common import Snapshot, cpu_snapshot, postgres_backends
+from benchmarks._common import Snapshot, cpu_by_party, cpu_snapshot
 from workers.billing import catalog
 from workers.billing.policies import add_period
 from workers.ops import samples
@@ -485,29 +485,8 @@ def cpu_used(before: Snapshot | None, after: Snapshot | None, workers_pid: int) 
     """CPU seconds between two snapshots by party: the worker processes, PostgreSQL, Redis."""
     if before is None or after is None:
         return {}
-    parents = {pid: parent for pid, (_, parent, _) in after.processes.items()}
-    backends, ours = postgres_backends(after, DB_NAME)
-
-    def party(pid: int, name: str) -> str:
-        if pid == os.getpid():
-            return "benchmark"
-        if name.startswith("postgres"):
-            # Backends serving other databases (someone else's tests) are not ours.
-            return "postgres" if pid in ours or pid not in backends else "other"
-        if name.startswith("redis"):
-            return "redis"
-        ancestor = pid
-        while ancestor > 1:
-            if ancestor == workers_pid:
-                return "workers"
-            ancestor = parents.get(ancestor, 0)
-        return "other"
-
-    used = dict.fromkeys(PARTIES, 0.0)
-    for pid, (name, _, seconds) in after.processes.items():
-        earlier = before.processes.get(pid)
-        used[party(pid, name)] += seconds - (earlier[2] if earlier and earlier[0] == name else 0.0)
-    return used
+    roots = {workers_pid: "workers", os.getpid(): "benchmark"}
+    return cpu_by_party(before, after, database=DB_NAME, roots=roots, parties=list(PARTIES))
 
 
 def print_cpu(result: Pass, unit: str) -> None:

@@ -526,7 +526,7 @@ def sample_events(url: str, expected: dict[str, Expected], scratch: Path, *, ema
     the round trips to PostgreSQL and the CPU (worker code and its backend) per event."""
     from psycopg import pq
 
-    from workers import actors
+    from workers.jobs import actors
 
     reset(url)
     codes = sorted(expected)[:SAMPLE_SUBSCRIPTIONS]

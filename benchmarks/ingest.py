@@ -21,7 +21,6 @@ import http.client
 import multiprocessing
 import os
 import pstats
-import re
 import signal
 import socket
 import statistics
@@ -41,7 +40,14 @@ import psycopg
 import redis
 from flask import Flask
 
-from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
+from benchmarks._common import (
+    Snapshot,
+    cpu_by_party,
+    cpu_snapshot,
+    own_database_url,
+    own_redis_url,
+    procfile_gunicorn_options,
+)
 from benchmarks._durable_app import create_table
 from workers.config import Settings
 from workers.jobs.actors import process_event
@@ -268,89 +274,15 @@ def drive(
             client.join()
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """CPU seconds used so far by each process and by the whole machine (Linux /proc)."""
-
-    processes: dict[int, tuple[str, int, float]]  # pid -> (command name, parent pid, seconds)
-    busy: float
-    total: float
-
-
-def cpu_snapshot() -> Snapshot | None:
-    """Read every process's CPU time, or None where there is no /proc."""
-    proc = Path("/proc")
-    if not (proc / "stat").exists():
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    processes = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        rest = text[text.rindex(")") + 2 :].split()
-        processes[int(entry.name)] = (name, int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
-    ticks = [int(value) for value in (proc / "stat").read_text().split("\n")[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle and iowait
-    return Snapshot(processes, (sum(ticks) - idle) / tick, sum(ticks) / tick)
-
-
-_BACKEND_TITLE = re.compile(r" (\S+) (?:\S+\([0-9]+\)|\[local\]) ")
-
-
-def postgres_backends(snapshot: Snapshot) -> tuple[set[int], set[int]]:
-    """PostgreSQL's client backends, and those serving the benchmark's database."""
-    backends: set[int] = set()
-    ours: set[int] = set()
-    for pid, (name, _, _) in snapshot.processes.items():
-        if not name.startswith("postgres"):
-            continue
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        # A backend's title is "postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE".
-        if match := _BACKEND_TITLE.search(title.replace("\0", " ")):
-            backends.add(pid)
-            if match.group(1) == DB_NAME:
-                ours.add(pid)
-    return backends, ours
-
-
 def cpu_used(
     before: Snapshot | None, after: Snapshot | None, *, server_pid: int, client_pid: int | None
 ) -> dict[str, float]:
     """CPU seconds between two snapshots by party: the gunicorn tree, PostgreSQL, Redis, client."""
     if before is None or after is None:
         return {}
-    parents = {pid: parent for pid, (_, parent, _) in after.processes.items()}
-    backends, ours = postgres_backends(after)
-
-    def party(pid: int, name: str) -> str:
-        if pid == client_pid:
-            return "client"
-        if name.startswith("postgres"):
-            # Backends serving other databases (someone else's tests) are not ours.
-            return "postgres" if pid in ours or pid not in backends else "other"
-        if name.startswith("redis"):
-            return "redis"
-        ancestor = pid
-        while ancestor > 1:
-            if ancestor == server_pid:
-                return "gunicorn"
-            ancestor = parents.get(ancestor, 0)
-        return "other"
-
-    used: dict[str, float] = dict.fromkeys(
-        ("gunicorn", "postgres", "redis", "client", "other"), 0.0
-    )
-    for pid, (name, _, seconds) in after.processes.items():
-        earlier = before.processes.get(pid)
-        used[party(pid, name)] += seconds - (earlier[2] if earlier and earlier[0] == name else 0.0)
+    roots = {server_pid: "gunicorn"} | ({client_pid: "client"} if client_pid else {})
+    parties = ["gunicorn", "postgres", "redis", "client", "other"]
+    used = cpu_by_party(before, after, database=DB_NAME, roots=roots, parties=parties)
     used["machine"] = after.busy - before.busy
     used["capacity"] = after.total - before.total
     return used
@@ -618,6 +550,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"ratio durable/bare: throughput {durable.per_second / bare.per_second:.2f} "
             "(one autocommit INSERT of the body per request and nothing else: the ceiling for "
             "any receiver that commits before it answers, on this machine)"
+        )
+        to_durable = [
+            r.per_second / d.per_second for d, r in zip(durable_rounds, rinnovo_rounds, strict=True)
+        ]
+        print(
+            f"ratio rinnovo/durable: throughput {rinnovo.per_second / durable.per_second:.2f} "
+            f"(median by round {statistics.median(to_durable):.2f}; target >= 0.8: "
+            f"{'met' if statistics.median(to_durable) >= 0.8 else 'NOT met'}; by round: "
+            + ", ".join(f"{value:.2f}" for value in to_durable)
+            + ")"
         )
         if max(row.cpu.get("other", 0.0) for row in (bare, durable, rinnovo)) > 0.5:
             print(

@@ -23,6 +23,7 @@ license change before the order it follows and retry it after a backoff, as they
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import signal
@@ -44,6 +45,7 @@ import redis
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
+from benchmarks._common import Snapshot, cpu_by_party, cpu_snapshot
 from workers.billing import catalog
 from workers.billing.policies import add_period
 from workers.ops import samples
@@ -65,6 +67,9 @@ POLL_SECONDS = 0.02
 STALL_SECONDS = 20.0  # no progress for this long: stop waiting and report what is left
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 STAMP = "%Y-%m-%d %H:%M:%S"
+# Subscriptions whose every event is applied in the benchmark's own process, one at a time, to
+# count round trips and CPU per event (a whole history each: purchases, renewals, LCNs).
+SAMPLE_SUBSCRIPTIONS = 30
 
 
 def database_url() -> str:
@@ -282,7 +287,8 @@ def reset(url: str) -> None:
     """Forget everything the workers applied, so the same events can be applied again."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE orders, subscription_history, emails, subscriptions, customers "
+            "TRUNCATE orders, subscription_history, emails, email_suppressions, subscriptions, "
+            "customers "
             "RESTART IDENTITY"
         )
         conn.execute(
@@ -388,6 +394,7 @@ class Pass:
     done_seconds: float
     mail_seconds: float | None = None
     emails: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by party
 
     @property
     def rate(self) -> float:
@@ -422,7 +429,13 @@ def release(client: redis.Redis, namespace: str, queue: str, ids: Sequence[str])
 
 
 def time_events(
-    client: redis.Redis, namespace: str, url: str, ids: Sequence[int], *, emails: bool
+    client: redis.Redis,
+    namespace: str,
+    url: str,
+    ids: Sequence[int],
+    *,
+    emails: bool,
+    workers_pid: int,
 ) -> Pass:
     """Hand the workers every event at once; time them until none is left enqueued (and mailed)."""
     from workers.jobs.actors import process_event
@@ -437,10 +450,12 @@ def time_events(
 
             return count
 
+        before = cpu_snapshot()
         started = time.perf_counter()
         release(client, namespace, EVENT_QUEUE, staged)
         done = wait_until(left("SELECT count(*) FROM events WHERE status = 'enqueued'"), "events")
         result = Pass("with emails" if emails else "no emails", len(ids), done - started)
+        result.cpu = cpu_used(before, cpu_snapshot(), workers_pid)
         if emails:
             mailed = wait_until(
                 left("SELECT count(*) FROM emails WHERE status IN ('pending', 'sending')"),
@@ -451,15 +466,98 @@ def time_events(
     return result
 
 
-def time_noop(client: redis.Redis, namespace: str, count: int) -> Pass:
+def time_noop(client: redis.Redis, namespace: str, count: int, workers_pid: int) -> Pass:
     """Hand the workers `count` no-op messages at once; time them until all are acknowledged."""
     from benchmarks._noop_actor import noop
 
     staged = stage(client, namespace, [noop.message(n, emails=False) for n in range(count)])
+    before = cpu_snapshot()
     started = time.perf_counter()
     release(client, namespace, NOOP_QUEUE, staged)
     done = wait_until(lambda: unfinished(client, namespace, NOOP_QUEUE), "no-op messages")
-    return Pass("no-op", count, done - started)
+    return Pass("no-op", count, done - started, cpu=cpu_used(before, cpu_snapshot(), workers_pid))
+
+
+PARTIES = ("workers", "postgres", "redis", "benchmark", "other")
+
+
+def cpu_used(before: Snapshot | None, after: Snapshot | None, workers_pid: int) -> dict[str, float]:
+    """CPU seconds between two snapshots by party: the worker processes, PostgreSQL, Redis."""
+    if before is None or after is None:
+        return {}
+    roots = {workers_pid: "workers", os.getpid(): "benchmark"}
+    return cpu_by_party(before, after, database=DB_NAME, roots=roots, parties=list(PARTIES))
+
+
+def print_cpu(result: Pass, unit: str) -> None:
+    """The CPU each party spent per message of a pass."""
+    if result.cpu:
+        shares = ", ".join(
+            f"{party} {result.cpu[party] * 1000 / result.count:.3f}" for party in PARTIES
+        )
+        print(f"    CPU ms per {unit}: {shares}")
+
+
+def count_round_trips(trace: str) -> int:
+    """Round trips in a libpq trace: every time the server answers what the client sent."""
+    trips, sent = 0, False
+    for line in trace.splitlines():
+        words = line.split("\t", 2)  # [timestamp,] direction, length, message
+        direction = words[0] if words[0] in ("F", "B") else words[1] if len(words) > 1 else ""
+        if direction == "F":
+            sent = True
+        elif direction == "B" and sent:
+            trips, sent = trips + 1, False
+    return trips
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    rest = text[text.rindex(")") + 2 :].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sample_events(url: str, expected: dict[str, Expected], scratch: Path, *, emails: bool) -> None:
+    """Apply a few subscriptions' whole histories in this process, one event at a time, and print
+    the round trips to PostgreSQL and the CPU (worker code and its backend) per event."""
+    from psycopg import pq
+
+    from workers.jobs import actors
+
+    reset(url)
+    codes = sorted(expected)[:SAMPLE_SUBSCRIPTIONS]
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id FROM events WHERE license_codes && %s ORDER BY id", (codes,)
+        ).fetchall()
+    ids = [row[0] for row in rows]
+    db.close_pool()
+    pool = db.get_pool(url, max_size=1)  # every event on the one traced connection
+    trace_path = scratch / "libpq.trace"
+    with trace_path.open("w") as trace_file:  # open until libpq stops writing to it
+        with pool.connection() as conn:
+            backend = conn.pgconn.backend_pid
+            conn.pgconn.trace(trace_file.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        server_before, started = process_cpu(backend), time.process_time()
+        for event_id in ids:
+            actors.apply_event(event_id, emails=emails)
+        client_cpu = time.process_time() - started
+        server_cpu = process_cpu(backend) - server_before
+        with pool.connection() as conn:
+            conn.pgconn.untrace()
+    db.close_pool()
+    trips = count_round_trips(trace_path.read_text(errors="replace"))
+    print(
+        f"    one at a time in this process ({len(ids):,} events of {len(codes)} subscriptions, "
+        f"{'with' if emails else 'no'} emails): {trips / len(ids):.2f} round trips per event; "
+        f"CPU ms per event: worker {client_cpu * 1000 / len(ids):.3f}, "
+        f"its PostgreSQL backend {server_cpu * 1000 / len(ids):.3f}"
+    )
 
 
 def time_sending(count: int) -> float:
@@ -585,13 +683,16 @@ def run(
         )
         results = []
         try:
-            results.append(time_events(client, namespace, url, ids, emails=False))
+            timed = functools.partial(time_events, client, namespace, url, ids)
+            results.append(timed(emails=False, workers_pid=workers.process.pid))
             print_pass(results[-1], "events")
+            print_cpu(results[-1], "event")
             problems += check_events(url, expected)
             if not args.skip_emails:
                 reset(url)
-                results.append(time_events(client, namespace, url, ids, emails=True))
+                results.append(timed(emails=True, workers_pid=workers.process.pid))
                 print_pass(results[-1], "events")
+                print_cpu(results[-1], "event")
                 problems += check_events(url, expected)
         except Stalled as exc:
             problems.append(str(exc))
@@ -614,14 +715,18 @@ def run(
             lambda: unfinished(client, namespace, NOOP_QUEUE),
             warm,
         )
-        baseline = time_noop(client, namespace, len(ids))
+        baseline = time_noop(client, namespace, len(ids), workers.process.pid)
         print_pass(baseline, "messages")
+        print_cpu(baseline, "message")
         dead = int(client.hlen(f"{namespace}:{NOOP_QUEUE}.XQ.msgs"))
         if dead:
             problems.append(f"{dead:,} no-op messages were dead-lettered")
         workers.stop()
         running.remove(workers)
 
+        sample_events(url, expected, scratch, emails=False)
+        if not args.skip_emails:
+            sample_events(url, expected, scratch, emails=True)
         for result in results:
             print(
                 f"ratio ({result.label}): {result.rate:,.0f} events/s / "
@@ -652,6 +757,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespace = f"rinnovo-bench-{os.getpid()}"
     # The broker reads these when first imported (by the actor modules, inside the passes).
     os.environ.update(DATABASE_URL=url, REDIS_URL=redis_url(), REDIS_NAMESPACE=namespace)
+    # Every email is signed with these; without them the emails wait and the pass never ends.
+    os.environ.setdefault("MERCHANT_NAME", "Benchmark Shop")
+    os.environ.setdefault("SUPPORT_EMAIL", "support@example.com")
     signal.signal(signal.SIGTERM, _interrupted)
     client = redis.Redis.from_url(redis_url())
     problems: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ from workers.billing.apply.order import Order
 from workers.billing.apply.run import Run, SubscriptionNotYetKnown, day, status_email
 from workers.billing.statuses import ENDED, Status
 from workers.errors import PermanentEventError
-from workers.protocol.notifications import LicenseKind, OrderItem
+from workers.protocol.notifications import Customer, LicenseKind, OrderItem
 from workers.provider_api import MalformedAnswer, Subscription, parse_record
 from workers.provider_api import Order as ProviderOrder
 from workers.store import subscriptions as subs
@@ -116,16 +117,11 @@ def _api_product(run: Run, remote: Subscription, sub: dict[str, Any], done: list
 
 def _api_customer(run: Run, remote: Subscription | ProviderOrder) -> int:
     """The customer a provider's record names (by email, as an IPN without a reference does)."""
-    return subs.upsert_customer(
-        run.conn,
-        customer_key=remote.email.lower(),
-        email=remote.email,
-        first_name=remote.first_name,
-        last_name=remote.last_name,
-        company=remote.company if isinstance(remote, ProviderOrder) else "",
-        locale=remote.language if isinstance(remote, ProviderOrder) else "",
-        event_id=run.event_id,
-    )
+    who = Customer(email=remote.email, first_name=remote.first_name, last_name=remote.last_name)
+    if isinstance(remote, ProviderOrder):
+        who = replace(who, company=remote.company)
+        return run.customer(who, remote.language)
+    return run.customer(who, "")
 
 
 def _api_created(run: Run, remote: Subscription) -> tuple[dict[str, Any], bool]:

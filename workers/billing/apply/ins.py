@@ -91,16 +91,7 @@ def _order_created(line: _Item) -> str:
         at=line.at,
         currency=ins.currency,
         test=ins.test,
-        customer_id=subs.upsert_customer(
-            run.conn,
-            customer_key=ins.customer.email.lower(),
-            email=ins.customer.email,
-            first_name=ins.customer.first_name,
-            last_name=ins.customer.last_name,
-            company="",
-            locale=ins.customer.language.lower()[:2],
-            event_id=run.event_id,
-        ),
+        customer_id=run.customer(ins.customer, ins.customer.language.lower()[:2]),
     )
     order_item = OrderItem(
         code=product.code,

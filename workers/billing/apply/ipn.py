@@ -6,7 +6,6 @@ from workers.billing.apply.order import Order
 from workers.billing.apply.run import Run
 from workers.billing.statuses import Status
 from workers.protocol.notifications import LicenseKind, OrderItem, OrderNotification
-from workers.store import subscriptions as subs
 
 PENDING_STATUSES = frozenset(
     {
@@ -26,17 +25,7 @@ def apply_ipn(run: Run, ipn: OrderNotification) -> str:
     items = sorted((i for i in ipn.lines if i.license_ref), key=lambda i: i.license_ref)
     if not items:
         return "ignored: the order carries no license code"
-    customer = ipn.customer
-    customer_id = subs.upsert_customer(
-        run.conn,
-        customer_key=customer.reference or customer.email.lower(),
-        email=customer.email,
-        first_name=customer.first_name,
-        last_name=customer.last_name,
-        company=customer.company,
-        locale=customer.language.lower(),
-        event_id=run.event_id,
-    )
+    customer_id = run.customer(ipn.customer, ipn.customer.language.lower())
     order = Order(
         run=run,
         refno=ipn.refno,

@@ -16,6 +16,7 @@ from workers.billing.catalog import Catalog, Product, default_path, load
 from workers.billing.statuses import Status
 from workers.config import Settings
 from workers.errors import PermanentEventError, RinnovoError
+from workers.protocol.notifications import Customer
 from workers.store import outbox
 from workers.store import subscriptions as subs
 from workers.store.db import Conn
@@ -99,6 +100,19 @@ class Run:
                 return product
         shown = " / ".join(code for code in codes if code) or "(none)"
         raise PermanentEventError(f"unknown product {shown}: add it to the catalog, then replay")
+
+    def customer(self, who: Customer, locale: str) -> int:
+        """The id of the customer a notification names, by the provider's reference or email."""
+        return subs.upsert_customer(
+            self.conn,
+            customer_key=who.reference or who.email.lower(),
+            email=who.email,
+            first_name=who.first_name,
+            last_name=who.last_name,
+            company=who.company,
+            locale=locale,
+            event_id=self.event_id,
+        )
 
     def change(
         self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str = ""

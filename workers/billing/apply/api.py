@@ -19,6 +19,7 @@ from workers.store import subscriptions as subs
 API_NOTE = "reconciliation: as the provider's record states"
 PAID_ORDER_STATUSES = frozenset({"COMPLETE", "AUTHRECEIVED"})
 LIFETIME_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
+Row = dict[str, Any]
 
 
 def apply_api(run: Run, body: bytes) -> str:
@@ -56,7 +57,7 @@ def _expiry(remote: Subscription) -> datetime | None:
     return LIFETIME_EXPIRY if remote.lifetime else remote.expires_at
 
 
-def _api_status(run: Run, remote: Subscription, sub: dict[str, Any], done: list[str]) -> Any:
+def _api_status(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Row:
     """A disabled subscription is canceled; an enabled one that had ended is active again."""
     if not remote.enabled:
         if sub["status"] not in ENDED:
@@ -70,7 +71,7 @@ def _api_status(run: Run, remote: Subscription, sub: dict[str, Any], done: list[
     return sub
 
 
-def _api_expiry(run: Run, remote: Subscription, sub: dict[str, Any], done: list[str]) -> Any:
+def _api_expiry(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Row:
     """A later expiry while enabled is a renewal; any other new expiry is set as stated."""
     expiry, previous = _expiry(remote), sub["expires_at"]
     if remote.enabled and previous and expiry and day(expiry) > day(previous):
@@ -93,14 +94,14 @@ def _api_expiry(run: Run, remote: Subscription, sub: dict[str, Any], done: list[
     return sub
 
 
-def _api_recurring(run: Run, remote: Subscription, sub: dict[str, Any], done: list[str]) -> Any:
+def _api_recurring(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Row:
     if sub["auto_renew"] != remote.recurring:
         sub = run.change(sub, "auto_renew", {"auto_renew": remote.recurring}, note=API_NOTE)
         done.append(f"auto-renew {'on' if remote.recurring else 'off'}")
     return sub
 
 
-def _api_product(run: Run, remote: Subscription, sub: dict[str, Any], done: list[str]) -> Any:
+def _api_product(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Row:
     if (sub["product_code"], sub["quantity"]) != (remote.product_code, remote.quantity):
         product = run.product(remote.product_code)
         updates = {

@@ -44,7 +44,9 @@ class _Item:
     at: datetime
     amount: Decimal | None  # the item's own, to the currency's minor unit
 
-    def change(self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str) -> Any:
+    def change(
+        self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str
+    ) -> dict[str, Any]:
         """The run's change of the subscription."""
         return self.run.change(sub, change, updates, note=note)
 

@@ -16,7 +16,9 @@ SERVICE_FREE = (
     "tests/workers/billing/test_catalog.py",
     "tests/workers/billing/test_policies.py",
     "tests/workers/billing/test_policies_properties.py",
+    "tests/workers/billing/test_statuses.py",
     "tests/test_layers.py",
+    "tests/test_wire_names.py",
 )
 
 

@@ -22,11 +22,11 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from babel.numbers import get_currency_precision
 
 from workers.billing.catalog import CYCLES, Product
+from workers.billing.statuses import LIVE, STATUSES
 
 LIFETIME_END = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 WINDOW = timedelta(days=90)
-STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
-UPGRADABLE = ("active", "past_due")
+UPGRADABLE = LIVE
 _CYCLE_RANK = {"monthly": 1, "annual": 2, "lifetime": 3}
 _SECOND = timedelta(seconds=1)
 _NOT_RENEWABLE = {

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from workers.billing import dunning, lifecycle, policies
+from workers.billing.statuses import STATUSES
 from workers.config import Settings
 from workers.jobs import reconcile
 from workers.store import db
@@ -104,9 +105,6 @@ def quote_renew(license_code: str, at: str | None) -> None:
             lifecycle.terms(row), product, _at(at), automatic=bool(row["auto_renew"])
         )
     )
-
-
-STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
 
 
 @click.group("subscriptions")

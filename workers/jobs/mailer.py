@@ -45,6 +45,7 @@ from emails.transport import (
     transport_from_url,
 )
 from workers.billing import dunning
+from workers.billing.statuses import LIVE
 from workers.config import Settings
 from workers.errors import ConfigError, DatabaseUnavailable
 from workers.jobs.retry import Job
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 # Advisory lock keys of live send attempts: "mail" in the high half, the email id below it.
 LOCK_BASE = 0x6D61696C << 32
-LIVE = ("active", "past_due")
 # Waits between tries of recording an outcome: a lost outcome would leave the row `sending`.
 OUTCOME_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 

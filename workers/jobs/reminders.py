@@ -27,7 +27,6 @@ from workers.store.db import Conn
 log = logging.getLogger(__name__)
 
 BATCH = 500
-LIVE = ("active", "past_due")
 EXPIRY_NOTE = "expiry passed without renewal (clock)"
 # Lifetime licenses expire 9999-12-31; whatever their cycle says, they are never reminded.
 LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ import pytest
 
 from emails.render import render
 from tests.support import drain, post_signed
-from workers.billing import lifecycle
+from workers.billing import lifecycle, policies
 from workers.jobs.actors import settings
 from workers.ops import samples
 from workers.store import events, subscriptions
@@ -551,6 +551,25 @@ def test_an_unreadable_date_fails_the_event_at_once_with_the_reason(client, conn
     assert (
         "unreadable notification" in row["last_error"] and "22/11/2026 10:00" in row["last_error"]
     )
+    assert "timestamp" in row["last_error"]  # the field, so an operator knows what to fix
+
+
+def test_a_bug_in_the_rules_fails_as_a_bug_not_as_an_unreadable_notification(
+    client, conn, monkeypatch
+):
+    post_signed(client, "/ipn", ipn("LIC-BUG", refno="R40", at="2026-01-10 00:00:00"))
+    drain()
+    renewal = ipn("LIC-BUG", refno="R41", at="2026-02-10 00:00:00", license_type="RENEWAL")
+    event_id = post_signed(client, "/ipn", renewal)
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the renewal rule")
+
+    monkeypatch.setattr(policies, "quote_renewal", broken)
+    with conn.transaction():
+        row = conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
+        with pytest.raises(ValueError, match="a bug in the renewal rule"):
+            lifecycle.apply(conn, row, settings())
 
 
 def test_an_lcn_without_recurring_leaves_automatic_renewal_as_it_was(client, conn):

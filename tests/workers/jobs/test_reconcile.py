@@ -708,9 +708,9 @@ def test_an_ins_renewal_is_applied_only_when_the_provider_s_subscription_expires
 def test_with_the_api_unreachable_an_ins_refund_is_retried_like_any_transient_failure(
     legacy_sale, client, conn, monkeypatch
 ):
-    from workers.billing import lifecycle
+    from workers.billing.apply import ins as ins_rules
 
-    monkeypatch.setattr(lifecycle, "CONFIRM_SECONDS", 0.5)  # one attempt, then the event waits
+    monkeypatch.setattr(ins_rules, "CONFIRM_SECONDS", 0.5)  # one attempt, then the event waits
     legacy_sale.add_order(order("5001", ordered=stamp(datetime.now(UTC)), status="REFUND"))
     legacy_sale.fail_next(1, "503")
     post_ins(client, ins("REFUND_ISSUED", invoice_id="6002"))

@@ -15,8 +15,8 @@ from tests.emails.conftest import Recorder
 from tests.support import drain
 from tests.workers.billing.test_dunning import messages, outbox_smtp  # noqa: F401 (a fixture)
 from tests.workers.jobs.test_mailer import new_email, received, row, settings, smtp_url  # noqa: F401
-from workers.config import Settings
 from workers.cli import cli
+from workers.config import Settings
 from workers.jobs import mailer
 from workers.store import outbox as store_outbox
 from workers.store import suppressions

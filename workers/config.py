@@ -76,13 +76,14 @@ def _public_url(value: str | None) -> str:
 
 
 def _mailto(value: str | None) -> str:
+    """UNSUBSCRIBE_MAILTO's bare address (a `mailto:` link holds no display name), or empty."""
     address = (value or "").strip()
-    if address:
-        try:
-            parse_mailbox(address, "UNSUBSCRIBE_MAILTO")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    return address
+    if not address:
+        return ""
+    try:
+        return parse_mailbox(address, "UNSUBSCRIBE_MAILTO").addr_spec
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _kinds(value: str | None) -> frozenset[str]:

@@ -33,7 +33,17 @@ _RECORD_ATTRIBUTES = frozenset(
 # split a line for some readers (U+2028/9), or reorder what is shown (bidirectional overrides).
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
+# An email address inside text that came from elsewhere (a mail server's reply names the
+# recipient): customers' addresses are logged at debug level only.
+_ADDRESS = re.compile(r"[^\s<>()\[\]@,;:\"']+@[^\s<>()\[\]@,;:\"']+")
+
 _scope: ContextVar[Mapping[str, Any] | None] = ContextVar("rinnovo_log_scope", default=None)
+
+
+def without_addresses(text: object) -> str:
+    """`text` with every email address in it replaced by `<address>`, for info-level lines."""
+    return _ADDRESS.sub("<address>", str(text))
+
 
 # Which message argument names what, for the worker's log scope.
 _ACTOR_SCOPES = {"process_event": "event_id", "send_email": "email_id"}

@@ -62,14 +62,15 @@ def _refusal() -> Response | None:
     # The page's login and the API share one count of wrong tokens per address: guessing here
     # is no faster than guessing there. Redis down leaves the API usable, just uncounted.
     with contextlib.suppress(BrokerUnavailable):
-        wait = admin_page.login_wait()
+        wait = admin_page.take_attempt()
         if wait:
             log.warning("admin API: refused, too many wrong tokens from %s", request.remote_addr)
             return error(429, "too many wrong tokens from this address", {"Retry-After": str(wait)})
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        log.warning("admin API: wrong token from %s for %s", request.remote_addr, request.path)
+    if hmac.compare_digest(given.strip().encode(), token.encode()):
         with contextlib.suppress(BrokerUnavailable):
-            admin_page.count_wrong_token()
+            admin_page.give_back_attempt()
+    else:
+        log.warning("admin API: wrong token from %s for %s", request.remote_addr, request.path)
         return error(
             401,
             "wrong bearer token",

@@ -12,8 +12,10 @@ JavaScript.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -277,19 +279,42 @@ def _next_page(target: str | None) -> str:
     return url_for(".events_list")
 
 
-def login_wait() -> int:
-    """Seconds the client's address must still wait after too many wrong tokens (0: none)."""
-    key = _redis_key("login-failures", request.remote_addr or "unknown")
-    failures, ttl = _redis(lambda: broker.client.pipeline().get(key).ttl(key).execute())
-    if failures is not None and int(failures) >= LOGIN_ATTEMPTS:
+def _attempts_key() -> str:
+    """Where the client's token attempts are counted: its address, or its /64 for IPv6 (one
+    host commonly holds a whole /64, so single addresses would give it endless fresh counts)."""
+    address = request.remote_addr or "unknown"
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(address)
+        if ip.version == 6:
+            address = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return _redis_key("login-failures", address)
+
+
+# Gives an attempt back only while its window lasts (a DECR after expiry would leave a key with
+# no expiry). EXPIRE ... NX would need Redis 7; this runs on any Redis with scripting.
+_GIVE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end"
+
+
+def take_attempt() -> int:
+    """Count one token attempt from the client before its token is compared; the seconds it must
+    still wait (0: go on). Counting first means guesses sent all at once cannot all get compared
+    while the count still reads low."""
+    key = _attempts_key()
+
+    def count() -> list[Any]:
+        pipe = broker.client.pipeline()  # MULTI/EXEC: the window opens with the first attempt
+        return pipe.set(key, 0, ex=LOGIN_WINDOW, nx=True).incr(key).ttl(key).execute()
+
+    _, attempts, ttl = _redis(count)
+    if int(attempts) > LOGIN_ATTEMPTS:
         return max(int(ttl), 1)
     return 0
 
 
-def count_wrong_token() -> None:
-    """Count one wrong admin token from the client's address (page or API alike)."""
-    key = _redis_key("login-failures", request.remote_addr or "unknown")
-    _redis(lambda: broker.client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
+def give_back_attempt() -> None:
+    """A right token: its attempt does not count toward the limit."""
+    key = _attempts_key()
+    _redis(lambda: broker.client.eval(_GIVE_BACK, 1, key))
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -305,7 +330,7 @@ def login() -> Any:
         if _logged_in():
             return redirect(_next_page(target))
         return _page("login.html", next=target or "")
-    wait = login_wait()
+    wait = take_attempt()
     if wait:
         log.warning("admin page: login refused, too many wrong tokens from %s", request.remote_addr)
         page, status = _page(
@@ -318,9 +343,9 @@ def login() -> Any:
     given = request.form.get("token", "")
     token = _settings().admin_token or ""
     if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-        count_wrong_token()
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
+    give_back_attempt()
     sid = secrets.token_urlsafe(32)
     _redis(lambda: broker.client.set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
     session.clear()

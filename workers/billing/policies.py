@@ -375,7 +375,15 @@ def _maintenance(terms: Terms, target: Product, at: datetime, units: int) -> Quo
     credit = min(round_money(terms.purchase_price, currency), terms.purchase_price)
     new_price = round_money(target.price(currency) * units, currency)
     renewal = zero
-    if at <= terms.period_start + WINDOW:
+    if at <= terms.period_start + WINDOW and add_months(at, 12) < terms.expires_at:
+        # After an early renewal the paid term can run past a year from the upgrade: RULES.md
+        # never moves a maintenance expiry earlier.
+        start, expires = terms.period_start, terms.expires_at
+        rule = (
+            "within 90 days of the purchase or last renewal, but a year from the upgrade would "
+            f"end before the paid term: the expiry stays {_day(terms.expires_at)}"
+        )
+    elif at <= terms.period_start + WINDOW:
         start, expires = at, add_months(at, 12)
         rule = (
             "within 90 days of the purchase or last renewal: expiry reset to one year "

@@ -49,6 +49,7 @@ from workers.billing.statuses import LIVE
 from workers.config import Settings
 from workers.errors import ConfigError, DatabaseUnavailable
 from workers.jobs.retry import Job
+from workers.logs import without_addresses
 from workers.store import db
 from workers.store.db import Conn
 from workers.store.subscriptions import iso
@@ -199,7 +200,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
         else:
             conn.execute(_START, (email_id,))
     if error is not None:
-        log.warning("email %s: %s", email_id, error)
+        log.warning("email %s: %s", email_id, without_addresses(error))
         raise error
 
     try:
@@ -207,14 +208,14 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
     except TransientEmailError as exc:
         if final:
             _record(settings, conn, _FAILED, (str(exc), "exhausted", email_id))
-            log.warning("email %s failed for good: %s", email_id, exc)
+            log.warning("email %s failed for good: %s", email_id, without_addresses(exc))
         else:
             _record(settings, conn, _RETRY, (str(exc), *retry, email_id))
-            log.info("email %s: will retry: %s", email_id, exc)
+            log.info("email %s: will retry: %s", email_id, without_addresses(exc))
         raise
     except PermanentEmailError as exc:
         _record(settings, conn, _FAILED, (str(exc), "permanent", email_id))
-        log.warning("email %s failed: %s", email_id, exc)
+        log.warning("email %s failed: %s", email_id, without_addresses(exc))
         raise
     try:
         _record(settings, conn, _SENT, (email_id,))

@@ -9,6 +9,7 @@ it through the same rules, history and outbox as a notification.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -221,6 +222,7 @@ def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
 
 
 Report = Callable[[Difference], None]
+APPLIED = ("processed", "ignored")  # an event in these states has done all it will do
 
 
 def dedupe_key(record: Subscription | Order) -> str:
@@ -258,8 +260,18 @@ def _event(record: Subscription | Order) -> events.NewEvent:
 
 
 def _store(conn: Conn, sweep: Sweep, record: Subscription | Order) -> int:
-    """Store the record's reconciliation event (once ever); its id."""
-    stored = events.store(conn, _event(record))
+    """Store the record's reconciliation event; its id.
+
+    A state already stored and still waiting for the workers is one event, however many sweeps
+    find it. A state an earlier event already applied that differs again (the provider went back
+    to it: disabled, enabled, disabled again) gets an event of its own, keyed by the one it
+    follows, so sweeps that overlap still store it once.
+    """
+    event = _event(record)
+    stored = events.store(conn, event)
+    while not stored.inserted and stored.status in APPLIED:
+        again = f"{event.dedupe_key}:after:{stored.event_id}"
+        stored = events.store(conn, dataclasses.replace(event, dedupe_key=again))
     if stored.inserted:
         sweep.event_ids.append(stored.event_id)
     return stored.event_id

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
+import threading
+import time
 
 import pytest
 import requests
@@ -167,3 +170,61 @@ def test_wrong_bearer_tokens_on_the_api_count_against_the_same_address(conn):
     assert _log_in(client, TOKEN, **attacker).status_code == 429  # the page shares the count
     other = {"environ_base": {"REMOTE_ADDR": "203.0.113.10"}}
     assert client.get("/admin/api/events", headers=AUTH, **other).status_code == 200
+
+
+class _SlowCompare:
+    """`hmac` as the admin page sees it, with a comparison slow enough for guesses to overlap."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(hmac, name)
+
+    def compare_digest(self, a: bytes, b: bytes) -> bool:
+        if TOKEN.encode() not in (a, b):  # the CSRF check compares too
+            return hmac.compare_digest(a, b)
+        with self._lock:
+            self.calls += 1
+        time.sleep(0.3)
+        return hmac.compare_digest(a, b)
+
+
+def test_guesses_sent_all_at_once_are_compared_no_more_often_than_the_limit(conn, monkeypatch):
+    slow = _SlowCompare()
+    monkeypatch.setattr(admin_page, "hmac", slow)
+    attacker = {"environ_base": {"REMOTE_ADDR": "198.51.100.20"}}
+    statuses: list[int] = []
+
+    def guess() -> None:
+        statuses.append(_log_in(_client(), "wrong guess", **attacker).status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(3 * admin_page.LOGIN_ATTEMPTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert slow.calls == admin_page.LOGIN_ATTEMPTS
+    assert sorted(set(statuses)) == [403, 429]
+
+
+def test_an_ipv6_client_cannot_reset_its_count_by_moving_within_its_64(conn):
+    client = _client()
+    for n in range(admin_page.LOGIN_ATTEMPTS):
+        address = {"environ_base": {"REMOTE_ADDR": f"2001:db8:0:7::{n + 1}"}}
+        assert _log_in(client, "wrong guess", **address).status_code == 403
+    neighbour = {"environ_base": {"REMOTE_ADDR": "2001:db8:0:7::abcd"}}
+    assert _log_in(client, TOKEN, **neighbour).status_code == 429
+    elsewhere = {"environ_base": {"REMOTE_ADDR": "2001:db8:0:8::1"}}
+    assert _log_in(client, TOKEN, **elsewhere).status_code == 303
+
+
+def test_right_tokens_never_count_toward_the_limit(conn):
+    api = _client()
+    operator = {"environ_base": {"REMOTE_ADDR": "198.51.100.21"}}
+    for _ in range(2 * admin_page.LOGIN_ATTEMPTS):
+        assert _log_in(_client(), TOKEN, **operator).status_code == 303
+        assert api.get("/admin/api/events", headers=AUTH, **operator).status_code == 200
+    assert _log_in(_client(), "wrong guess", **operator).status_code == 403

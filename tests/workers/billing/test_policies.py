@@ -430,6 +430,17 @@ def test_the_maintenance_worked_example_within_90_days_resets_the_expiry() -> No
     )
 
 
+def test_a_maintenance_upgrade_after_an_early_renewal_never_moves_the_expiry_earlier() -> None:
+    # Renewed early: the paid term runs 2027-01-10 to 2028-01-10, and the upgrade on 2026-12-15
+    # falls within 90 days of that renewal. A year from the upgrade (2027-12-15) would take back
+    # 26 days already paid for: RULES.md keeps the current expiry.
+    renewed = terms("GD-WORDS-NET-SB", EXPIRES, utc(2028, 1, 10), "1000.00", currency="USD")
+    quote = upgrade(renewed, "GD-TOTAL-NET-SB", utc(2026, 12, 15))
+    assert quote.allowed, quote.reason
+    assert quote.new_expires_at == utc(2028, 1, 10)
+    assert quote.explanation.endswith("the paid term: the expiry stays 2028-01-10")
+
+
 def test_the_maintenance_worked_example_mid_term_keeps_the_expiry() -> None:
     quote = upgrade(words(), "GD-TOTAL-NET-SB", utc(2026, 7, 1))
     assert quote.amount_due == Decimal("2000.00")

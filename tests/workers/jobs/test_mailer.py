@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -544,3 +545,26 @@ def test_a_worker_started_without_the_merchant_voice_says_at_once_that_emails_wi
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     assert "emails will wait until this is fixed: SUPPORT_EMAIL not set" in started.stderr
+
+
+class Busy(Recorder):
+    """Refuses every recipient for now, naming the address in its reply, as many servers do."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        return f"450 4.2.0 <{address}> mailbox busy, try later"
+
+
+def test_a_refusal_naming_the_address_is_logged_without_it(conn, settings, smtp_server, caplog):
+    smtp = dataclasses.replace(settings, smtp_url=smtp_url(smtp_server(Busy()).port))
+    email_id = new_email(conn, settings)
+    address = row(conn, email_id)["to_address"]
+
+    with caplog.at_level("DEBUG", logger="workers.jobs.mailer"), pytest.raises(TransientEmailError):
+        mailer.send(smtp, email_id, final=False)
+
+    logged = [r for r in caplog.records if r.name == "workers.jobs.mailer"]
+    assert any("mailbox busy" in r.getMessage() for r in logged)
+    assert all(address not in r.getMessage() for r in logged if r.levelno >= logging.INFO)
+    assert address in row(conn, email_id)["last_error"]  # the operator still sees it

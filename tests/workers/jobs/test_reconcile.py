@@ -747,3 +747,27 @@ def test_a_reconciliation_event_is_shown_and_replayed_like_a_notification(missed
     assert snapshot(conn)["emails"] == before["emails"]
     listed = CliRunner().invoke(cli, ["events", "list", "--kind", "api"])
     assert listed.exit_code == 0 and str(event_id) in listed.output
+
+
+def test_a_state_the_provider_returns_to_is_applied_again(missed, conn):
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    drain()
+    assert sub_row(conn, "OFF0000001")["status"] == "canceled"
+    # The provider enabled it again (that LCN was applied), then disabled it again: that LCN was
+    # lost, and the provider's record is back in the state an earlier sweep already applied.
+    conn.execute("UPDATE subscriptions SET status = 'active' WHERE license_code = 'OFF0000001'")
+
+    again = reconcile("--since", since(), "--wait", "0")
+
+    assert again.exit_code == 0, again.output
+    assert "1 differ" in again.output.splitlines()[-1]
+    drain()
+    assert sub_row(conn, "OFF0000001")["status"] == "canceled"
+    # A sweep that overlaps, before the workers apply it, stores nothing more.
+    conn.execute("UPDATE subscriptions SET status = 'active' WHERE license_code = 'OFF0000001'")
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    assert reconcile("--since", since(), "--wait", "0").exit_code == 0
+    keys = conn.execute(
+        "SELECT dedupe_key FROM events WHERE kind = 'api' AND 'OFF0000001' = ANY(license_codes)"
+    ).fetchall()
+    assert len(keys) == 3  # the first state, its return, and its second return: once each

@@ -16,6 +16,7 @@ from tests.support import drain
 from tests.workers.billing.test_dunning import messages, outbox_smtp  # noqa: F401 (a fixture)
 from tests.workers.jobs.test_mailer import new_email, received, row, settings, smtp_url  # noqa: F401
 from workers.cli import cli
+from workers.config import Settings
 from workers.jobs import mailer
 from workers.store import outbox as store_outbox
 from workers.store import suppressions
@@ -158,3 +159,8 @@ def test_emails_off_refuses_a_kind_that_does_not_exist():
 
     with pytest.raises(ConfigError, match="EMAILS_OFF names unknown kind"):
         Settings.from_env({"EMAILS_OFF": "renewal_reminders"})
+
+
+def test_a_mailto_with_a_display_name_keeps_only_the_address():
+    named = Settings.from_env({"UNSUBSCRIBE_MAILTO": "Shop <unsubscribe@shop.example.com>"})
+    assert named.unsubscribe_mailto == "unsubscribe@shop.example.com"

@@ -208,6 +208,10 @@ END $$;
 -- When the current past-due episode began (NULL unless past_due): the dunning sequence's day 0,
 -- and its facts' episode.
 ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS past_due_since timestamptz;
+-- Subscriptions already past due before the column existed: their last change stands in for the
+-- failure, so their sequence and their recovery email follow like any other's.
+UPDATE subscriptions SET past_due_since = updated_at
+WHERE status = 'past_due' AND past_due_since IS NULL;
 CREATE INDEX IF NOT EXISTS subscriptions_past_due_idx ON subscriptions (past_due_since)
     WHERE status = 'past_due';
 -- Recoveries (past_due -> active) are counted for /metrics from the history, through this.

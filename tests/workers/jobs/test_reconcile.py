@@ -771,3 +771,25 @@ def test_a_state_the_provider_returns_to_is_applied_again(missed, conn):
         "SELECT dedupe_key FROM events WHERE kind = 'api' AND 'OFF0000001' = ANY(license_codes)"
     ).fetchall()
     assert len(keys) == 3  # the first state, its return, and its second return: once each
+
+
+def test_an_ins_automatic_renewal_change_is_applied_only_as_the_provider_states_it(
+    legacy_sale, client, conn
+):
+    legacy_sale.add_order(
+        order("5001", ordered=stamp(datetime.now(UTC)), references=("SUB0005001",))
+    )
+    legacy_sale.add_subscription(subscription("SUB0005001", recurring=True), today())
+    post_ins(client, ins("RECURRING_STOPPED", invoice_id="6002"))
+    drain()
+    event = ins_event(conn)
+    assert event["status"] == "failed" and event["last_error"].endswith(
+        "the provider's order 5001 has automatic renewal on, not off"
+    )
+    assert sub_row(conn, INS_LICENSE)["auto_renew"] is True
+
+    legacy_sale.add_subscription(subscription("SUB0005001", recurring=False), today())
+    post_ins(client, ins("RECURRING_STOPPED", invoice_id="6003"))
+    drain()
+    assert ins_event(conn)["status"] == "processed"
+    assert sub_row(conn, INS_LICENSE)["auto_renew"] is False

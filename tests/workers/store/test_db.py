@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -144,3 +145,28 @@ def test_db_init_lets_an_older_outbox_hold_suppressed_and_off_emails(fresh_url):
         ).fetchall()
     assert definition is not None and "'suppressed'" in definition[0] and "'off'" in definition[0]
     assert columns == [("past_due_since",)]
+
+
+def test_db_init_dates_the_episode_of_a_subscription_already_past_due(fresh_url):
+    assert db_init(fresh_url).returncode == 0
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        customer = conn.execute(
+            "INSERT INTO customers (email, customer_key) VALUES ('p@example.com', 'p') RETURNING id"
+        ).fetchone()[0]
+        # A subscription that became past due before past_due_since existed.
+        conn.execute(
+            """
+            INSERT INTO subscriptions (license_code, customer_id, product_code, product, status,
+                                       updated_at)
+            VALUES ('PASTDUE001', %s, 'AWDOC-TEAM-M', 'AWDoc', 'past_due', '2026-11-20T08:00:00Z')
+            """,
+            (customer,),
+        )
+
+    assert db_init(fresh_url).returncode == 0
+
+    with psycopg.connect(fresh_url, autocommit=True) as conn:
+        since = conn.execute(
+            "SELECT past_due_since FROM subscriptions WHERE license_code = 'PASTDUE001'"
+        ).fetchone()[0]
+    assert since == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)

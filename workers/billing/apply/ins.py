@@ -188,6 +188,15 @@ def _refund(line: _Item, sub: dict[str, Any]) -> str:
     return f"{line.code}: {sub['status']}"
 
 
+# Automatic renewal switched by an INS message; with the API configured, confirmed first.
+RECURRING_CHANGES = frozenset(
+    {
+        MessageType.RECURRING_STOPPED,
+        MessageType.RECURRING_COMPLETE,
+        MessageType.RECURRING_RESTARTED,
+    }
+)
+
 RULES: dict[MessageType, Callable[[_Item, dict[str, Any]], str]] = {
     MessageType.FRAUD_STATUS_CHANGED: _fraud_or_invoice,
     MessageType.INVOICE_STATUS_CHANGED: _fraud_or_invoice,
@@ -201,15 +210,17 @@ RULES: dict[MessageType, Callable[[_Item, dict[str, Any]], str]] = {
 
 
 def _confirm(settings: Settings, ins: InsMessage) -> None:
-    """Check an INS refund, cancellation or renewal against the provider's order (and its
-    subscriptions); a PermanentEventError naming the provider's state when it contradicts it.
+    """Check an INS refund, cancellation, renewal or automatic-renewal change against the
+    provider's order (and its subscriptions); a PermanentEventError naming the provider's state
+    when it contradicts it.
 
     The provider's API unreachable raises a ProviderApiError: transient, the event is retried.
     """
     refund = ins.type is MessageType.REFUND_ISSUED
     cancel = ins.type is MessageType.FRAUD_STATUS_CHANGED and ins.fraud == "fail"
     renewal = ins.type is MessageType.RECURRING_INSTALLMENT_SUCCESS
-    if not settings.merchant_code or not (refund or cancel or renewal):
+    recurring = ins.type in RECURRING_CHANGES
+    if not settings.merchant_code or not (refund or cancel or renewal or recurring):
         return
     with Client.from_settings(settings, max_total=CONFIRM_SECONDS) as client:
         order = client.order(ins.sale_id)
@@ -223,6 +234,8 @@ def _confirm(settings: Settings, ins: InsMessage) -> None:
             _confirm_status(ins, order, ENDED_ORDER_STATUSES, "canceled")
         if renewal:
             _confirm_expiry(client, ins, order)
+        if recurring:
+            _confirm_recurring(client, ins, order)
 
 
 def _confirm_status(
@@ -232,6 +245,19 @@ def _confirm_status(
         raise PermanentEventError(
             f"INS {ins.message} not confirmed: the provider's order {ins.sale_id} is "
             f"{order.status}, not {what}"
+        )
+
+
+def _confirm_recurring(client: Client, ins: InsMessage, order: ProviderOrder) -> None:
+    """A provider's subscription of the order must have automatic renewal as the INS says."""
+    wanted = ins.type is MessageType.RECURRING_RESTARTED
+    found = [client.subscription(ref) for ref in order.subscription_references]
+    states = [sub.recurring for sub in found if sub is not None]
+    if wanted not in states:
+        shown = " and ".join(sorted({"on" if on else "off" for on in states})) or "no subscription"
+        raise PermanentEventError(
+            f"INS {ins.message} not confirmed: the provider's order {ins.sale_id} has automatic "
+            f"renewal {shown}, not {'on' if wanted else 'off'}"
         )
 
 

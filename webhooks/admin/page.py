@@ -44,7 +44,6 @@ from werkzeug.exceptions import HTTPException
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.jobs import reconcile
-from workers.jobs.broker import broker
 from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
@@ -147,6 +146,11 @@ def _settings() -> Settings:
     return settings
 
 
+def _redis_client() -> Any:  # the broker's client, as dramatiq types it
+    """The Redis of the app's runtime: sessions and login failures live beside its queues."""
+    return current_app.extensions["rinnovo.runtime"].broker.client
+
+
 def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     return render_template(f"admin/{template}", **context), status
 
@@ -156,7 +160,7 @@ def _message(title: str, text: str, status: int) -> tuple[str, int]:
 
 
 def _redis_key(*parts: str) -> str:
-    return ":".join((broker.namespace, "admin", *parts))
+    return ":".join((_settings().redis_namespace, "admin", *parts))
 
 
 def _logged_in() -> bool:
@@ -168,7 +172,7 @@ def _logged_in() -> bool:
             and isinstance(started, int | float)
             and 0 <= time.time() - started < SESSION_SECONDS
             and isinstance(sid, str)
-            and _redis(lambda: broker.client.exists(_redis_key("session", sid))) == 1
+            and _redis(lambda: _redis_client().exists(_redis_key("session", sid))) == 1
         )
     return bool(g.logged_in)
 
@@ -280,7 +284,7 @@ def _next_page(target: str | None) -> str:
 def login_wait() -> int:
     """Seconds the client's address must still wait after too many wrong tokens (0: none)."""
     key = _redis_key("login-failures", request.remote_addr or "unknown")
-    failures, ttl = _redis(lambda: broker.client.pipeline().get(key).ttl(key).execute())
+    failures, ttl = _redis(lambda: _redis_client().pipeline().get(key).ttl(key).execute())
     if failures is not None and int(failures) >= LOGIN_ATTEMPTS:
         return max(int(ttl), 1)
     return 0
@@ -289,7 +293,8 @@ def login_wait() -> int:
 def count_wrong_token() -> None:
     """Count one wrong admin token from the client's address (page or API alike)."""
     key = _redis_key("login-failures", request.remote_addr or "unknown")
-    _redis(lambda: broker.client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
+    client = _redis_client()
+    _redis(lambda: client.pipeline().incr(key).expire(key, LOGIN_WINDOW, nx=True).execute())
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -322,7 +327,7 @@ def login() -> Any:
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
     sid = secrets.token_urlsafe(32)
-    _redis(lambda: broker.client.set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
+    _redis(lambda: _redis_client().set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
     session.clear()
     session["admin"] = True
     session["sid"] = sid
@@ -337,7 +342,7 @@ def logout() -> Any:
     """End the session here and on the server: its id is forgotten, so the cookie opens nothing."""
     sid = session.get("sid")
     if isinstance(sid, str):
-        _redis(lambda: broker.client.delete(_redis_key("session", sid)))
+        _redis(lambda: _redis_client().delete(_redis_key("session", sid)))
     session.clear()
     return redirect(url_for(".login"), 303)
 

@@ -12,18 +12,28 @@ from workers.config import Settings
 from workers.jobs.broker import build_broker
 from workers.store import db
 
+_installed: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The runtime the process's entry point installed."""
+    if _installed is None:
+        raise RuntimeError("no runtime installed: the entry point builds one and installs it")
+    return _installed
+
 
 @dataclass
 class Runtime:
     """The settings, the database pool, the broker and the metrics key of one process."""
 
     settings: Settings
-    broker: RedisBroker = field(init=False)
+    # None: one built from the settings (nothing connects: Redis on the first command).
+    broker: RedisBroker = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        # Nothing connects yet: the pool opens on first use, Redis on the first command.
         db.size_pool(self.settings.database_url, self.settings.database_pool_size)
-        self.broker = build_broker(self.settings.redis_url, self.settings.redis_namespace)
+        if self.broker is None:
+            self.broker = build_broker(self.settings.redis_url, self.settings.redis_namespace)
 
     @classmethod
     def from_env(cls) -> Runtime:
@@ -41,8 +51,11 @@ class Runtime:
         return f"{self.settings.redis_namespace}:metrics:receiver"
 
     def install(self) -> Runtime:
-        """Make this runtime's broker the one actors are declared on (before importing them)."""
+        """Make this the process's runtime, its broker the one actors are declared on: entry
+        points call it before importing the actors."""
+        global _installed
         dramatiq.set_broker(self.broker)
+        _installed = self
         return self
 
     def close(self) -> None:

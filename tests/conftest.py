@@ -48,6 +48,10 @@ from tests.support import (  # noqa: E402
     free_port,
     queued_event_ids,
 )
+
+# Declared on the session's broker (installed by tests.support), so that flush_all() empties their
+# queues even in a run whose modules never import the actors themselves.
+from workers.jobs import actors  # noqa: E402, F401
 from workers.jobs.runtime import Runtime  # noqa: E402
 from workers.store import db as database  # noqa: E402
 

@@ -44,16 +44,16 @@ def size_pool(database_url: str, max_size: int) -> None:
         _sizes[database_url] = max_size
 
 
-def get_pool(database_url: str) -> ConnectionPool[Conn]:
-    """The pool for `database_url`, opened on first use (after a fork: each gunicorn worker has
-    its own)."""
+def get_pool(database_url: str, *, max_size: int | None = None) -> ConnectionPool[Conn]:
+    """The pool for `database_url`, opened on first use with `max_size` or the size set for the
+    URL (after a fork: each gunicorn worker has its own)."""
     with _pool_lock:
         pool = _pools.get(database_url)
         if pool is None:
             pool = _pools[database_url] = ConnectionPool(
                 database_url,
                 min_size=1,
-                max_size=_sizes.get(database_url, DEFAULT_POOL_SIZE),
+                max_size=max_size or _sizes.get(database_url, DEFAULT_POOL_SIZE),
                 kwargs={"row_factory": dict_row, "connect_timeout": 5},
                 # No check on checkout (a round trip per use): a connection that died while
                 # idle fails its statement, and `once_more` runs it again on a fresh one;

@@ -50,7 +50,7 @@ from benchmarks._common import (
 )
 from benchmarks._durable_app import create_table
 from workers.config import Settings
-from workers.jobs.actors import process_event
+from workers.jobs.broker import EVENTS_QUEUE
 from workers.ops import samples
 from workers.protocol import form
 from workers.protocol.signature import Algorithm
@@ -384,7 +384,7 @@ def check_stored(url: str, client: redis.Redis, expected: int) -> bool:
     assert row is not None
     stored, enqueued = row
     namespace = Settings.from_env({**os.environ, "REDIS_URL": redis_url()}).redis_namespace
-    queue = f"{namespace}:{process_event.queue_name}"
+    queue = f"{namespace}:{EVENTS_QUEUE}"
     messages = int(client.hlen(f"{queue}.msgs"))
     ok = stored == enqueued == messages == expected
     print(

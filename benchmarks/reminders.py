@@ -44,8 +44,11 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from workers.config import Settings  # noqa: E402
+from workers.jobs.runtime import Runtime  # noqa: E402
+
+broker = Runtime.from_env().install().broker  # before the actors: declared on it
+
 from workers.jobs import reminders  # noqa: E402
-from workers.jobs.broker import broker  # noqa: E402
 from workers.store import db  # noqa: E402
 
 CUSTOMERS = 100_000

@@ -46,8 +46,11 @@ import psycopg  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
 from workers.config import Settings  # noqa: E402
+from workers.jobs.runtime import Runtime  # noqa: E402
+
+broker = Runtime.from_env().install().broker  # before the actors: declared on it
+
 from workers.jobs.actors import process_event  # noqa: E402
-from workers.jobs.broker import broker  # noqa: E402
 from workers.ops import replay, samples  # noqa: E402
 from workers.protocol import form, ipn  # noqa: E402
 from workers.store import db  # noqa: E402

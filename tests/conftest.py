@@ -40,8 +40,19 @@ from psycopg import sql  # noqa: E402
 from psycopg.rows import dict_row  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from tests.support import Receiver, TcpProxy, free_port, queued_event_ids  # noqa: E402
-from workers.jobs.broker import broker  # noqa: E402
+from tests.support import (  # noqa: E402
+    RUNTIME,
+    Receiver,
+    TcpProxy,
+    broker,
+    free_port,
+    queued_event_ids,
+)
+
+# Declared on the session's broker (installed by tests.support), so that flush_all() empties their
+# queues even in a run whose modules never import the actors themselves.
+from workers.jobs import actors  # noqa: E402, F401
+from workers.jobs.runtime import Runtime  # noqa: E402
 from workers.store import db as database  # noqa: E402
 
 TABLES = (
@@ -82,6 +93,14 @@ def _delete_admin_keys() -> None:
     keys = list(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}:admin:*", count=1000))
     if keys:
         broker.client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def runtime() -> Iterator[Runtime]:
+    """The session's runtime, installed again after each test (an app or a command a test
+    built installs its own)."""
+    yield RUNTIME.install()
+    RUNTIME.install()
 
 
 @pytest.fixture(scope="session", autouse=True)

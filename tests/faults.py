@@ -211,7 +211,7 @@ class Rig:
                     str(BIN / "python"),
                     "-m",
                     "workers.jobs.dramatiq_main",
-                    "workers.jobs.actors",
+                    "workers.jobs.worker",
                     "--processes",
                     "1",
                     "--threads",

@@ -19,10 +19,23 @@ from collections.abc import Mapping, Sequence
 import requests
 
 from benchmarks._common import procfile_gunicorn_options
-from workers.jobs.broker import broker
+from workers.config import Settings
+from workers.jobs.runtime import Runtime
 from workers.ops import samples
 from workers.protocol import form
 from workers.protocol.signature import Algorithm
+
+# The session's runtime, from the environment conftest set: installed before any test module
+# imports the actors, which dramatiq declares on the broker installed when they are imported.
+RUNTIME = Runtime.from_env().install()
+broker = RUNTIME.broker
+
+
+def runtime_from_env() -> Runtime:
+    """Install a runtime with the settings the environment has now (a test changed it), on the
+    session's broker; conftest installs the session's runtime again after each test."""
+    return Runtime(Settings.from_env(), broker=broker).install()
+
 
 KEY = "AABBCCDDEEFF"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

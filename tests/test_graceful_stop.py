@@ -17,11 +17,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL
 from tests.emails.conftest import Recorder
-from tests.support import FORM, signed_ipn
+from tests.support import FORM, broker, signed_ipn
 from tests.workers.jobs.test_mailer import new_email
 from workers.config import Settings
 from workers.jobs import actors
-from workers.jobs.broker import broker
 
 pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
@@ -59,7 +58,7 @@ def test_on_sigterm_a_worker_finishes_the_email_it_is_sending_and_hands_back_the
     second = new_email(conn, settings, fact="second", license_code="LICSTOP002")
     held_before = set(broker.client.scan_iter(match=f"{REDIS_NAMESPACE}:__acks__.*"))
     worker = subprocess.Popen(
-        [str(BIN / "dramatiq"), "workers.jobs.actors", "--processes", "1", "--threads", "1"],
+        [str(BIN / "dramatiq"), "workers.jobs.worker", "--processes", "1", "--threads", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

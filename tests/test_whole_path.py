@@ -8,7 +8,7 @@ from email.parser import BytesParser
 import pytest
 
 from tests.emails.conftest import Recorder
-from tests.support import FORM, KEY, drain
+from tests.support import FORM, KEY, drain, runtime_from_env
 from workers.jobs import actors
 from workers.ops import replay, samples
 from workers.protocol import form
@@ -23,9 +23,8 @@ def smtp_sink(monkeypatch, smtp_server):
     controller = smtp_server(recorder)
     monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{controller.port}")
     monkeypatch.setenv("MAIL_FROM", "AWDoc <billing@awdoc.example>")
-    actors.settings.cache_clear()
+    runtime_from_env()
     yield recorder
-    actors.settings.cache_clear()
 
 
 def test_a_completed_order_sends_one_confirmation_in_the_customers_language_and_never_again(

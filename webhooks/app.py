@@ -14,6 +14,7 @@ from webhooks import health, ins, intake, ipn, lcn, metrics, unsubscribe
 from webhooks.admin import api as admin_api
 from webhooks.admin import page as admin_page
 from workers.config import Settings
+from workers.jobs.runtime import Runtime
 
 log = logging.getLogger("rinnovo.http")
 
@@ -30,6 +31,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = intake.MAX_BODY + 1
     app.extensions["rinnovo"] = settings
+    # The receiver's runtime, installed: dispatch and the admin page's jobs send on its broker.
+    runtime = app.extensions["rinnovo.runtime"] = Runtime(settings).install()
+    app.extensions["rinnovo.counters"] = metrics.ReceiverCounters(
+        runtime.broker.client, runtime.metrics_key
+    )
     if settings.trusted_proxies:
         # The client's address and scheme come from X-Forwarded-For/-Proto as set by this many
         # proxies of ours, counted from the right; what a client wrote there itself is ignored.

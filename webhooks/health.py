@@ -2,9 +2,8 @@
 
 from flask import Blueprint, Response, jsonify
 
-from webhooks.intake import settings
+from webhooks.intake import runtime, settings
 from workers.errors import DatabaseUnavailable
-from workers.jobs.broker import broker
 from workers.store import db
 
 bp = Blueprint("health", __name__)
@@ -26,7 +25,7 @@ def readyz() -> tuple[Response, int]:
     except DatabaseUnavailable as exc:
         checks["database"] = str(exc)
     try:
-        broker.client.ping()
+        runtime().broker.client.ping()
         checks["redis"] = "ok"
     except Exception as exc:  # any failure to answer means "not ready"; the reason is reported
         checks["redis"] = f"redis unavailable: {type(exc).__name__}"

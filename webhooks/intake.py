@@ -14,6 +14,7 @@ from webhooks import metrics
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
 from workers.jobs import dispatch
+from workers.jobs.runtime import Runtime
 from workers.protocol import form, ins, signature
 from workers.protocol.errors import MalformedNotification, SignatureError
 from workers.store import db, events
@@ -41,6 +42,12 @@ def settings() -> Settings:
     """The settings the app was created with."""
     settings: Settings = current_app.extensions["rinnovo"]
     return settings
+
+
+def runtime() -> Runtime:
+    """The runtime the app was created with: its broker, its pool, its metrics key."""
+    built: Runtime = current_app.extensions["rinnovo.runtime"]
+    return built
 
 
 def _text(body: str, status: int) -> Response:

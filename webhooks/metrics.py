@@ -41,7 +41,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
 from workers.jobs import reconcile
-from workers.jobs.broker import broker
 from workers.store import db, events
 from workers.store.outbox import FAILURES
 
@@ -49,7 +48,6 @@ log = logging.getLogger("rinnovo.metrics")
 
 bp = Blueprint("metrics", __name__)
 
-KEY = f"{broker.namespace}:metrics:receiver"  # REDIS_NAMESPACE: one hash per instance
 KINDS = ("ipn", "lcn", "ins")
 OUTCOMES = (
     "accepted",
@@ -82,9 +80,7 @@ class ReceiverCounters:
     process calls it every `flush_every` seconds once something was recorded.
     """
 
-    def __init__(
-        self, client: redis.Redis, key: str = KEY, *, flush_every: float = FLUSH_EVERY
-    ) -> None:
+    def __init__(self, client: redis.Redis, key: str, *, flush_every: float = FLUSH_EVERY) -> None:
         self.client = client
         self.key = key
         self.flush_every = flush_every
@@ -186,12 +182,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-counters = ReceiverCounters(broker.client)
+def counters() -> ReceiverCounters:
+    """The counters of the app answering (one per app: its runtime's Redis and namespace)."""
+    found: ReceiverCounters = current_app.extensions["rinnovo.counters"]
+    return found
 
 
 def delivered(kind: str, outcome: str, seconds: float | None = None) -> None:
     """Count one delivery the receiver answered (the receiver calls this once per request)."""
-    counters.record(kind, outcome, seconds)
+    counters().record(kind, outcome, seconds)
 
 
 def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> Iterator[Metric]:
@@ -318,8 +317,9 @@ def _dunning_families(conn: db.Conn) -> Iterator[Metric]:
 class _Collector:
     """Everything /metrics shows, gathered at scrape time; a source that fails is reported down."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, counters: ReceiverCounters) -> None:
         self.settings = settings
+        self.counters = counters
 
     def collect(self) -> Iterator[Metric]:
         """Read Redis and the database; each source's families, then whether it answered."""
@@ -329,12 +329,12 @@ class _Collector:
             labels=["source"],
         )
         try:
-            raw = counters.read()
+            raw = self.counters.read()
         except redis.RedisError as exc:
             log.warning("metrics: Redis unavailable: %s", type(exc).__name__)
             up.add_metric(["redis"], 0)
         else:
-            yield from counters.families(raw)
+            yield from self.counters.families(raw)
             up.add_metric(["redis"], 1)
         try:
             with db.connection(self.settings.database_url) as conn, conn.transaction():
@@ -355,5 +355,5 @@ def metrics() -> Response:
     """Every metric in Prometheus text format."""
     settings: Settings = current_app.extensions["rinnovo"]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(settings))
+    registry.register(_Collector(settings, counters()))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

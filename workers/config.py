@@ -110,6 +110,15 @@ def _whole(name: str, value: str | None, default: int, unit: str = "days") -> in
     return number
 
 
+def _pool_size(env: Mapping[str, str]) -> int:
+    """DATABASE_POOL_SIZE, by default one connection per worker thread and four to spare."""
+    threads = _whole("WORKER_THREADS", env.get("WORKER_THREADS"), 8, unit="threads")
+    size = _whole("DATABASE_POOL_SIZE", env.get("DATABASE_POOL_SIZE"), threads + 4, "connections")
+    if size < 1:
+        raise ConfigError("DATABASE_POOL_SIZE must be at least 1")
+    return size
+
+
 def _time_of_day(name: str, value: str | None, default: str) -> time | None:
     """HH:MM (UTC) from the environment; None for `off`."""
     text = (value or "").strip().lower() or default
@@ -239,6 +248,7 @@ class Settings:
     public_url: str = ""  # the receiver's HTTPS base, for unsubscribe links
     unsubscribe_mailto: str = ""  # a mailto: List-Unsubscribe address, optional
     emails_off: frozenset[str] = frozenset()  # kinds written `off`, never sent
+    database_pool_size: int = 12  # connections per process: the worker's threads and a few more
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -293,6 +303,7 @@ class Settings:
             public_url=_public_url(env.get("PUBLIC_URL")),
             unsubscribe_mailto=_mailto(env.get("UNSUBSCRIBE_MAILTO")),
             emails_off=_kinds(env.get("EMAILS_OFF")),
+            database_pool_size=_pool_size(env),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -96,8 +96,7 @@ def test_the_first_delivery_after_the_database_restarts_is_accepted(
 
 def _stored_but_never_sent(client, conn) -> tuple[bytes, int]:
     """An acknowledged notification whose message is lost, as if the process died after commit."""
-    from tests.support import FORM
-    from workers.jobs.broker import broker
+    from tests.support import FORM, broker
 
     body = signed_ipn(items=(samples.SampleItem(license_ref="LICDIED01"),))
     assert client.post("/ipn", data=body, headers=FORM).status_code == 200

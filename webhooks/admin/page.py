@@ -46,7 +46,6 @@ from werkzeug.exceptions import HTTPException
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.jobs import reconcile
-from workers.jobs.broker import broker
 from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
@@ -149,6 +148,11 @@ def _settings() -> Settings:
     return settings
 
 
+def _redis_client() -> Any:  # the broker's client, as dramatiq types it
+    """The Redis of the app's runtime: sessions and login failures live beside its queues."""
+    return current_app.extensions["rinnovo.runtime"].broker.client
+
+
 def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     return render_template(f"admin/{template}", **context), status
 
@@ -158,7 +162,7 @@ def _message(title: str, text: str, status: int) -> tuple[str, int]:
 
 
 def _redis_key(*parts: str) -> str:
-    return ":".join((broker.namespace, "admin", *parts))
+    return ":".join((_settings().redis_namespace, "admin", *parts))
 
 
 def _logged_in() -> bool:
@@ -170,7 +174,7 @@ def _logged_in() -> bool:
             and isinstance(started, int | float)
             and 0 <= time.time() - started < SESSION_SECONDS
             and isinstance(sid, str)
-            and _redis(lambda: broker.client.exists(_redis_key("session", sid))) == 1
+            and _redis(lambda: _redis_client().exists(_redis_key("session", sid))) == 1
         )
     return bool(g.logged_in)
 
@@ -302,7 +306,7 @@ def take_attempt() -> int:
     key = _attempts_key()
 
     def count() -> list[Any]:
-        pipe = broker.client.pipeline()  # MULTI/EXEC: the window opens with the first attempt
+        pipe = _redis_client().pipeline()  # MULTI/EXEC: the window opens with the first attempt
         return pipe.set(key, 0, ex=LOGIN_WINDOW, nx=True).incr(key).ttl(key).execute()
 
     _, attempts, ttl = _redis(count)
@@ -314,7 +318,7 @@ def take_attempt() -> int:
 def give_back_attempt() -> None:
     """A right token: its attempt does not count toward the limit."""
     key = _attempts_key()
-    _redis(lambda: broker.client.eval(_GIVE_BACK, 1, key))
+    _redis(lambda: _redis_client().eval(_GIVE_BACK, 1, key))
 
 
 # --- login -----------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def login() -> Any:
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
     give_back_attempt()
     sid = secrets.token_urlsafe(32)
-    _redis(lambda: broker.client.set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
+    _redis(lambda: _redis_client().set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
     session.clear()
     session["admin"] = True
     session["sid"] = sid
@@ -362,7 +366,7 @@ def logout() -> Any:
     """End the session here and on the server: its id is forgotten, so the cookie opens nothing."""
     sid = session.get("sid")
     if isinstance(sid, str):
-        _redis(lambda: broker.client.delete(_redis_key("session", sid)))
+        _redis(lambda: _redis_client().delete(_redis_key("session", sid)))
     session.clear()
     return redirect(url_for(".login"), 303)
 

@@ -17,6 +17,8 @@ from dotenv import load_dotenv
 
 from workers.config import Settings
 from workers.errors import RinnovoError
+from workers.jobs import dispatch, runtime
+from workers.jobs.runtime import Runtime
 from workers.logs import configure_logging
 from workers.store import db as database
 from workers.terminal import visible
@@ -27,7 +29,7 @@ _QUIET_AT_DEFAULT = ("psycopg.pool",)
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    return runtime.current().settings
 
 
 class _Group(click.Group):
@@ -60,6 +62,9 @@ def _log_at(level: int) -> None:
 def cli(verbose: int) -> None:
     """Rinnovo: 2Checkout notifications in, subscriptions and customer emails out."""
     _log_at(_verbosity(verbose))
+    # Built here, after main() read ./.env: the commands' pool and broker, set before any of
+    # them imports the actors (declared on the broker installed then).
+    Runtime.from_env().install()
 
 
 @cli.group()
@@ -80,8 +85,8 @@ def db_init() -> None:
 @click.pass_context
 def clock(ctx: click.Context) -> None:
     """Run the scheduler: the relay of stored-but-unenqueued events and the reminder scan."""
-    # Deferred: APScheduler and the actors (the broker, built from the environment) stay out of
-    # every other command's start-up.
+    # Deferred: APScheduler stays out of every other command's start-up, and the actors are
+    # declared on the broker the group installs at start-up, so they are imported after it.
     from workers.jobs import clock as scheduler
 
     # A service, not a command a person waits on: it logs what it does at info level at least.
@@ -96,10 +101,6 @@ def clock(ctx: click.Context) -> None:
 )
 def relay(older_than: float) -> None:
     """Enqueue now every event that was stored but never enqueued."""
-    # Deferred: importing the actors builds the broker from the environment, which start-up
-    # of every command (before ./.env is read) must not do.
-    from workers.jobs import dispatch
-
     count = dispatch.relay(_settings().database_url, older_than_seconds=older_than)
     click.echo(f"enqueued {count} event(s)")
 

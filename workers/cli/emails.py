@@ -11,8 +11,7 @@ from emails.preview import preview
 from emails.render import KINDS, LOCALES, template_locale
 from workers.cli.events import _cut, _when, table
 from workers.cli.subscriptions import Refused
-from workers.config import Settings
-from workers.jobs import reminders
+from workers.jobs import reminders, runtime
 from workers.ops import replay
 from workers.store import db, suppressions
 from workers.store.outbox import FAILURES
@@ -43,7 +42,7 @@ def reminders_run(as_of: datetime | None, dry_run: bool) -> None:
 
     today = datetime.now(UTC).date()
     day = as_of.date() if as_of is not None else today
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     if dry_run:
         counts, planned = reminders.plan(settings, day)
         click.echo(f"dry run: what the reminder scan for {day.isoformat()} would send:")
@@ -87,7 +86,7 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
     Prints the subject and text body, or writes the HTML body to a file.
     """
 
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     voice = settings.merchant_voice()
     chosen = locale or settings.default_locale
     if template_locale(chosen) is None:
@@ -125,7 +124,7 @@ def emails_list(
     """List outbox emails, newest first."""
 
     try:
-        with db.connection(Settings.from_env().database_url) as conn, conn.transaction():
+        with db.connection(runtime.current().settings.database_url) as conn, conn.transaction():
             page, more = replay.list_emails(
                 conn, to=to, kind=kind, status=status, failure=reason, limit=limit
             )
@@ -161,11 +160,11 @@ def emails_resend(email_ids: tuple[int, ...]) -> None:
     An interrupted email may have reached the customer: check the mail server's log for its
     Message-ID first. Exits 1 if any id could not be resent.
     """
-    # Deferred: importing the actors builds the broker from the environment, which start-up
-    # of every command (before ./.env is read) must not do.
+    # Deferred: the actors are declared on the broker installed when they are imported, which
+    # the command group does at start-up (after ./.env is read).
     from workers.jobs import outbox
 
-    result = outbox.resend(Settings.from_env().database_url, email_ids)
+    result = outbox.resend(runtime.current().settings.database_url, email_ids)
     for email_id in result.enqueued:
         click.echo(f"email {email_id}: enqueued to be sent again")
     for email_id in result.for_relay:
@@ -182,7 +181,7 @@ def emails_resend(email_ids: tuple[int, ...]) -> None:
 def emails_suppressions(address: str | None, limit: int) -> None:
     """List addresses that unsubscribed, newest first: address, family, when and how."""
 
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     with db.connection(settings.database_url) as conn:
         rows = suppressions.listing(conn, address=address, limit=limit)
     for row in rows:
@@ -197,7 +196,7 @@ def emails_suppressions(address: str | None, limit: int) -> None:
 def emails_unsuppress(address: str) -> None:
     """Lift every suppression of ADDRESS: its reminders are sent again from now on."""
 
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     with db.connection(settings.database_url) as conn, conn.transaction():
         lifted = suppressions.lift(conn, address)
     if not lifted:

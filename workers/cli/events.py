@@ -11,6 +11,7 @@ import click
 
 from workers.config import Settings
 from workers.errors import EventNotFound
+from workers.jobs import runtime
 from workers.ops import replay
 from workers.store import db, events
 from workers.store.events import EventFilter
@@ -21,7 +22,7 @@ EVENT_ID = click.IntRange(1, MAX_ID)
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    return runtime.current().settings
 
 
 def _filter(**criteria: str | None) -> EventFilter:

@@ -7,9 +7,8 @@ from datetime import UTC, date, datetime
 
 import click
 
-from workers.config import Settings
 from workers.errors import ConfigError
-from workers.jobs import reconcile
+from workers.jobs import reconcile, runtime
 from workers.provider_api import Client, ProviderApiError
 from workers.store import db
 from workers.store.db import Conn
@@ -48,7 +47,7 @@ def reconcile_command(
     start, today = _day(since), datetime.now(UTC).date()
     if start is not None and start > today:
         raise click.BadParameter(f"{start} is in the future", param_hint="--since")
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     try:
         client = Client.from_settings(settings)
     except ConfigError as exc:

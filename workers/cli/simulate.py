@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from workers.config import Settings
 from workers.errors import RinnovoError
+from workers.jobs import runtime
 from workers.ops import simulate as sim
 from workers.protocol.signature import Algorithm
 from workers.terminal import visible
@@ -61,7 +61,7 @@ def _run(
     scenario: Callable[..., sim.Notification], url: str, dry_run: bool, options: dict[str, Any]
 ) -> None:
     """Build the scenario's notification, post it and report; exit 1 unless acknowledged."""
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     try:
         notification = scenario(settings, **options)
         for note in notification.notes:

@@ -11,7 +11,7 @@ import click
 from workers.billing import dunning, lifecycle, policies
 from workers.billing.statuses import STATUSES
 from workers.config import Settings
-from workers.jobs import reconcile
+from workers.jobs import reconcile, runtime
 from workers.store import db
 from workers.store import subscriptions as subs
 from workers.terminal import visible
@@ -77,7 +77,7 @@ def quote_upgrade(
     license_code: str, target: str, cycle: str | None, quantity: int | None, at: str | None
 ) -> None:
     """Quote upgrading LICENSE_CODE."""
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     row = _load(settings, license_code)
     catalog = lifecycle.catalog(settings)
     current = catalog.get(row["product_code"])
@@ -95,7 +95,7 @@ def quote_upgrade(
 @click.option("--at", "at", help="ISO time of the payment (default: now).")
 def quote_renew(license_code: str, at: str | None) -> None:
     """Quote renewing LICENSE_CODE by hand (or automatically, if its auto-renew is on)."""
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     row = _load(settings, license_code)
     product = lifecycle.catalog(settings).get(row["product_code"])
     if product is None:
@@ -117,7 +117,7 @@ def subscriptions_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="The admin API's JSON instead of text.")
 def show(license_code: str, as_json: bool) -> None:
     """Show one subscription, its customer and its history."""
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     with db.connection(settings.database_url) as conn:
         described = subs.describe(conn, license_code)
     if described is None:
@@ -177,7 +177,7 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
     """List subscriptions: license, status, expiry, and a past-due one's dunning position."""
     if overdue and status is not None:
         raise click.UsageError("--overdue and --status are two different lists: choose one")
-    settings = Settings.from_env()
+    settings = runtime.current().settings
     if overdue:
         _list_overdue(settings, limit)
         return

@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Iterable
-from functools import lru_cache
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-import workers.jobs.broker  # noqa: F401  # sets the broker before any actor is declared
 from emails.transport import PermanentEmailError
 from workers.billing import lifecycle
 from workers.config import Settings
@@ -20,25 +18,26 @@ from workers.errors import (
     DatabaseUnavailable,
     PermanentEventError,
 )
-from workers.jobs import mailer, retry
+from workers.jobs import mailer, retry, runtime
 from workers.jobs.broker import send_each
 from workers.store import db, events, outbox
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
 def settings() -> Settings:
-    """The worker process's settings, read once."""
-    return Settings.from_env()
+    """The settings of the runtime the process's entry point installed."""
+    return runtime.current().settings
 
 
-# A malformed catalog stops the worker at start-up, naming the line, instead of failing events.
-lifecycle.catalog(settings())
-try:
-    settings().merchant_voice()
-except ConfigError as exc:  # events are still applied; their emails wait for the setting
-    log.error("emails will wait until this is fixed: %s", exc)
+def check_settings(checked: Settings) -> None:
+    """Stop on a malformed catalog, naming the line, instead of failing events; say loudly that
+    emails wait when the merchant's voice is missing."""
+    lifecycle.catalog(checked)
+    try:
+        checked.merchant_voice()
+    except ConfigError as exc:  # events are still applied; their emails wait for the setting
+        log.error("emails will wait until this is fixed: %s", exc)
 
 
 def _retry_number() -> int:

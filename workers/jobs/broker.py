@@ -1,4 +1,4 @@
-"""The Dramatiq broker: built here once and set before any actor module is imported."""
+"""The Dramatiq broker: how it is built (by the runtime, never at import) and how it is sent to."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
-from workers.config import Settings
 from workers.errors import BrokerUnavailable
 from workers.logs import WorkerLogging
 
@@ -47,14 +46,16 @@ def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
     return _send_until_failure(actor.send, ids)
 
 
-def send_by_name(actor_name: str, queue_name: str, ids: Iterable[int]) -> list[int]:
+def send_by_name(
+    on: dramatiq.Broker, actor_name: str, queue_name: str, ids: Iterable[int]
+) -> list[int]:
     """Send one message per id to an actor known by name, as its `send` would; the ids taken."""
 
     def send(item: int) -> object:
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue_name, actor_name=actor_name, args=(item,), kwargs={}, options={}
         )
-        return broker.enqueue(message)
+        return on.enqueue(message)
 
     return _send_until_failure(send, ids)
 
@@ -89,8 +90,3 @@ def queue_length(on: dramatiq.Broker, queue_name: str) -> int:
         return int(on.client.llen(f"{on.namespace}:{queue_name}"))
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
-
-
-_settings = Settings.from_env()
-broker = build_broker(_settings.redis_url, _settings.redis_namespace)
-dramatiq.set_broker(broker)

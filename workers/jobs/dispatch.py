@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
-from workers.jobs import broker
+from workers.jobs import broker, runtime
 from workers.store import db, events
 from workers.store.db import Conn
 
@@ -21,7 +21,8 @@ BACKLOG_STALE_AFTER_SECONDS = 15 * 60
 
 
 def _send(event_ids: list[int]) -> list[int]:
-    return broker.send_by_name(broker.PROCESS_EVENT, broker.EVENTS_QUEUE, event_ids)
+    on = runtime.current().broker
+    return broker.send_by_name(on, broker.PROCESS_EVENT, broker.EVENTS_QUEUE, event_ids)
 
 
 def _unsend(database_url: str, event_ids: list[int]) -> None:
@@ -54,7 +55,7 @@ def relay(
 ) -> int:
     """Send every event stored but never sent (Redis was down), or whose job is overdue (lost
     with a worker or a web process); how many."""
-    waiting = broker.queue_length(broker.broker, broker.EVENTS_QUEUE)
+    waiting = broker.queue_length(runtime.current().broker, broker.EVENTS_QUEUE)
     stale_after_seconds = unless_backlog(waiting, stale_after_seconds)
     return relay_batches(
         database_url,

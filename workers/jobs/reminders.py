@@ -161,8 +161,8 @@ class _Dispatcher:
     def _dispatch(self, email_ids: list[int]) -> None:
         if self.broker_down:
             return
-        # Deferred: importing the actors builds the broker and checks the catalog, which a
-        # reminder run that writes nothing must not pay at start-up.
+        # Deferred: the actors are declared on the broker the entry point installs at start-up,
+        # and a reminder run that writes nothing (a dry run) needs neither.
         from workers.jobs.actors import dispatch_emails
 
         try:

@@ -256,8 +256,8 @@ def _enqueue_many(event_ids: Sequence[int], *, emails: bool) -> None:
     through dramatiq's own enqueue (ids, middleware, encoding) and only the sending is batched:
     one message at a time is many times slower (see benchmarks/replay.py).
     """
-    # Deferred: importing the actors builds the broker from the environment, which start-up
-    # of every command (before ./.env is read) must not do.
+    # Deferred: the actors are declared on the broker installed when they are imported, which
+    # the command group does at start-up (after ./.env is read).
     from workers.jobs.actors import process_event
 
     broker = process_event.broker

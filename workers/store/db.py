@@ -25,8 +25,12 @@ OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 SCHEMA_LOCK_ID = 7_267_001  # advisory lock: two `db init` at once apply the schema one by one
 
-_pool: ConnectionPool[Conn] | None = None
+# One pool per database URL, opened on first use, so a URL passed later is never served by a pool
+# opened for another; the size each URL's pool gets when it opens (the runtime sets it).
+_pools: dict[str, ConnectionPool[Conn]] = {}
+_sizes: dict[str, int] = {}
 _pool_lock = threading.Lock()
+DEFAULT_POOL_SIZE = 12
 
 
 def schema_path() -> Path:
@@ -34,15 +38,22 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parents[2] / "schema.sql"
 
 
-def get_pool(database_url: str, *, max_size: int = 10) -> ConnectionPool[Conn]:
-    """The process's pool, opened on first use (after a fork: each gunicorn worker has its own)."""
-    global _pool
+def size_pool(database_url: str, max_size: int) -> None:
+    """The size of the pool for `database_url` when it opens (an open pool keeps its size)."""
     with _pool_lock:
-        if _pool is None:
-            _pool = ConnectionPool(
+        _sizes[database_url] = max_size
+
+
+def get_pool(database_url: str, *, max_size: int | None = None) -> ConnectionPool[Conn]:
+    """The pool for `database_url`, opened on first use with `max_size` or the size set for the
+    URL (after a fork: each gunicorn worker has its own)."""
+    with _pool_lock:
+        pool = _pools.get(database_url)
+        if pool is None:
+            pool = _pools[database_url] = ConnectionPool(
                 database_url,
                 min_size=1,
-                max_size=max_size,
+                max_size=max_size or _sizes.get(database_url, DEFAULT_POOL_SIZE),
                 kwargs={"row_factory": dict_row, "connect_timeout": 5},
                 # No check on checkout (a round trip per use): a connection that died while
                 # idle fails its statement, and `once_more` runs it again on a fresh one;
@@ -52,16 +63,16 @@ def get_pool(database_url: str, *, max_size: int = 10) -> ConnectionPool[Conn]:
                 open=True,
                 name="rinnovo",
             )
-        return _pool
+        return pool
 
 
-def close_pool() -> None:
-    """Close the process's pool (tests and clean shutdown)."""
-    global _pool
+def close_pool(database_url: str | None = None) -> None:
+    """Close the pool for `database_url`, or every pool of the process (tests, clean shutdown)."""
     with _pool_lock:
-        if _pool is not None:
-            _pool.close()
-            _pool = None
+        urls = list(_pools) if database_url is None else [database_url]
+        pools = [_pools.pop(url) for url in urls if url in _pools]
+    for pool in pools:
+        pool.close()
 
 
 @contextlib.contextmanager

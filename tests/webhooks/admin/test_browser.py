@@ -14,11 +14,9 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.support import FORM, signed_ipn
+from tests.support import FORM, broker, runtime_from_env, signed_ipn
 from webhooks.app import create_app
 from workers.billing.catalog import default_path
-from workers.jobs import actors
-from workers.jobs.broker import broker
 from workers.ops import samples
 
 pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
@@ -53,9 +51,8 @@ def catalog(tmp_path, monkeypatch) -> Iterator[Path]:
     path.write_text(_catalog_without(MISSING), encoding="utf-8")
     monkeypatch.setenv("CATALOG", str(path))
     monkeypatch.setenv("MAIL_DIR", str(tmp_path / "mail"))
-    actors.settings.cache_clear()
+    runtime_from_env()
     yield path
-    actors.settings.cache_clear()
 
 
 @pytest.fixture

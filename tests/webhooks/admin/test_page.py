@@ -8,10 +8,9 @@ import time
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.support import FORM, insert_subscription, signed_ipn
+from tests.support import FORM, broker, insert_subscription, signed_ipn
 from webhooks.admin import page as admin_page
 from webhooks.app import create_app
-from workers.jobs.broker import broker
 from workers.ops import samples
 from workers.protocol import form
 

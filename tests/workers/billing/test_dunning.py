@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.emails.conftest import HOST, Recorder
-from tests.support import drain, post_signed
+from tests.support import drain, post_signed, runtime_from_env
 from tests.workers.billing.test_lifecycle import ipn, lcn
 from workers.billing import dunning
 from workers.cli import cli
 from workers.config import Settings
-from workers.jobs import actors, reminders
+from workers.jobs import reminders
 
 LICENSE = "LIC-DUNNING"
 TODAY = datetime.now(UTC).date()
@@ -35,9 +35,8 @@ def outbox_smtp(monkeypatch, smtp_server) -> Iterator[Recorder]:
     server = smtp_server(recorder)
     monkeypatch.setenv("SMTP_URL", f"smtp://{HOST}:{server.port}")
     monkeypatch.setenv("PUBLIC_URL", "https://shop.example.com/billing")
-    actors.settings.cache_clear()
+    runtime_from_env()
     yield recorder
-    actors.settings.cache_clear()
 
 
 def messages(recorder: Recorder) -> list[EmailMessage]:

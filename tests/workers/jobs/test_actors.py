@@ -20,7 +20,7 @@ def _lcn_for_unknown_license(client) -> int:
 def test_a_transient_failure_is_retried_and_the_last_attempt_marks_the_event_failed(client, conn):
     event_id = _lcn_for_unknown_license(client)
     conn.execute("UPDATE events SET status = 'enqueued' WHERE id = %s", (event_id,))
-    from workers.jobs.broker import broker
+    from tests.support import broker
 
     broker.flush_all()  # drop the receiver's message: this one carries short retry options
     process_event.send_with_options(args=(event_id,), max_retries=2, min_backoff=10, max_backoff=20)
@@ -56,8 +56,8 @@ def test_an_event_that_does_not_exist_is_a_no_op(conn):
 
 
 def test_an_event_the_relay_hands_over_is_recorded_as_the_relay_s_attempt(client, conn):
+    from tests.support import broker
     from workers.jobs import dispatch
-    from workers.jobs.broker import broker
 
     item = samples.SampleItem(license_ref="LIC-RELAYED")
     event_id = post_signed(client, "/ipn", samples.ipn_pairs(items=(item,), refno="A2"))

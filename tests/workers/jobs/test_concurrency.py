@@ -95,7 +95,7 @@ def test_two_worker_processes_reach_the_state_of_a_sequential_run(client, conn, 
 
     conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(TABLES)))
     conn.execute("UPDATE events SET status = 'enqueued', attempts = 0")
-    from workers.jobs.broker import broker
+    from tests.support import broker
 
     broker.flush_all()
     for event_id in event_ids:
@@ -108,7 +108,7 @@ def test_two_worker_processes_reach_the_state_of_a_sequential_run(client, conn, 
                 sys.executable,
                 "-m",
                 "dramatiq",
-                "workers.jobs.actors",
+                "workers.jobs.worker",
                 "--processes",
                 "1",
                 "--threads",

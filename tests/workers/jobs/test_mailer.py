@@ -29,11 +29,10 @@ from psycopg import sql
 from emails.transport import PermanentEmailError, TransientEmailError
 from tests.conftest import TEST_DATABASE_URL
 from tests.emails.conftest import HOST, Recorder, free_port
-from tests.support import insert_subscription
+from tests.support import broker, insert_subscription, runtime_from_env
 from workers.config import Settings
 from workers.errors import ConfigError
 from workers.jobs import actors, mailer
-from workers.jobs.broker import broker
 from workers.store import outbox as store_outbox
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
@@ -477,10 +476,9 @@ def worker_env(monkeypatch, settings) -> Iterator[Callable[[str | None], None]]:
             monkeypatch.delenv("SMTP_URL", raising=False)
         else:
             monkeypatch.setenv("SMTP_URL", smtp)
-        actors.settings.cache_clear()
+        runtime_from_env()
 
     yield configure
-    actors.settings.cache_clear()
 
 
 def wait_for(conn: psycopg.Connection, email_id: int, status: str, timeout: float = 20) -> None:
@@ -540,7 +538,7 @@ def test_through_the_worker_an_smtp_outage_is_retried_until_delivered(
 def test_a_worker_started_without_the_merchant_voice_says_at_once_that_emails_will_wait():
     env = {key: value for key, value in os.environ.items() if key != "SUPPORT_EMAIL"}
     started = subprocess.run(
-        [sys.executable, "-c", "import workers.jobs.actors"],
+        [sys.executable, "-c", "import workers.jobs.worker"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr

@@ -14,11 +14,11 @@ from psycopg import sql
 
 from tests.emails.conftest import Recorder
 from tests.fake_provider import FakeProvider, order, subscription
-from tests.support import drain, insert_subscription, post_signed
+from tests.support import drain, insert_subscription, post_signed, runtime_from_env
 from webhooks.app import create_app
 from workers.cli import cli
 from workers.config import Settings
-from workers.jobs import actors, clock
+from workers.jobs import clock
 from workers.jobs.reconcile import Difference
 from workers.ops import samples
 from workers.terminal import visible
@@ -372,7 +372,7 @@ def worker() -> Iterator[None]:
     """A real Dramatiq worker running while the test runs the command."""
     import dramatiq
 
-    from workers.jobs.broker import broker
+    from tests.support import broker
 
     running = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     running.start()
@@ -401,9 +401,8 @@ def smtp_sink(monkeypatch, smtp_server) -> Iterator[Recorder]:
     """A real SMTP server the workers in this process send to."""
     recorder = Recorder()
     monkeypatch.setenv("SMTP_URL", f"smtp://127.0.0.1:{smtp_server(recorder).port}")
-    actors.settings.cache_clear()
+    runtime_from_env()
     yield recorder
-    actors.settings.cache_clear()
 
 
 def test_a_renewal_missed_while_down_is_applied_with_history_and_its_email(
@@ -640,12 +639,11 @@ def post_ins(client, pairs: list[tuple[str, str]]) -> None:
 @pytest.fixture
 def legacy_sale(client, conn, fake) -> FakeProvider:
     """A legacy (INS) sale Rinnovo holds, with the API configured for the workers too."""
-    actors.settings.cache_clear()
+    runtime_from_env()
     post_ins(client, ins("ORDER_CREATED", next_date=f"{today() + timedelta(days=20)}"))
     drain()
     assert sub_row(conn, INS_LICENSE)["status"] == "active"
     yield fake
-    actors.settings.cache_clear()
 
 
 def ins_event(conn) -> dict[str, Any]:
@@ -722,7 +720,7 @@ def test_with_the_api_unreachable_an_ins_refund_is_retried_like_any_transient_fa
 
 def test_without_the_api_an_ins_refund_is_applied_as_it_says(client, conn, monkeypatch):
     monkeypatch.delenv("TWOCHECKOUT_MERCHANT_CODE", raising=False)
-    actors.settings.cache_clear()
+    runtime_from_env()
     post_ins(client, ins("ORDER_CREATED", next_date=f"{today() + timedelta(days=20)}"))
     post_ins(client, ins("REFUND_ISSUED", invoice_id="6002"))
     drain()

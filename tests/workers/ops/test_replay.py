@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from tests.support import FORM, KEY, drain, post_signed
+from tests.support import FORM, KEY, broker, drain, post_signed, runtime_from_env
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, EventNotFound
-from workers.jobs.actors import process_event, settings
-from workers.jobs.broker import broker, build_broker
+from workers.jobs.actors import process_event
+from workers.jobs.broker import build_broker
 from workers.ops import replay, samples
 from workers.protocol import form
 from workers.protocol import ipn as ipn_protocol
@@ -67,9 +67,8 @@ def mail_dir_fixture(monkeypatch, tmp_path) -> Path:
     """Workers write emails as files here (no SMTP server is configured)."""
     monkeypatch.setenv("MAIL_DIR", str(tmp_path / "mail"))
     monkeypatch.delenv("SMTP_URL", raising=False)
-    settings.cache_clear()
+    runtime_from_env()
     yield tmp_path / "mail"
-    settings.cache_clear()
 
 
 @pytest.fixture(name="catalog_file")
@@ -78,7 +77,7 @@ def catalog_file_fixture(monkeypatch, tmp_path, mail_dir) -> Path:
     path = tmp_path / "catalog.toml"
     path.write_text(CATALOG_TEAM_YEARLY, encoding="utf-8")
     monkeypatch.setenv("CATALOG", str(path))
-    settings.cache_clear()
+    runtime_from_env()
     return path
 
 

@@ -12,11 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.conftest import TEST_DATABASE_URL
-from tests.support import drain, free_port
+from tests.support import drain, free_port, runtime_from_env
 from workers.billing import policies
 from workers.cli import cli
 from workers.config import Settings
-from workers.jobs import actors
 from workers.ops import simulate
 from workers.protocol import form
 from workers.store import subscriptions
@@ -26,9 +25,8 @@ from workers.store import subscriptions
 def mail_dir(tmp_path, monkeypatch):
     """Emails the worker sends are written here (no SMTP_URL), not into the checkout."""
     monkeypatch.setenv("MAIL_DIR", str(tmp_path / "mail"))
-    actors.settings.cache_clear()
+    runtime_from_env()
     yield tmp_path / "mail"
-    actors.settings.cache_clear()
 
 
 def run(*args: str, **env: str) -> Result:

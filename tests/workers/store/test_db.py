@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import TEST_DATABASE_URL
 from workers.store import db
@@ -170,3 +170,26 @@ def test_db_init_dates_the_episode_of_a_subscription_already_past_due(fresh_url)
             "SELECT past_due_since FROM subscriptions WHERE license_code = 'PASTDUE001'"
         ).fetchone()[0]
     assert since == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def test_each_database_url_is_served_by_a_pool_of_its_own(database_url, fresh_url):
+    db.init_db(fresh_url)
+    try:
+        with db.connection(database_url) as first, db.connection(fresh_url) as second:
+            names = [
+                c.execute("SELECT current_database() AS name").fetchone()["name"]
+                for c in (first, second)
+            ]
+    finally:
+        db.close_pool(fresh_url)
+    assert names == [conninfo_to_dict(url)["dbname"] for url in (database_url, fresh_url)]
+
+
+def test_the_pool_opens_with_the_size_set_for_its_url(fresh_url):
+    db.init_db(fresh_url)
+    db.size_pool(fresh_url, 3)
+    pool = db.get_pool(fresh_url)
+    try:
+        assert (pool.min_size, pool.max_size) == (1, 3)
+    finally:
+        db.close_pool(fresh_url)

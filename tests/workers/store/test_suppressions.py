@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from emails import unsubscribe
 from tests.conftest import SECRET_KEYS
 from tests.emails.conftest import Recorder
-from tests.support import drain
+from tests.support import drain, runtime_from_env
 from tests.workers.billing.test_dunning import messages, outbox_smtp  # noqa: F401 (a fixture)
 from tests.workers.jobs.test_mailer import new_email, received, row, settings, smtp_url  # noqa: F401
 from workers.cli import cli
@@ -134,7 +134,7 @@ def test_emails_off_writes_the_rows_and_sends_nothing(conn, client, monkeypatch,
     monkeypatch.setenv("EMAILS_OFF", "renewal_reminder,order_confirmation")
     from workers.jobs import actors
 
-    actors.settings.cache_clear()
+    runtime_from_env()
     today = datetime.now(UTC).date()
     expires = datetime.combine(today + timedelta(days=7), datetime.min.time(), tzinfo=UTC)
     new_email(

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dramatiq
 
-import workers.jobs.broker  # noqa: F401  # sets the broker (and its namespace) before the actor exists
+from workers.jobs.runtime import Runtime
+
+# As the worker's boot module does: the runtime (and its broker, with its namespace) is installed
+# before the actor is declared on it.
+Runtime.from_env().install()
 
 QUEUE = "bench-noop"
 

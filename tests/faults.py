@@ -193,6 +193,9 @@ class Rig:
             "REDIS_NAMESPACE": "rinnovo-faults",
             "SMTP_URL": f"smtp://127.0.0.1:{self.smtp.port}",
             "MAIL_FROM": "DocFlow <billing@docflow.example>",
+            # Emails wait without the merchant's voice: a benchmark's environment has none.
+            "MERCHANT_NAME": "DocFlow",
+            "SUPPORT_EMAIL": "support@docflow.example",
             "MAIL_DIR": str(Path(self.workdir.name) / "mail"),
             "TWOCHECKOUT_SECRET_KEY": KEY,
             "PYTHONUNBUFFERED": "1",

@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -407,14 +408,21 @@ def _event_id(text: str) -> int | None:
     return int(text) if _DIGITS.fullmatch(text) and int(text) > 0 else None
 
 
+def _by_id(
+    text: str, read: Callable[[db.Conn, int], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """The record `read` finds for the id in a path, or None (not a valid id, or none stored)."""
+    number = _event_id(text)
+    if number is None:
+        return None
+    with db.connection(_settings().database_url) as conn, conn.transaction():
+        return read(conn, number)
+
+
 @bp.get("/events/<event_id>")
 def event_detail(event_id: str) -> Any:
     """One event: what arrived, how it verified, each attempt's error, and what it caused."""
-    number = _event_id(event_id)
-    detail = None
-    if number is not None:
-        with db.connection(_settings().database_url) as conn, conn.transaction():
-            detail = replay.event_detail(conn, number)
+    detail = _by_id(event_id, replay.event_detail)
     if detail is None:
         return _message("No such event", f"There is no event {event_id}.", 404)
     waiting = detail["status"] in ("received", "enqueued")
@@ -531,12 +539,7 @@ def reconcile_runs() -> Any:
 @bp.get("/reconcile/<run_id>")
 def reconcile_run(run_id: str) -> Any:
     """One sweep: each difference, the event that applied it, and what that changed."""
-
-    number = _event_id(run_id)
-    detail = None
-    if number is not None:
-        with db.connection(_settings().database_url) as conn, conn.transaction():
-            detail = reconcile.run_detail(conn, number)
+    detail = _by_id(run_id, reconcile.run_detail)
     if detail is None:
         return _message("No such sweep", f"There is no reconciliation sweep {run_id}.", 404)
     return _page("reconcile_run.html", **detail)

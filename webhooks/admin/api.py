@@ -20,7 +20,7 @@ from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
 from workers.store import db, subscriptions, suppressions
 from workers.store.events import EventFilter
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso, jsonable
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -216,7 +216,7 @@ def _report(report: replay.ReplayReport) -> tuple[Response, int]:
         "event_ids": report.event_ids,
         "enqueued": report.enqueued,
         "dry_run": report.dry_run,
-        "previews": replay.jsonable(report.previews),
+        "previews": jsonable(report.previews),
         "errors": report.errors,
         "refreshed": report.refreshed,
     }

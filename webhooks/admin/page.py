@@ -51,6 +51,7 @@ from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events, subscriptions, suppressions
+from workers.store.jsonable import iso
 from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
@@ -551,5 +552,5 @@ def suppression_list() -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         rows = suppressions.listing(conn, address=_arg("address"), limit=PAGE_SIZE)
-    shown = [row | {"created_at": subscriptions.iso(row["created_at"])} for row in rows]
+    shown = [row | {"created_at": iso(row["created_at"])} for row in rows]
     return _page("suppressions.html", rows=shown)

@@ -14,8 +14,8 @@ from workers.cli.subscriptions import Refused
 from workers.jobs import reminders, runtime
 from workers.ops import replay
 from workers.store import db, suppressions
+from workers.store.jsonable import iso
 from workers.store.outbox import FAILURES
-from workers.store.subscriptions import iso
 from workers.terminal import visible
 
 

@@ -14,6 +14,7 @@ from workers.config import Settings
 from workers.jobs import reconcile, runtime
 from workers.store import db
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 from workers.terminal import visible
 
 
@@ -56,9 +57,7 @@ def _print_quote(quote: policies.Quote) -> None:
     if quote.renewal_price:
         click.echo(f"renewal:      {quote.renewal_price} {quote.currency}")
     click.echo(f"amount due:   {quote.amount_due} {quote.currency}")
-    click.echo(
-        f"new period:   {subs.iso(quote.new_period_start)} -> {subs.iso(quote.new_expires_at)}"
-    )
+    click.echo(f"new period:   {iso(quote.new_period_start)} -> {iso(quote.new_expires_at)}")
     click.echo(f"why:          {visible(quote.explanation)}")
 
 
@@ -185,7 +184,7 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
     with db.connection(settings.database_url) as conn:
         rows = dunning.listing(conn, status, limit)
     for row in rows:
-        expires = subs.iso(row["expires_at"]) or "-"
+        expires = iso(row["expires_at"]) or "-"
         where = dunning.position(settings, row)
         line = f"{visible(row['license_code']):<20} {row['status']:<9} expires {expires}"
         click.echo(f"{line}  {where}" if where else line)
@@ -200,7 +199,7 @@ def _list_overdue(settings: Settings, limit: int) -> None:
         click.echo(
             visible(
                 f"{row['license_code']}  {row['status']:<8} {row['product_code']}  "
-                f"expired {subs.iso(row['expires_at'])}, auto-renew on, no notification since"
+                f"expired {iso(row['expires_at'])}, auto-renew on, no notification since"
             )
         )
     hours = settings.expected_notification_grace.total_seconds() / 3600

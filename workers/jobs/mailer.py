@@ -52,7 +52,7 @@ from workers.jobs.retry import Job
 from workers.logs import without_addresses
 from workers.store import db
 from workers.store.db import Conn
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso
 
 log = logging.getLogger(__name__)
 

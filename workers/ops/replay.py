@@ -31,7 +31,7 @@ from workers.protocol.errors import MalformedNotification
 from workers.store import db, events
 from workers.store.db import Conn
 from workers.store.events import EventFilter
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -430,21 +430,6 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
 
 
 # --- what operators look at ----------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """The value with instants as ISO 8601 UTC strings and decimals as strings, for JSON."""
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return str(value)  # Decimal and the like: exact as text
 
 
 def event_summary(row: dict[str, Any]) -> dict[str, Any]:

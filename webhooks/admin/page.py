@@ -52,6 +52,7 @@ from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events, subscriptions, suppressions
 from workers.store.jsonable import iso
+from workers.store.statuses import EVENT_STATUSES, WAITING
 from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
@@ -211,7 +212,7 @@ def _template_globals() -> dict[str, Any]:
     return {
         "csrf_token": _csrf_token,
         "logged_in": enabled and _logged_in(),
-        "statuses": events.STATUSES,
+        "statuses": EVENT_STATUSES,
         "kinds": events.KINDS,
         "diff": diff,
         "requested_by": events.requested_by,
@@ -426,7 +427,7 @@ def event_detail(event_id: str) -> Any:
     detail = _by_id(event_id, replay.event_detail)
     if detail is None:
         return _message("No such event", f"There is no event {event_id}.", 404)
-    waiting = detail["status"] in ("received", "enqueued")
+    waiting = detail["status"] in WAITING
     fields = _wire_order(detail)
     filled = {name: values for name, values in fields.items() if any(values)}
     blank = [name for name, values in fields.items() if not any(values)]

@@ -16,6 +16,7 @@ from workers.ops import replay
 from workers.store import db, suppressions
 from workers.store.jsonable import iso
 from workers.store.outbox import FAILURES
+from workers.store.statuses import EMAIL_STATUSES
 from workers.terminal import visible
 
 
@@ -103,9 +104,6 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
         return
     html_file.write_text(html, encoding="utf-8")
     click.echo(f"wrote the {kind} HTML ({chosen}) to {html_file}")
-
-
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 
 
 @emails_group.command("list")

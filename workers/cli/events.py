@@ -15,6 +15,7 @@ from workers.jobs import runtime
 from workers.ops import replay
 from workers.store import db, events
 from workers.store.events import EventFilter
+from workers.store.statuses import EVENT_STATUSES
 from workers.terminal import visible
 
 MAX_ID = 2**63 - 1
@@ -65,7 +66,7 @@ def events_group() -> None:
 
 
 @events_group.command("list")
-@click.option("--status", type=click.Choice(events.STATUSES), help="Only events in this status.")
+@click.option("--status", type=click.Choice(EVENT_STATUSES), help="Only events in this status.")
 @click.option("--kind", type=click.Choice(events.KINDS), help="Only this kind of notification.")
 @click.option("--license", "license_code", metavar="CODE", help="Only events about this license.")
 @click.option("--since", metavar="DATE", help="Received at or after (YYYY-MM-DD or ISO time, UTC).")

@@ -24,6 +24,7 @@ from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
 from workers.store import db, events
 from workers.store.db import Conn
+from workers.store.statuses import APPLIED
 from workers.terminal import visible
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,6 @@ def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
 
 
 Report = Callable[[Difference], None]
-APPLIED = ("processed", "ignored")  # an event in these states has done all it will do
 
 
 def dedupe_key(record: Subscription | Order) -> str:

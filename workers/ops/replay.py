@@ -32,11 +32,11 @@ from workers.store import db, events
 from workers.store.db import Conn
 from workers.store.events import EventFilter
 from workers.store.jsonable import iso, jsonable
+from workers.store.statuses import EMAIL_STATUSES, EVENT_STATUSES, EventStatus
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS: dict[str, ModuleType] = {module.KIND: module for module in (ipn, lcn, ins)}
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 
 # One transaction and one Redis pipeline per chunk: big enough to be fast, small enough that
 # workers never wait long on the rows a replay holds.
@@ -109,8 +109,8 @@ def make_filter(
     until: str | None = None,
 ) -> EventFilter:
     """Build an EventFilter from an operator's text, raising BadFilter with the reason."""
-    if status is not None and status not in events.STATUSES:
-        raise BadFilter(f"unknown status {status!r}: use one of {', '.join(events.STATUSES)}")
+    if status is not None and status not in EVENT_STATUSES:
+        raise BadFilter(f"unknown status {status!r}: use one of {', '.join(EVENT_STATUSES)}")
     if kind is not None and kind not in events.KINDS:
         raise BadFilter(f"unknown kind {kind!r}: use one of {', '.join(events.KINDS)}")
     if license_code is not None and not license_code.strip():
@@ -137,9 +137,9 @@ def is_empty(flt: EventFilter) -> bool:
 def select_ids(settings: Settings, flt: EventFilter, *, failed_only: bool) -> list[int]:
     """Ids of the events a bulk replay would take, oldest first."""
     if failed_only:
-        if flt.status not in (None, "failed"):
+        if flt.status not in (None, EventStatus.FAILED):
             raise BadFilter(f"failed-only replay cannot also ask for status {flt.status!r}")
-        flt = replace(flt, status="failed")
+        flt = replace(flt, status=EventStatus.FAILED.value)
     with db.connection(settings.database_url) as conn, conn.transaction():
         return events.matching_ids(conn, flt)
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from workers.billing import dunning, lifecycle, policies
+from workers.billing import dunning, policies
+from workers.billing.apply.run import catalog as current_catalog
+from workers.billing.apply.run import terms as terms_of
 from workers.billing.statuses import STATUSES
 from workers.config import Settings
 from workers.jobs import reconcile, runtime
@@ -78,14 +80,14 @@ def quote_upgrade(
     """Quote upgrading LICENSE_CODE."""
     settings = runtime.current().settings
     row = _load(settings, license_code)
-    catalog = lifecycle.catalog(settings)
+    catalog = current_catalog(settings)
     current = catalog.get(row["product_code"])
     if current is None:
         raise click.ClickException(f"product {row['product_code']} is not in the catalog")
     product = catalog.find_target(current, target, cycle)
     if product is None:
         raise click.ClickException(f"no single product matches --to {target!r}")
-    terms = lifecycle.terms(row)
+    terms = terms_of(row)
     _print_quote(policies.quote_upgrade(terms, current, product, _at(at), quantity=quantity))
 
 
@@ -96,13 +98,11 @@ def quote_renew(license_code: str, at: str | None) -> None:
     """Quote renewing LICENSE_CODE by hand (or automatically, if its auto-renew is on)."""
     settings = runtime.current().settings
     row = _load(settings, license_code)
-    product = lifecycle.catalog(settings).get(row["product_code"])
+    product = current_catalog(settings).get(row["product_code"])
     if product is None:
         raise click.ClickException(f"product {row['product_code']} is not in the catalog")
     _print_quote(
-        policies.quote_renewal(
-            lifecycle.terms(row), product, _at(at), automatic=bool(row["auto_renew"])
-        )
+        policies.quote_renewal(terms_of(row), product, _at(at), automatic=bool(row["auto_renew"]))
     )
 
 

@@ -393,9 +393,9 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
             assert event is not None  # locked above
             # Deferred: the admin pages list from this module; the rules stay out of the
             # receiver's start-up until a preview needs them.
-            from workers.billing import lifecycle
+            from workers.billing.apply import apply
 
-            applied = lifecycle.apply(conn, event, settings, emails=emails)
+            applied = apply(conn, event, settings, emails=emails)
             outbox = conn.execute(
                 """
                 SELECT e.kind, e.fact, e.to_address, e.locale, s.license_code

@@ -9,7 +9,8 @@ import pytest
 
 from emails.render import render
 from tests.support import drain, post_signed
-from workers.billing import lifecycle, policies
+from workers.billing import policies
+from workers.billing.apply import SubscriptionNotYetKnown, apply
 from workers.jobs.actors import settings
 from workers.ops import samples
 from workers.store import events, subscriptions
@@ -128,7 +129,7 @@ def test_applying_the_same_event_again_changes_nothing(client, conn):
     before = state(conn, "LIC-TWICE")
     with conn.transaction():
         row = conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
-        applied = lifecycle.apply(conn, row, settings())
+        applied = apply(conn, row, settings())
     assert applied.changes == [] and applied.email_ids == []
     assert state(conn, "LIC-TWICE") == before
     assert conn.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 1
@@ -479,8 +480,8 @@ def test_an_lcn_for_a_license_not_yet_known_is_retried_not_dropped(client, conn)
     )
     with conn.transaction():
         row = conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
-        with pytest.raises(lifecycle.SubscriptionNotYetKnown):
-            lifecycle.apply(conn, row, settings())
+        with pytest.raises(SubscriptionNotYetKnown):
+            apply(conn, row, settings())
 
 
 def _ins(message_type: str, **kwargs) -> list[tuple[str, str]]:
@@ -569,7 +570,7 @@ def test_a_bug_in_the_rules_fails_as_a_bug_not_as_an_unreadable_notification(
     with conn.transaction():
         row = conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
         with pytest.raises(ValueError, match="a bug in the renewal rule"):
-            lifecycle.apply(conn, row, settings())
+            apply(conn, row, settings())
 
 
 def test_an_lcn_without_recurring_leaves_automatic_renewal_as_it_was(client, conn):

@@ -19,6 +19,7 @@ SERVICE_FREE = (
     "tests/workers/billing/test_statuses.py",
     "tests/workers/store/test_jsonable.py",
     "tests/workers/store/test_statuses.py",
+    "tests/workers/store/reports/test_filters.py",
     "tests/test_layers.py",
     "tests/test_wire_names.py",
 )

@@ -40,9 +40,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
-from workers.jobs import reconcile
 from workers.store import db, events
 from workers.store.outbox import FAILURES
+from workers.store.reports import runs
 from workers.store.statuses import EMAIL_STATUSES
 
 log = logging.getLogger("rinnovo.metrics")
@@ -271,7 +271,7 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
 
 
 def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
-    figures = reconcile.figures(conn, grace)
+    figures = runs.figures(conn, grace)
     yield GaugeMetricFamily(
         "rinnovo_reconcile_last_success_timestamp",
         "Unix time the last sweep of the provider's API over every subscription succeeded "

@@ -16,11 +16,14 @@ from werkzeug.exceptions import HTTPException
 
 from webhooks.admin import page as admin_page
 from webhooks.intake import settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+from workers.errors import BadFilter, BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
 from workers.store import db, subscriptions, suppressions
 from workers.store.events import EventFilter
 from workers.store.jsonable import iso, jsonable
+from workers.store.reports import emails as email_reports
+from workers.store.reports import events as event_reports
+from workers.store.reports.filters import make_filter
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -107,8 +110,8 @@ def api_error(exc: ApiError) -> Response:
     return error(exc.status, exc.message)
 
 
-@bp.errorhandler(replay.BadFilter)
-def bad_filter(exc: replay.BadFilter) -> Response:
+@bp.errorhandler(BadFilter)
+def bad_filter(exc: BadFilter) -> Response:
     """A filter, date or id the API cannot understand."""
     return error(400, str(exc))
 
@@ -241,7 +244,7 @@ def _openapi_text() -> str:
 def list_events() -> Response:
     """Events matching the filter, newest first, a page at a time."""
     _only_args("status", "kind", "license", "since", "until", "limit", "before")
-    flt = replay.make_filter(
+    flt = make_filter(
         status=_text_arg("status"),
         kind=_text_arg("kind"),
         license_code=_text_arg("license"),
@@ -250,8 +253,8 @@ def list_events() -> Response:
     )
     limit, before = _page()
     with db.connection(settings().database_url) as conn, conn.transaction():
-        page, cursor = replay.list_events(conn, flt, limit=limit, before=before)
-    return jsonify(events=page, next=cursor)
+        page, cursor = event_reports.list_events(conn, flt, limit=limit, before=before)
+    return jsonify(events=jsonable(page), next=cursor)
 
 
 @bp.get("/events/<event_id>")
@@ -260,10 +263,10 @@ def show_event(event_id: str) -> Response:
     _only_args()
     number = _event_id(event_id)
     with db.connection(settings().database_url) as conn, conn.transaction():
-        detail = replay.event_detail(conn, number)
+        detail = event_reports.event_detail(conn, number)
     if detail is None:
         raise EventNotFound(f"no event with id {number}")
-    return jsonify(detail)
+    return jsonify(jsonable(detail))
 
 
 @bp.post("/events/<event_id>/replay")
@@ -287,7 +290,7 @@ def replay_events() -> tuple[Response, int]:
     """Replay every event a filter selects: failed ones, by kind, license or time."""
     _only_args()
     body = _body(("failed", "kind", "license", "since", "until", "dry_run", "emails"))
-    flt = replay.make_filter(
+    flt = make_filter(
         kind=_string(body, "kind"),
         license_code=_string(body, "license"),
         since=_string(body, "since"),
@@ -325,7 +328,7 @@ def list_emails() -> Response:
     _only_args("to", "kind", "status", "limit", "before")
     limit, before = _page()
     with db.connection(settings().database_url) as conn, conn.transaction():
-        page, cursor = replay.list_emails(
+        page, cursor = email_reports.list_emails(
             conn,
             to=_text_arg("to"),
             kind=_text_arg("kind"),
@@ -333,7 +336,7 @@ def list_emails() -> Response:
             limit=limit,
             before=before,
         )
-    return jsonify(emails=page, next=cursor)
+    return jsonify(emails=jsonable(page), next=cursor)
 
 
 @bp.get("/suppressions")

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -45,13 +45,16 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
-from workers.jobs import reconcile
+from workers.errors import BadFilter, BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events, subscriptions, suppressions
 from workers.store.jsonable import iso
+from workers.store.reports import events as event_reports
+from workers.store.reports import runs as runs_report
+from workers.store.reports.events import EventDetail
+from workers.store.reports.filters import make_filter
 from workers.store.statuses import EVENT_STATUSES, WAITING
 from workers.terminal import printable, visible
 
@@ -62,6 +65,7 @@ bp = Blueprint("admin_page", __name__, url_prefix="/admin", template_folder="tem
 SESSION_SECONDS = 12 * 60 * 60
 PAGE_SIZE = 50
 _DIGITS = re.compile(r"[0-9]{1,18}")
+Record = TypeVar("Record")  # what a page reads by an id in its path
 _KEY_PURPOSE = b"rinnovo admin session cookie"
 LOGIN_ATTEMPTS = 5  # wrong tokens from one address ...
 LOGIN_WINDOW = 15 * 60  # ... within this many seconds, then it waits out the rest of the window
@@ -272,8 +276,8 @@ def _redis_down(exc: BrokerUnavailable) -> tuple[str, int]:
     return _message("Redis unavailable", "Redis did not answer; try again shortly.", 503)
 
 
-@bp.errorhandler(replay.BadFilter)
-def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
+@bp.errorhandler(BadFilter)
+def _bad_filter(exc: BadFilter) -> tuple[str, int]:
     return _message("Filter not understood", str(exc), 400)
 
 
@@ -386,7 +390,7 @@ def _arg(name: str) -> str | None:
 def events_list() -> Any:
     """Events matching the filters, newest first, fifty at a time."""
     filters = {name: _arg(name) for name in ("status", "kind", "license", "since", "until")}
-    flt = replay.make_filter(
+    flt = make_filter(
         status=filters["status"],
         kind=filters["kind"],
         license_code=filters["license"],
@@ -398,7 +402,7 @@ def events_list() -> Any:
         return _message("Filter not understood", "before must be an event id.", 400)
     before = int(before_text) if before_text is not None else None
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        rows, cursor = replay.list_events(conn, flt, limit=PAGE_SIZE, before=before)
+        rows, cursor = event_reports.list_events(conn, flt, limit=PAGE_SIZE, before=before)
         counts = events.counts_by_status(conn)
     shown = {name: value for name, value in filters.items() if value}
     return _page(
@@ -410,9 +414,7 @@ def _event_id(text: str) -> int | None:
     return int(text) if _DIGITS.fullmatch(text) and int(text) > 0 else None
 
 
-def _by_id(
-    text: str, read: Callable[[db.Conn, int], dict[str, Any] | None]
-) -> dict[str, Any] | None:
+def _by_id(text: str, read: Callable[[db.Conn, int], Record | None]) -> Record | None:
     """The record `read` finds for the id in a path, or None (not a valid id, or none stored)."""
     number = _event_id(text)
     if number is None:
@@ -424,24 +426,24 @@ def _by_id(
 @bp.get("/events/<event_id>")
 def event_detail(event_id: str) -> Any:
     """One event: what arrived, how it verified, each attempt's error, and what it caused."""
-    detail = _by_id(event_id, replay.event_detail)
+    detail = _by_id(event_id, event_reports.event_detail)
     if detail is None:
         return _message("No such event", f"There is no event {event_id}.", 404)
-    waiting = detail["status"] in WAITING
+    waiting = detail.status in WAITING
     fields = _wire_order(detail)
     filled = {name: values for name, values in fields.items() if any(values)}
     blank = [name for name, values in fields.items() if not any(values)]
     return _page("event.html", event=detail, fields=filled, blank=blank, waiting=waiting)
 
 
-def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
+def _wire_order(detail: EventDetail) -> dict[str, list[str]]:
     """The fields in the order the provider sent them (the stored JSON does not keep it)."""
-    if detail["kind"] == "api":
-        return dict(detail["fields"])  # the provider's JSON object: no form to read
+    if detail.kind == "api":
+        return dict(detail.fields)  # the provider's JSON object: no form to read
     try:
-        return form.group(form.parse_form(detail["raw_body"].encode("utf-8")))
+        return form.group(form.parse_form(detail.raw_body.encode("utf-8")))
     except MalformedNotification:
-        return dict(detail["fields"])
+        return dict(detail.fields)
 
 
 @bp.post("/events/<event_id>/replay")
@@ -534,17 +536,19 @@ def reconcile_runs() -> Any:
     """The latest sweeps of the provider's API: window, counts, outcome."""
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        runs = reconcile.recent_runs(conn, PAGE_SIZE)
+        runs = runs_report.recent_runs(conn, PAGE_SIZE)
     return _page("reconcile.html", runs=runs)
 
 
 @bp.get("/reconcile/<run_id>")
 def reconcile_run(run_id: str) -> Any:
     """One sweep: each difference, the event that applied it, and what that changed."""
-    detail = _by_id(run_id, reconcile.run_detail)
+    detail = _by_id(run_id, runs_report.run_detail)
     if detail is None:
         return _message("No such sweep", f"There is no reconciliation sweep {run_id}.", 404)
-    return _page("reconcile_run.html", **detail)
+    return _page(
+        "reconcile_run.html", run=detail.run, differences=detail.differences, changes=detail.changes
+    )
 
 
 @bp.get("/suppressions")

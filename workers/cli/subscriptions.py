@@ -13,10 +13,11 @@ from workers.billing.apply.run import catalog as current_catalog
 from workers.billing.apply.run import terms as terms_of
 from workers.billing.statuses import STATUSES
 from workers.config import Settings
-from workers.jobs import reconcile, runtime
+from workers.jobs import runtime
 from workers.store import db
 from workers.store import subscriptions as subs
 from workers.store.jsonable import iso
+from workers.store.reports.runs import overdue
 from workers.terminal import visible
 
 
@@ -194,12 +195,12 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
 def _list_overdue(settings: Settings, limit: int) -> None:
     """Subscriptions whose expected notification is missing, most recently due first."""
     with db.connection(settings.database_url) as conn:
-        rows = reconcile.overdue(conn, settings.expected_notification_grace, limit=limit)
+        rows = overdue(conn, settings.expected_notification_grace, limit=limit)
     for row in rows:
         click.echo(
             visible(
-                f"{row['license_code']}  {row['status']:<8} {row['product_code']}  "
-                f"expired {iso(row['expires_at'])}, auto-renew on, no notification since"
+                f"{row.license_code}  {row.status:<8} {row.product_code}  "
+                f"expired {iso(row.expires_at)}, auto-renew on, no notification since"
             )
         )
     hours = settings.expected_notification_grace.total_seconds() / 3600

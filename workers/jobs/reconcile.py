@@ -24,6 +24,7 @@ from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
 from workers.store import db, events
 from workers.store.db import Conn
+from workers.store.reports.runs import overdue
 from workers.store.statuses import APPLIED
 from workers.terminal import visible
 
@@ -435,34 +436,6 @@ def dispatcher(database_url: str) -> Enqueue:
     return enqueue
 
 
-@dataclass(frozen=True)
-class Outcomes:
-    """Where a sweep's events stand: applied by a worker, failed (or failing), still waiting."""
-
-    applied: int
-    failed: int
-    waiting: int
-
-
-def outcomes(conn: Conn, run_id: int) -> Outcomes:
-    """How the reconciliation events of one sweep fared so far."""
-    row = conn.execute(
-        """
-        SELECT count(*) FILTER (WHERE e.status IN ('processed', 'ignored')) AS applied,
-               count(*) FILTER (WHERE e.status = 'failed'
-                                OR (e.status IN ('received', 'enqueued')
-                                    AND e.last_error IS NOT NULL)) AS failed,
-               count(*) FILTER (WHERE e.status IN ('received', 'enqueued')
-                                AND e.last_error IS NULL) AS waiting
-        FROM events e
-        WHERE e.id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
-        """,
-        (run_id,),
-    ).fetchone()
-    assert row is not None
-    return Outcomes(row["applied"], row["failed"], row["waiting"])
-
-
 # --- on the clock: the daily sweep and the expected-notification watchdog ------------------------
 
 WATCHDOG_BATCH = 100  # lookups per watchdog run, the most recently due first
@@ -477,37 +450,6 @@ def daily(settings: Settings, now: datetime | None = None) -> Sweep:
         return run(conn, client, sweep, now=now, enqueue=dispatcher(settings.database_url))
 
 
-# Auto-renewing subscriptions past their expiry by more than the grace that no notification
-# (renewal, LCN, failure: any IPN, LCN or INS naming them) has concerned since.
-_OVERDUE = """
-    FROM subscriptions s
-    WHERE s.auto_renew AND s.status IN ('active', 'expired')
-      AND s.expires_at < now() - make_interval(secs => %(grace)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM events e
-          WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
-            AND e.received_at >= s.expires_at)
-"""
-
-
-def overdue(conn: Conn, grace: timedelta, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The subscriptions whose expected notification never came, most recently due first."""
-    return conn.execute(
-        "SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew"
-        + _OVERDUE
-        + "ORDER BY s.expires_at DESC, s.license_code LIMIT %(limit)s",
-        {"grace": grace.total_seconds(), "limit": limit},
-    ).fetchall()
-
-
-def count_overdue(conn: Conn, grace: timedelta) -> int:
-    """How many subscriptions' expected notification never came."""
-    row = conn.execute(
-        "SELECT count(*) AS n" + _OVERDUE, {"grace": grace.total_seconds()}
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def watchdog(settings: Settings) -> Sweep | None:
     """Look up at the provider each subscription whose expected notification never came, and
     reconcile it; None when none is overdue."""
@@ -520,61 +462,6 @@ def watchdog(settings: Settings) -> Sweep | None:
 
         def look_up() -> None:
             for row in silent:
-                check_one(conn, client, sweep, row["license_code"], lambda found: None)
+                check_one(conn, client, sweep, row.license_code, lambda found: None)
 
         return run(conn, client, sweep, enqueue=dispatcher(settings.database_url), body=look_up)
-
-
-# --- what operators read: metrics and the admin page --------------------------------------------
-
-
-def figures(conn: Conn, grace: timedelta) -> dict[str, float]:
-    """The reconciliation figures /metrics shows."""
-    row = conn.execute(
-        """
-        SELECT coalesce(extract(epoch FROM max(finished_at) FILTER (
-                   WHERE outcome = 'succeeded' AND license_code IS NULL
-                     AND source <> 'watchdog')), 0) AS last_success,
-               coalesce(sum(differing), 0) AS differences
-        FROM reconcile_runs WHERE NOT dry_run
-        """
-    ).fetchone()
-    assert row is not None
-    return {
-        "last_success": float(row["last_success"]),
-        "differences": float(row["differences"]),
-        "missing": float(count_overdue(conn, grace)),
-    }
-
-
-def recent_runs(conn: Conn, limit: int = 50) -> list[dict[str, Any]]:
-    """The latest sweeps, newest first."""
-    return conn.execute(
-        "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
-    ).fetchall()
-
-
-def run_detail(conn: Conn, run_id: int) -> dict[str, Any] | None:
-    """One sweep, each difference it found with the event applying it, and what that changed."""
-    found = conn.execute("SELECT * FROM reconcile_runs WHERE id = %s", (run_id,)).fetchone()
-    if found is None:
-        return None
-    differences = conn.execute(
-        """
-        SELECT d.subject, d.what, d.rinnovo, d.provider, d.event_id,
-               e.status AS event_status, e.outcome, e.last_error
-        FROM reconcile_differences d LEFT JOIN events e ON e.id = d.event_id
-        WHERE d.run_id = %s ORDER BY d.id
-        """,
-        (run_id,),
-    ).fetchall()
-    changes = conn.execute(
-        """
-        SELECT h.event_id, s.license_code, h.change, h.note, h.at
-        FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
-        WHERE h.event_id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
-        ORDER BY h.id
-        """,
-        (run_id,),
-    ).fetchall()
-    return {"run": found, "differences": differences, "changes": changes}

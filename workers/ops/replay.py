@@ -1,4 +1,5 @@
-"""Replaying stored events with today's code, and the read-only queries operators look at."""
+"""Replaying stored events with today's code: selecting them, re-reading their bodies, handing
+them to the workers, or (dry run) saying what applying them would do."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock_time
 from types import ModuleType
 from typing import Any
 
 import psycopg
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from workers.config import Settings
@@ -31,8 +29,8 @@ from workers.protocol.errors import MalformedNotification
 from workers.store import db, events
 from workers.store.db import Conn
 from workers.store.events import EventFilter
-from workers.store.jsonable import iso, jsonable
-from workers.store.statuses import EMAIL_STATUSES, EVENT_STATUSES, EventStatus
+from workers.store.jsonable import jsonable
+from workers.store.statuses import EventStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,80 +56,6 @@ class ReplayReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     # How many events' stored reading (fields, summary, licenses, test flag) today's parser changed.
     refreshed: int = 0
-
-
-# --- filters -------------------------------------------------------------------------------
-
-
-def parse_instant(text: str, *, end_of_day: bool = False) -> datetime:
-    """Read a date (YYYY-MM-DD) or an ISO 8601 time; naive times are UTC.
-
-    A bare date is the start of that day, or with `end_of_day` the start of the next one, so that
-    `--until 2026-01-31` includes the 31st.
-    """
-    value = text.strip().upper()  # ISO 8601 allows a lowercase t and z
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        pass
-    else:
-        start = datetime.combine(day, clock_time(0), tzinfo=UTC)
-        if not end_of_day:
-            return start
-        return start + timedelta(days=1) if day < date.max else datetime.max.replace(tzinfo=UTC)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadFilter(
-            f"{text!r} is not a date: use YYYY-MM-DD or an ISO 8601 time such as "
-            "2026-01-31T10:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # within a day of the calendar's ends: as far as it goes
-        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
-
-
-def _printable(name: str, value: str | None) -> None:
-    """Refuse a NUL character, which no stored text can contain (PostgreSQL refuses it)."""
-    if value is not None and "\x00" in value:
-        raise BadFilter(f"{name} contains a NUL character")
-
-
-def make_filter(
-    *,
-    status: str | None = None,
-    kind: str | None = None,
-    license_code: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-) -> EventFilter:
-    """Build an EventFilter from an operator's text, raising BadFilter with the reason."""
-    if status is not None and status not in EVENT_STATUSES:
-        raise BadFilter(f"unknown status {status!r}: use one of {', '.join(EVENT_STATUSES)}")
-    if kind is not None and kind not in events.KINDS:
-        raise BadFilter(f"unknown kind {kind!r}: use one of {', '.join(events.KINDS)}")
-    if license_code is not None and not license_code.strip():
-        raise BadFilter("license code is blank")
-    _printable("license code", license_code)
-    start = parse_instant(since) if since is not None else None
-    end = parse_instant(until, end_of_day=True) if until is not None else None
-    if start is not None and end is not None and start >= end:
-        raise BadFilter("since must be before until")
-    return EventFilter(
-        status=status,
-        kind=kind,
-        license_code=license_code.strip() if license_code is not None else None,
-        since=start,
-        until=end,
-    )
-
-
-def is_empty(flt: EventFilter) -> bool:
-    """Whether the filter selects every event."""
-    return flt == EventFilter()
 
 
 def select_ids(settings: Settings, flt: EventFilter, *, failed_only: bool) -> list[int]:
@@ -427,136 +351,3 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
         # the operator, who asked what would happen.
         return {"event_id": event_id, "error": f"{type(exc).__name__}: {exc}"}
     return preview
-
-
-# --- what operators look at ----------------------------------------------------------------
-
-
-def event_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """One event as a list shows it, JSON-ready."""
-    return {
-        "id": row["id"],
-        "kind": row["kind"],
-        "status": row["status"],
-        "summary": row["summary"],
-        "license_codes": list(row["license_codes"]),
-        "test": row["test"],
-        "received_at": iso(row["received_at"]),
-        "processed_at": iso(row["processed_at"]),
-        "deliveries": row["deliveries"],
-        "attempts": row["attempts"],
-        "last_error": row["last_error"],
-        "outcome": row["outcome"],
-    }
-
-
-def list_events(
-    conn: Conn, flt: EventFilter, *, limit: int = 50, before: int | None = None
-) -> tuple[list[dict[str, Any]], int | None]:
-    """A page of events, newest first, and the cursor of the next page (None on the last)."""
-    rows = events.search(conn, flt, limit=limit + 1, before_id=before)
-    page = rows[:limit]
-    cursor = page[-1]["id"] if len(rows) > limit else None
-    return [event_summary(row) for row in page], cursor
-
-
-def event_detail(conn: Conn, event_id: int) -> dict[str, Any] | None:
-    """Everything about one event: the request, its reading, attempts, and what it caused."""
-    row = events.get(conn, event_id)
-    if row is None:
-        return None
-    changes = conn.execute(
-        """
-        SELECT h.at, s.license_code, h.change, h.before, h.after, h.note
-        FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
-        WHERE h.event_id = %s ORDER BY h.id
-        """,
-        (event_id,),
-    ).fetchall()
-    emails = conn.execute(
-        sql.SQL("{} WHERE e.event_id = %s ORDER BY e.id").format(_EMAIL_SELECT), (event_id,)
-    ).fetchall()
-    return event_summary(row) | {
-        "dedupe_key": row["dedupe_key"],
-        "enqueued_at": iso(row["enqueued_at"]),
-        "last_delivery_at": iso(row["last_delivery_at"]),
-        "content_type": row["content_type"],
-        "headers": row["headers"],
-        "verification": {"signature_algo": row["signature_algo"], "key_index": row["key_index"]},
-        "fields": row["fields"],
-        "raw_body": bytes(row["raw_body"]).decode("utf-8", errors="replace"),
-        "last_traceback": row["last_traceback"],
-        "changes": jsonable(changes),
-        "emails": [email_summary(email) for email in emails],
-        "attempt_history": jsonable(events.attempts(conn, event_id)),
-    }
-
-
-_EMAIL_SELECT = sql.SQL(
-    """
-    SELECT e.id, e.event_id, s.license_code, e.kind, e.fact, e.to_address, e.locale, e.status,
-           e.attempts, e.last_error, e.created_at, e.sent_at, e.failure, e.message_id
-    FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
-    """
-)
-
-
-def email_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """One outbox row as operators see it, JSON-ready."""
-    return {
-        "id": row["id"],
-        "event_id": row["event_id"],
-        "license_code": row["license_code"],
-        "kind": row["kind"],
-        "fact": row["fact"],
-        "to_address": row["to_address"],
-        "locale": row["locale"],
-        "status": row["status"],
-        "attempts": row["attempts"],
-        "last_error": row["last_error"],
-        "created_at": iso(row["created_at"]),
-        "sent_at": iso(row["sent_at"]),
-        "failure": row["failure"],
-        "message_id": row["message_id"],
-    }
-
-
-def list_emails(
-    conn: Conn,
-    *,
-    to: str | None = None,
-    kind: str | None = None,
-    status: str | None = None,
-    limit: int = 50,
-    before: int | None = None,
-    failure: str | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
-    """A page of outbox rows, newest first, and the cursor of the next page (None on the last)."""
-    if status is not None and status not in EMAIL_STATUSES:
-        raise BadFilter(f"unknown email status {status!r}: use one of {', '.join(EMAIL_STATUSES)}")
-    _printable("to", to)
-    _printable("kind", kind)
-    clauses: list[sql.Composable] = [sql.SQL("true")]
-    params: list[Any] = []
-    if to:
-        clauses.append(sql.SQL("lower(e.to_address) = lower(%s)"))
-        params.append(to.strip())
-    if kind:
-        clauses.append(sql.SQL("e.kind = %s"))
-        params.append(kind)
-    if status:
-        clauses.append(sql.SQL("e.status = %s"))
-        params.append(status)
-    if failure:
-        clauses.append(sql.SQL("e.failure = %s"))
-        params.append(failure)
-    if before is not None:
-        clauses.append(sql.SQL("e.id < %s"))
-        params.append(before)
-    query = sql.SQL("{} WHERE {} ORDER BY e.id DESC LIMIT %s").format(
-        _EMAIL_SELECT, sql.SQL(" AND ").join(clauses)
-    )
-    rows = conn.execute(query, [*params, limit + 1]).fetchall()
-    page = rows[:limit]
-    cursor = page[-1]["id"] if len(rows) > limit else None
-    return [email_summary(row) for row in page], cursor

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webhooks.admin import page as admin_page
+from webhooks.admin import sessions
 from webhooks.intake import settings
 from workers.errors import BadFilter, BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
@@ -65,13 +65,13 @@ def _refusal() -> Response | None:
     # The page's login and the API share one count of wrong tokens per address: guessing here
     # is no faster than guessing there. Redis down leaves the API usable, just uncounted.
     with contextlib.suppress(BrokerUnavailable):
-        wait = admin_page.take_attempt()
+        wait = sessions.take_attempt()
         if wait:
             log.warning("admin API: refused, too many wrong tokens from %s", request.remote_addr)
             return error(429, "too many wrong tokens from this address", {"Retry-After": str(wait)})
     if hmac.compare_digest(given.strip().encode(), token.encode()):
         with contextlib.suppress(BrokerUnavailable):
-            admin_page.give_back_attempt()
+            sessions.give_back_attempt()
     else:
         log.warning("admin API: wrong token from %s for %s", request.remote_addr, request.path)
         return error(

@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.billing.catalog import (
-    Catalog,
-    CatalogError,
-    Product,
-    UnknownProduct,
-    UnpricedCurrency,
-    default_path,
-    load,
-    load_default,
-    loads,
-)
+from workers.billing.catalog import CatalogError, default_path, load, load_default, loads
+from workers.billing.products import Catalog, Product, UnknownProduct, UnpricedCurrency
 
 CATALOG = load_default()
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from workers.billing.catalog import Product, load_default
+from workers.billing.catalog import load_default
 from workers.billing.policies import (
     LIFETIME_END,
     Quote,
@@ -20,6 +20,7 @@ from workers.billing.policies import (
     round_money,
     upgrade_refusal,
 )
+from workers.billing.products import Product
 
 CATALOG = load_default()
 SECOND = timedelta(seconds=1)

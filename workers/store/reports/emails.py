@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import sql
 
@@ -46,6 +46,23 @@ class EmailRow:
     def of(cls, row: Mapping[str, Any]) -> EmailRow:
         """The record of a row selected as `_SELECT` selects it."""
         return cls(**{**row, "created_at": iso(row["created_at"]), "sent_at": iso(row["sent_at"])})
+
+
+class Concerning(NamedTuple):
+    """What an email is about: the event that caused it (None for the clock's), its license."""
+
+    event_id: int | None
+    license_code: str
+
+
+def concerning(conn: Conn, email_id: int) -> Concerning | None:
+    """The event and the license an email is about, or None when there is no such email."""
+    row = conn.execute(
+        "SELECT e.event_id, s.license_code FROM emails e"
+        " JOIN subscriptions s ON s.id = e.subscription_id WHERE e.id = %s",
+        (email_id,),
+    ).fetchone()
+    return None if row is None else Concerning(row["event_id"], row["license_code"])
 
 
 def of_event(conn: Conn, event_id: int) -> list[EmailRow]:

@@ -117,7 +117,7 @@ def send_email(email_id: int) -> None:
 
 def send_emails(email_ids: Iterable[int]) -> list[int]:
     """Hand ids to the broker until it fails; the ones it took."""
-    return send_each(send_email, email_ids)
+    return send_each(runtime.current().broker, send_email, email_ids)
 
 
 def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
+import dramatiq
 import psycopg
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from psycopg.types.json import Jsonb
 
 from workers.config import Settings
@@ -24,6 +24,8 @@ from workers.errors import (
     EventNotFound,
     RinnovoError,
 )
+from workers.jobs import runtime
+from workers.jobs.broker import EVENTS_QUEUE, PROCESS_EVENT
 from workers.protocol import form, ins, ipn, lcn
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events
@@ -174,26 +176,28 @@ def _chunks(ids: Sequence[int], size: int = CHUNK) -> Iterator[list[int]]:
 
 
 def _enqueue_many(event_ids: Sequence[int], *, emails: bool) -> None:
-    """Send one process_event message per id in a single Redis round trip.
+    """Send one process_event message per id, on the runtime's broker, in one Redis round trip.
 
     The broker is copied with its dispatch script bound to a pipeline, so each message goes
     through dramatiq's own enqueue (ids, middleware, encoding) and only the sending is batched:
-    one message at a time is many times slower (see benchmarks/replay.py).
+    one message at a time is many times slower (see benchmarks/replay.py). The actor is named,
+    as the receiver names it, so a replay needs the actors (and the rules) only to preview.
     """
-    # Deferred: the actors are declared on the broker installed when they are imported, which
-    # the command group does at start-up (after ./.env is read).
-    from workers.jobs.actors import process_event
-
-    broker = process_event.broker
-    assert isinstance(broker, RedisBroker)
-    pipe = broker.client.pipeline(transaction=False)
-    batched = copy.copy(broker)
+    on = runtime.current().broker
+    pipe = on.client.pipeline(transaction=False)
+    batched = copy.copy(on)
     batched.scripts = {
-        **broker.scripts,
-        "dispatch": pipe.register_script(broker.scripts["dispatch"].script),
+        **on.scripts,
+        "dispatch": pipe.register_script(on.scripts["dispatch"].script),
     }
     for event_id in event_ids:
-        message = process_event.message_with_options(args=(event_id,), kwargs={"emails": emails})
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=EVENTS_QUEUE,
+            actor_name=PROCESS_EVENT,
+            args=(event_id,),
+            kwargs={"emails": emails},
+            options={},
+        )
         batched.enqueue(message)
     pipe.execute()
 

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from tests.support import FORM, KEY, broker, drain, post_signed, runtime_from_env
+from tests.support import FORM, KEY, broker, drain, post_signed, runtime_from_env, runtime_through
 from workers.config import Settings
 from workers.errors import BadFilter, BrokerUnavailable, EventNotFound
-from workers.jobs.actors import process_event
-from workers.jobs.broker import build_broker
 from workers.ops import replay, samples
 from workers.protocol import form
 from workers.protocol import ipn as ipn_protocol
@@ -357,17 +355,14 @@ def test_a_bulk_replay_enqueues_every_event_across_chunks_once(conn):
     assert refreshed["n"] == 0
 
 
-def test_when_redis_is_down_a_replay_fails_clearly_and_changes_nothing(
-    conn, monkeypatch, proxy_factory
-):
+def test_when_redis_is_down_a_replay_fails_clearly_and_changes_nothing(conn, proxy_factory):
     event_id = store_event(conn, signed(ipn("LIC-DOWN", refno="R110")), summary="OLD")
     conn.execute("UPDATE events SET status = 'failed', last_error = 'boom' WHERE id = %s",
                  (event_id,))  # fmt: skip
     stored = row(conn, event_id)
     redis_at = broker.client.connection_pool.connection_kwargs
     proxy = proxy_factory(redis_at["host"], redis_at["port"])
-    cut_off = build_broker(f"redis://127.0.0.1:{proxy.port}/15")
-    monkeypatch.setattr(process_event, "broker", cut_off)
+    cut_off = runtime_through(proxy).broker
     proxy.cut()
 
     with pytest.raises(BrokerUnavailable, match="broker unavailable after 0 of 1"):

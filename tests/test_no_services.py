@@ -21,6 +21,7 @@ SERVICE_FREE = (
     "tests/workers/store/test_statuses.py",
     "tests/workers/store/reports/test_filters.py",
     "tests/test_layers.py",
+    "tests/test_tree.py",
     "tests/test_wire_names.py",
 )
 

@@ -131,33 +131,8 @@ class _Checker:
 
     def product(self, index: int, entry: dict[str, Any]) -> Product:
         """Check one [[product]] table and build its Product."""
-        for key in entry:
-            if key not in _REQUIRED and key not in _OPTIONAL:
-                self.fail(self.key_line(index, key), f"{_who(entry)}unknown key {key!r}")
-        for key in _REQUIRED:
-            if key not in entry:
-                code = entry.get("code")
-                which = f"product {code!r}" if isinstance(code, str) else "this product"
-                self.fail(self.header_line(index), f"{which} is missing the key {key!r}")
+        self.check_keys(index, entry)
         code = self.text(index, entry, "code", empty=False)
-        raw_pid = entry.get("pid", "")
-        if isinstance(raw_pid, int) and not isinstance(raw_pid, bool):
-            raw_pid = str(raw_pid)
-        if not isinstance(raw_pid, str):
-            self.fail(self.key_line(index, "pid"), f"product {code!r}: pid must be a string")
-        cycle = self.text(index, entry, "cycle", empty=False)
-        if cycle not in CYCLES:
-            self.fail(
-                self.key_line(index, "cycle"),
-                f"product {code!r}: unknown cycle {cycle!r}; expected one of {', '.join(CYCLES)}",
-            )
-        policy = self.text(index, entry, "policy", empty=False)
-        if policy not in POLICIES:
-            self.fail(
-                self.key_line(index, "policy"),
-                f"product {code!r}: unknown policy {policy!r}; "
-                f"expected one of {', '.join(POLICIES)}",
-            )
         prices = self.prices(index, code, entry, "prices")
         renewal = (
             self.prices(index, code, entry, "renewal_prices")
@@ -169,22 +144,14 @@ class _Checker:
                 self.key_line(index, "renewal_prices"),
                 f"product {code!r}: renewal_prices must cover the same currencies as prices",
             )
-        includes = entry.get("includes", [])
-        if not isinstance(includes, list) or not all(
-            isinstance(x, str) and x.strip() for x in includes
-        ):
-            self.fail(
-                self.key_line(index, "includes"),
-                f"product {code!r}: includes must be a list of product line names",
-            )
         return Product(
             code=code,
-            pid=raw_pid.strip(),
+            pid=self.pid(index, code, entry),
             name=self.text(index, entry, "name", empty=False),
             product=self.text(index, entry, "product", empty=False),
             edition=self.text(index, entry, "edition"),
             edition_rank=self.integer(index, code, entry, "edition_rank"),
-            cycle=cycle,
+            cycle=self.choice(index, code, entry, "cycle", CYCLES),
             prices=prices,
             renewal_prices=renewal,
             components=self.components(index, code, entry),
@@ -193,9 +160,53 @@ class _Checker:
             license_type=self.text(index, entry, "license_type"),
             license_rank=self.integer(index, code, entry, "license_rank"),
             suite=self.flag(index, code, entry, "suite"),
-            policy=policy,
-            includes=tuple(x.strip() for x in includes),
+            policy=self.choice(index, code, entry, "policy", POLICIES),
+            includes=self.includes(index, code, entry),
         )
+
+    def check_keys(self, index: int, entry: dict[str, Any]) -> None:
+        """No key the catalog does not know, and every required one."""
+        for key in entry:
+            if key not in _REQUIRED and key not in _OPTIONAL:
+                self.fail(self.key_line(index, key), f"{_who(entry)}unknown key {key!r}")
+        for key in _REQUIRED:
+            if key not in entry:
+                code = entry.get("code")
+                which = f"product {code!r}" if isinstance(code, str) else "this product"
+                self.fail(self.header_line(index), f"{which} is missing the key {key!r}")
+
+    def pid(self, index: int, code: str, entry: dict[str, Any]) -> str:
+        """The provider's numeric product id, as text (empty when not given)."""
+        raw = entry.get("pid", "")
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            self.fail(self.key_line(index, "pid"), f"product {code!r}: pid must be a string")
+        return raw.strip()
+
+    def choice(
+        self, index: int, code: str, entry: dict[str, Any], key: str, known: tuple[str, ...]
+    ) -> str:
+        """A value that must be one of `known` (a cycle, a policy)."""
+        value = self.text(index, entry, key, empty=False)
+        if value not in known:
+            self.fail(
+                self.key_line(index, key),
+                f"product {code!r}: unknown {key} {value!r}; expected one of {', '.join(known)}",
+            )
+        return value
+
+    def includes(self, index: int, code: str, entry: dict[str, Any]) -> tuple[str, ...]:
+        """The product lines a bundle includes (none for a single product)."""
+        includes = entry.get("includes", [])
+        if not isinstance(includes, list) or not all(
+            isinstance(x, str) and x.strip() for x in includes
+        ):
+            self.fail(
+                self.key_line(index, "includes"),
+                f"product {code!r}: includes must be a list of product line names",
+            )
+        return tuple(x.strip() for x in includes)
 
     def text(self, index: int, entry: dict[str, Any], key: str, *, empty: bool = True) -> str:
         """A string value (optional ones default to "")."""

@@ -16,6 +16,7 @@ from workers.ops import replay
 from workers.store import db, events
 from workers.store.events import EventFilter
 from workers.store.reports import events as reports
+from workers.store.reports.emails import EmailRow
 from workers.store.reports.filters import is_empty, make_filter
 from workers.store.statuses import EVENT_STATUSES
 from workers.terminal import visible
@@ -135,16 +136,13 @@ def _change_line(change: dict[str, Any]) -> str:
     return f"{change.get('license_code', '')} {change['change']}: {moves or '-'}{note}"
 
 
-def describe(detail: reports.EventDetail) -> str:
-    """One event as `events show` prints it: sections an operator reads top to bottom."""
+def _summary_lines(detail: reports.EventDetail) -> list[str]:
+    """The event's heading and how it stands."""
     head = f"Event {detail.id}  {detail.kind}  {detail.summary or '(no summary)'}"
     if detail.test:
         head += "  [test order]"
     status = detail.status + (f": {detail.outcome}" if detail.outcome else "")
-    verification = detail.verification
-    algo = verification["signature_algo"]
-    key = verification["key_index"]
-    lines = [
+    return [
         head,
         f"  status        {status}",
         f"  received      {_when(detail.received_at)} UTC, delivered {detail.deliveries} "
@@ -156,13 +154,13 @@ def describe(detail: reports.EventDetail) -> str:
         f"  licenses      {', '.join(detail.license_codes) or '-'}",
         f"  dedupe key    {detail.dedupe_key}",
     ]
-    lines += _section(
-        "Verification",
-        [
-            f"signature verified: {algo}, configured key #{key + 1}"
-            + (" (a previous key)" if key else "")
-        ],
-    )
+
+
+def _request_lines(detail: reports.EventDetail) -> list[str]:
+    """How the request verified, its headers, and its fields (the blank ones counted)."""
+    algo, key = detail.verification["signature_algo"], detail.verification["key_index"]
+    verified = f"signature verified: {algo}, configured key #{key + 1}"
+    lines = _section("Verification", [verified + (" (a previous key)" if key else "")])
     lines += _section("Headers", [f"{name}: {value}" for name, value in detail.headers.items()])
     fields = detail.fields
     shown = {name: values for name, values in fields.items() if any(values)}
@@ -170,15 +168,29 @@ def describe(detail: reports.EventDetail) -> str:
     field_lines = [f"{name.ljust(width)}  {' | '.join(values)}" for name, values in shown.items()]
     if len(shown) < len(fields):
         field_lines.append(f"({len(fields) - len(shown)} blank field(s) not shown)")
-    lines += _section(f"Fields ({len(fields)})", field_lines)
-    lines += _section(
-        f"Attempts ({len(detail.attempt_history)})",
-        [
-            f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}"
-            + (f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else "")
-            for attempt in detail.attempt_history
-        ],
+    return lines + _section(f"Fields ({len(fields)})", field_lines)
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    return f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}" + (
+        f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else ""
     )
+
+
+def _email_line(email: EmailRow) -> str:
+    return (
+        f"#{email.id}  {email.kind} to {email.to_address} ({email.locale}): {email.status}"
+        + (f" {_when(email.sent_at)}" if email.sent_at else "")
+        + (f", attempts {email.attempts}" if email.attempts else "")
+        + (f", last error: {_cut(email.last_error, 80)}" if email.last_error else "")
+    )
+
+
+def describe(detail: reports.EventDetail) -> str:
+    """One event as `events show` prints it: sections an operator reads top to bottom."""
+    lines = _summary_lines(detail) + _request_lines(detail)
+    history = detail.attempt_history
+    lines += _section(f"Attempts ({len(history)})", [_attempt_line(a) for a in history])
     if detail.last_error:
         trace = (detail.last_traceback or "").rstrip().splitlines()
         lines += _section("Last error", [detail.last_error, *trace])
@@ -186,17 +198,8 @@ def describe(detail: reports.EventDetail) -> str:
         f"State changes ({len(detail.changes)})",
         [f"{_when(change['at'])}  {_change_line(change)}" for change in detail.changes],
     ) or ["", "State changes: none"]
-    lines += _section(
-        f"Emails ({len(detail.emails)})",
-        [
-            f"#{email.id}  {email.kind} to {email.to_address} ({email.locale}): "
-            f"{email.status}"
-            + (f" {_when(email.sent_at)}" if email.sent_at else "")
-            + (f", attempts {email.attempts}" if email.attempts else "")
-            + (f", last error: {_cut(email.last_error, 80)}" if email.last_error else "")
-            for email in detail.emails
-        ],
-    ) or ["", "Emails: none"]
+    emails = [_email_line(email) for email in detail.emails]
+    lines += _section(f"Emails ({len(emails)})", emails) or ["", "Emails: none"]
     # Each entry is one line: a newline or ESC inside a value is shown, never acted on.
     return "\n".join(visible(line) for line in lines)
 

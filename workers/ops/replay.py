@@ -32,6 +32,7 @@ from workers.store import db, events
 from workers.store.db import Conn
 from workers.store.events import EventFilter
 from workers.store.jsonable import jsonable
+from workers.store.reports.emails import drafted
 from workers.store.statuses import EventStatus
 
 log = logging.getLogger(__name__)
@@ -305,40 +306,9 @@ def replay(
 
 def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> dict[str, Any]:
     """Apply one event in a transaction that is rolled back; what it would change."""
-
-    preview: dict[str, Any] = {"event_id": event_id}
     try:
         with conn.transaction():
-            stored = events.lock(conn, event_id)
-            if stored is None:
-                raise EventNotFound(f"no event with id {event_id}")
-            refreshed: list[str] = []
-            if stored["kind"] in PROTOCOLS:  # not api: the provider's JSON has no reading
-                reading = reparse(stored["kind"], stored["raw_body"])
-                _store_readings(conn, {event_id: reading})
-                refreshed = reading.differs(stored)
-            event = events.get(conn, event_id)
-            assert event is not None  # locked above
-            # Deferred: the admin pages list from this module; the rules stay out of the
-            # receiver's start-up until a preview needs them.
-            from workers.billing.apply import apply
-
-            applied = apply(conn, event, settings, emails=emails)
-            outbox = conn.execute(
-                """
-                SELECT e.kind, e.fact, e.to_address, e.locale, s.license_code
-                FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
-                WHERE e.id = ANY(%s) ORDER BY e.id
-                """,
-                (list(applied.email_ids),),
-            ).fetchall()
-            preview |= {
-                "status": applied.status,
-                "outcome": applied.outcome,
-                "changes": jsonable(list(applied.changes)),
-                "emails": outbox,
-                "refreshed": refreshed,
-            }
+            preview = _apply_once(conn, settings, event_id, emails=emails)
             raise psycopg.Rollback()
     except (EventNotFound, DatabaseUnavailable, psycopg.OperationalError):
         raise
@@ -355,3 +325,30 @@ def _preview(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> 
         # the operator, who asked what would happen.
         return {"event_id": event_id, "error": f"{type(exc).__name__}: {exc}"}
     return preview
+
+
+def _apply_once(conn: Conn, settings: Settings, event_id: int, *, emails: bool) -> dict[str, Any]:
+    """Re-read and apply one event in the caller's transaction; what that did."""
+    stored = events.lock(conn, event_id)
+    if stored is None:
+        raise EventNotFound(f"no event with id {event_id}")
+    refreshed: list[str] = []
+    if stored["kind"] in PROTOCOLS:  # not api: the provider's JSON has no reading
+        reading = reparse(stored["kind"], stored["raw_body"])
+        _store_readings(conn, {event_id: reading})
+        refreshed = reading.differs(stored)
+    event = events.get(conn, event_id)
+    assert event is not None  # locked above
+    # Deferred: the admin page and API import this module to replay; the rules stay out of the
+    # receiver's start-up until a preview needs them.
+    from workers.billing.apply import apply
+
+    applied = apply(conn, event, settings, emails=emails)
+    return {
+        "event_id": event_id,
+        "status": applied.status,
+        "outcome": applied.outcome,
+        "changes": jsonable(list(applied.changes)),
+        "emails": [draft._asdict() for draft in drafted(conn, applied.email_ids)],
+        "refreshed": refreshed,
+    }

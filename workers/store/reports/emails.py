@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -63,6 +63,29 @@ def concerning(conn: Conn, email_id: int) -> Concerning | None:
         (email_id,),
     ).fetchone()
     return None if row is None else Concerning(row["event_id"], row["license_code"])
+
+
+class Drafted(NamedTuple):
+    """An email a replay's preview would write."""
+
+    kind: str
+    fact: str
+    to_address: str
+    locale: str
+    license_code: str
+
+
+def drafted(conn: Conn, email_ids: Sequence[int]) -> list[Drafted]:
+    """The emails with these ids, as a preview lists them, oldest first."""
+    rows = conn.execute(
+        """
+        SELECT e.kind, e.fact, e.to_address, e.locale, s.license_code
+        FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
+        WHERE e.id = ANY(%s) ORDER BY e.id
+        """,
+        (list(email_ids),),
+    ).fetchall()
+    return [Drafted(**row) for row in rows]
 
 
 def of_event(conn: Conn, event_id: int) -> list[EmailRow]:

@@ -17,6 +17,7 @@ from workers.jobs import runtime
 from workers.store import db
 from workers.store import subscriptions as subs
 from workers.store.jsonable import iso
+from workers.store.reports import subscriptions as subscription_reports
 from workers.store.reports.runs import overdue
 from workers.terminal import visible
 
@@ -33,9 +34,7 @@ def _at(value: str | None) -> datetime:
 
 def _load(settings: Settings, license_code: str) -> dict[str, Any]:
     with db.connection(settings.database_url) as conn:
-        row = conn.execute(
-            "SELECT * FROM subscriptions WHERE license_code = %s", (license_code,)
-        ).fetchone()
+        row = subscription_reports.row(conn, license_code)
     if row is None:
         raise click.ClickException(f"no subscription with license code {license_code}")
     return row

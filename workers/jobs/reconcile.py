@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ import psycopg
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
-from workers.store import db, events
+from workers.store import db, events, sweeps
 from workers.store.db import Conn
 from workers.store.reports.runs import overdue
 from workers.store.statuses import APPLIED
@@ -83,20 +83,11 @@ class Sweep:
 def default_start(conn: Conn) -> date | None:
     """A day before the last successful sweep of every subscription that applied what it found;
     without one, a day before the first notification stored; None when neither exists."""
-    row = conn.execute(
-        """
-        SELECT window_end FROM reconcile_runs
-        WHERE outcome = 'succeeded' AND NOT dry_run AND license_code IS NULL
-          AND source <> 'watchdog'
-        ORDER BY started_at DESC LIMIT 1
-        """
-    ).fetchone()
-    if row is not None:
-        return row["window_end"] - OVERLAP
-    first = conn.execute("SELECT min(received_at) AS at FROM events").fetchone()
-    if first is None or first["at"] is None:
-        return None
-    return first["at"].astimezone(UTC).date() - OVERLAP
+    last = sweeps.last_full_sweep_end(conn)
+    if last is not None:
+        return last - OVERLAP
+    first = sweeps.first_received(conn)
+    return None if first is None else first.astimezone(UTC).date() - OVERLAP
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -172,55 +163,26 @@ def order_difference(order: Order) -> Difference:
 # --- the sweep ----------------------------------------------------------------------------------
 
 
-def _local_subscriptions(conn: Conn, references: Iterable[str]) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(
-        """
-        SELECT license_code, product_code, quantity, status, auto_renew, expires_at, cycle
-        FROM subscriptions WHERE license_code = ANY(%s)
-        """,
-        (list(references),),
-    ).fetchall()
-    return {row["license_code"]: row for row in rows}
-
-
-def _known_orders(conn: Conn, refnos: Iterable[str]) -> set[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT refno FROM orders WHERE refno = ANY(%s)", (list(refnos),)
-    ).fetchall()
-    return {row["refno"] for row in rows}
-
-
 def _start(conn: Conn, sweep: Sweep) -> None:
-    row = conn.execute(
-        """
-        INSERT INTO reconcile_runs (window_start, window_end, license_code, dry_run, source)
-        VALUES (%s, %s, %s, %s, %s) RETURNING id
-        """,
-        (sweep.window_start, sweep.window_end, sweep.license_code, sweep.dry_run, sweep.source),
-    ).fetchone()
-    assert row is not None
-    sweep.run_id = row["id"]
+    sweep.run_id = sweeps.start_run(
+        conn,
+        window_start=sweep.window_start,
+        window_end=sweep.window_end,
+        license_code=sweep.license_code,
+        dry_run=sweep.dry_run,
+        source=sweep.source,
+    )
 
 
 def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
-    conn.execute(
-        """
-        UPDATE reconcile_runs
-        SET outcome = %s, error = %s, subscriptions_checked = %s, orders_checked = %s,
-            differing = %s, deferred = %s, events_stored = %s, finished_at = now()
-        WHERE id = %s
-        """,
-        (
-            "failed" if error else "succeeded",
-            error,
-            sweep.subscriptions_checked,
-            sweep.orders_checked,
-            sweep.differing,
-            sweep.deferred,
-            len(sweep.event_ids),
-            sweep.run_id,
-        ),
-    )
+    counts = {
+        "subscriptions_checked": sweep.subscriptions_checked,
+        "orders_checked": sweep.orders_checked,
+        "differing": sweep.differing,
+        "deferred": sweep.deferred,
+        "events_stored": len(sweep.event_ids),
+    }
+    sweeps.finish_run(conn, sweep.run_id, error=error, counts=counts)
 
 
 Report = Callable[[Difference], None]
@@ -291,19 +253,14 @@ def _found(
     sweep.differing += 1
     event_id = None if sweep.dry_run or record is None else _store(conn, sweep, record)
     for difference in differences:
-        conn.execute(
-            """
-            INSERT INTO reconcile_differences (run_id, subject, what, rinnovo, provider, event_id)
-            VALUES (%s, %s, %s, %s, %s, %s)
-            """,
-            (
-                sweep.run_id,
-                difference.subject,
-                difference.what,
-                difference.rinnovo,
-                difference.provider,
-                event_id,
-            ),
+        sweeps.add_difference(
+            conn,
+            sweep.run_id,
+            subject=difference.subject,
+            what=difference.what,
+            rinnovo=difference.rinnovo,
+            provider=difference.provider,
+            event_id=event_id,
         )
         report(difference)
 
@@ -311,7 +268,7 @@ def _found(
 def check_one(conn: Conn, client: Client, sweep: Sweep, reference: str, report: Report) -> None:
     """Look one subscription up by its reference and compare it."""
     remote = client.subscription(reference)
-    local = _local_subscriptions(conn, [reference]).get(reference)
+    local = sweeps.local_subscriptions(conn, [reference]).get(reference)
     sweep.subscriptions_checked += 1
     if remote is None:
         absent = Difference(
@@ -330,7 +287,7 @@ def _subscriptions(conn: Conn, client: Client, sweep: Sweep, report: Report) -> 
         check_one(conn, client, sweep, sweep.license_code, report)
         return
     for page in client.search_subscriptions(sweep.window_start):
-        local = _local_subscriptions(conn, (sub.reference for sub in page))
+        local = sweeps.local_subscriptions(conn, (sub.reference for sub in page))
         for remote in page:
             sweep.subscriptions_checked += 1
             differences = compare_subscription(local.get(remote.reference), remote)
@@ -344,7 +301,7 @@ def _concerns(sweep: Sweep, order: Order) -> bool:
 
 def _orders(conn: Conn, client: Client, sweep: Sweep, report: Report, now: datetime) -> None:
     for page in client.search_orders(sweep.window_start, sweep.window_end):
-        known = _known_orders(conn, (order.refno for order in page))
+        known = sweeps.known_orders(conn, (order.refno for order in page))
         for order in page:
             if order.refno in known:
                 sweep.orders_checked += _concerns(sweep, order)

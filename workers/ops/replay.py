@@ -14,7 +14,6 @@ from typing import Any
 import dramatiq
 import psycopg
 import redis
-from psycopg.types.json import Jsonb
 
 from workers.config import Settings
 from workers.errors import (
@@ -28,7 +27,7 @@ from workers.jobs import runtime
 from workers.jobs.broker import EVENTS_QUEUE, PROCESS_EVENT
 from workers.protocol import form, ins, ipn, lcn
 from workers.protocol.errors import MalformedNotification
-from workers.store import db, events
+from workers.store import db, events, replays
 from workers.store.db import Conn
 from workers.store.events import EventFilter
 from workers.store.jsonable import jsonable
@@ -104,30 +103,8 @@ def reparse(kind: str, raw_body: bytes) -> Parsed:
     )
 
 
-# PostgreSQL compares the readings, so only rows whose reading changed are written and the
-# stored fields never need to be loaded into Python. The readings travel as one JSON document:
-# an array parameter of JSON values would be escaped element by element, which is slow.
-_STORE_READINGS = """
-    WITH v AS (
-        SELECT r.id, r.fields, r.summary, r.test,
-               ARRAY(SELECT jsonb_array_elements_text(r.codes)) AS license_codes
-        FROM jsonb_to_recordset(%s::jsonb)
-             AS r(id bigint, fields jsonb, summary text, codes jsonb, test boolean)
-    )
-    UPDATE events AS e
-    SET fields = v.fields, summary = v.summary, license_codes = v.license_codes, test = v.test
-    FROM v
-    WHERE e.id = v.id
-      AND (e.fields, e.summary, e.license_codes, e.test)
-          IS DISTINCT FROM (v.fields, v.summary, v.license_codes, v.test)
-    RETURNING e.id
-"""
-
-
 def _store_readings(conn: Conn, readings: dict[int, Parsed]) -> int:
     """Store each event's new reading where it differs from the stored one; how many differed."""
-    if not readings:
-        return 0
     document = [
         {
             "id": event_id,
@@ -138,7 +115,7 @@ def _store_readings(conn: Conn, readings: dict[int, Parsed]) -> int:
         }
         for event_id, reading in readings.items()
     ]
-    return len(conn.execute(_STORE_READINGS, (Jsonb(document),)).fetchall())
+    return replays.store_readings(conn, document)
 
 
 def refresh(settings: Settings, event_ids: Sequence[int]) -> tuple[int, list[dict[str, Any]]]:
@@ -152,14 +129,10 @@ def refresh(settings: Settings, event_ids: Sequence[int]) -> tuple[int, list[dic
     with db.connection(settings.database_url) as conn:
         for chunk in _chunks(sorted(event_ids)):
             with conn.transaction():
-                rows = conn.execute(
-                    "SELECT id, kind, raw_body FROM events WHERE id = ANY(%s) ORDER BY id",
-                    (chunk,),
-                ).fetchall()
                 readings: dict[int, Parsed] = {}
-                for row in rows:
+                for row in replays.bodies(conn, chunk):
                     if row["kind"] not in PROTOCOLS:
-                        continue  # api: the provider's JSON, which lifecycle reads itself
+                        continue  # api: the provider's JSON, which the rules read themselves
                     try:
                         readings[row["id"]] = reparse(row["kind"], row["raw_body"])
                     except MalformedNotification as exc:
@@ -206,8 +179,7 @@ def _enqueue_many(event_ids: Sequence[int], *, emails: bool) -> None:
 def _check_exist(conn: Conn, ids: Sequence[int]) -> None:
     found: set[int] = set()
     for chunk in _chunks(ids, 50_000):
-        rows = conn.execute("SELECT id FROM events WHERE id = ANY(%s)", (chunk,)).fetchall()
-        found.update(row["id"] for row in rows)
+        found |= replays.existing(conn, chunk)
     missing = [i for i in ids if i not in found]
     if missing:
         shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
@@ -233,21 +205,7 @@ def _enqueue(conn: Conn, ids: Sequence[int], *, emails: bool, by: str) -> int:
     for chunk in _chunks(ids):
         try:
             with conn.transaction():
-                # Locked in id order, so two replays at once take turns instead of deadlocking.
-                rows = conn.execute(
-                    "SELECT id FROM events WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (chunk,)
-                ).fetchall()
-                taken = [row["id"] for row in rows]
-                # The attempts' history stays in event_attempts; the row shows the latest.
-                conn.execute(
-                    """
-                    UPDATE events
-                    SET status = 'enqueued', enqueued_at = now(), processed_at = NULL,
-                        enqueued_by = %s
-                    WHERE id = ANY(%s)
-                    """,
-                    (by, taken),
-                )
+                taken = replays.take(conn, chunk, by=by)
                 # Sent before the commit on purpose: if Redis refuses, the rows roll back and
                 # stay as they were. A worker that gets a message first waits on the row lock.
                 _enqueue_many(taken, emails=emails)

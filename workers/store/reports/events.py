@@ -95,7 +95,7 @@ def _changes(conn: Conn, event_id: int) -> list[dict[str, Any]]:
         """,
         (event_id,),
     ).fetchall()
-    return jsonable(rows)  # type: ignore[no-any-return]
+    return jsonable(rows)
 
 
 def event_detail(conn: Conn, event_id: int) -> EventDetail | None:

@@ -48,6 +48,7 @@ from psycopg.rows import dict_row
 from benchmarks._common import Snapshot, cpu_by_party, cpu_snapshot
 from workers.billing import catalog
 from workers.billing.policies import add_period
+from workers.billing.products import Product
 from workers.ops import samples
 from workers.protocol import form, ipn, lcn
 from workers.protocol.signature import Algorithm
@@ -100,7 +101,7 @@ class Timeline:
 
     rng: random.Random
     number: int
-    product: catalog.Product
+    product: Product
     customer: int
     language: str
     notifications: list[Notification] = field(default_factory=list)

@@ -20,6 +20,7 @@ import requests
 
 from benchmarks._common import procfile_gunicorn_options
 from workers.config import Settings
+from workers.jobs.broker import build_broker
 from workers.jobs.runtime import Runtime
 from workers.ops import samples
 from workers.protocol import form
@@ -35,6 +36,15 @@ def runtime_from_env() -> Runtime:
     """Install a runtime with the settings the environment has now (a test changed it), on the
     session's broker; conftest installs the session's runtime again after each test."""
     return Runtime(Settings.from_env(), broker=broker).install()
+
+
+def runtime_through(proxy: TcpProxy) -> Runtime:
+    """Install a runtime whose broker reaches the session's Redis through `proxy` (cut it and
+    Redis is down for whatever sends on the runtime's broker); conftest installs the session's
+    runtime again after each test."""
+    db_index = RUNTIME.settings.redis_url.rsplit("/", 1)[1]
+    proxied = build_broker(f"redis://127.0.0.1:{proxy.port}/{db_index}", broker.namespace)
+    return Runtime(Settings.from_env(), broker=proxied).install()
 
 
 KEY = "AABBCCDDEEFF"

@@ -14,10 +14,16 @@ from tests.test_layers import ROOT
 SERVICE_FREE = (
     "tests/workers/protocol",
     "tests/workers/billing/test_catalog.py",
+    "tests/workers/billing/test_products.py",
     "tests/workers/billing/test_policies.py",
+    "tests/workers/billing/test_policies_upgrade.py",
     "tests/workers/billing/test_policies_properties.py",
     "tests/workers/billing/test_statuses.py",
+    "tests/workers/store/test_jsonable.py",
+    "tests/workers/store/test_statuses.py",
+    "tests/workers/store/reports/test_filters.py",
     "tests/test_layers.py",
+    "tests/test_tree.py",
     "tests/test_wire_names.py",
 )
 

@@ -40,9 +40,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from workers.config import Settings
 from workers.errors import DatabaseUnavailable
-from workers.jobs import reconcile
 from workers.store import db, events
 from workers.store.outbox import FAILURES
+from workers.store.reports import runs
+from workers.store.statuses import EMAIL_STATUSES
 
 log = logging.getLogger("rinnovo.metrics")
 
@@ -64,7 +65,6 @@ OUTCOMES = (
 # Receipt latency buckets in seconds: a receipt should take milliseconds; the provider waits ~30 s.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 FLUSH_EVERY = 1.0  # seconds between writes of a process's counts to Redis
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
 SUBSCRIPTION_STATUSES = ("pending", "active", "past_due", "expired", "canceled", "refunded")
 
 
@@ -271,7 +271,7 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
 
 
 def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
-    figures = reconcile.figures(conn, grace)
+    figures = runs.figures(conn, grace)
     yield GaugeMetricFamily(
         "rinnovo_reconcile_last_success_timestamp",
         "Unix time the last sweep of the provider's API over every subscription succeeded "

@@ -14,13 +14,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from webhooks.admin import page as admin_page
+from webhooks.admin import sessions
 from webhooks.intake import settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
+from workers.errors import BadFilter, BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
 from workers.store import db, subscriptions, suppressions
 from workers.store.events import EventFilter
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso, jsonable
+from workers.store.reports import emails as email_reports
+from workers.store.reports import events as event_reports
+from workers.store.reports.filters import make_filter
 
 log = logging.getLogger("rinnovo.admin")
 
@@ -62,13 +65,13 @@ def _refusal() -> Response | None:
     # The page's login and the API share one count of wrong tokens per address: guessing here
     # is no faster than guessing there. Redis down leaves the API usable, just uncounted.
     with contextlib.suppress(BrokerUnavailable):
-        wait = admin_page.take_attempt()
+        wait = sessions.take_attempt()
         if wait:
             log.warning("admin API: refused, too many wrong tokens from %s", request.remote_addr)
             return error(429, "too many wrong tokens from this address", {"Retry-After": str(wait)})
     if hmac.compare_digest(given.strip().encode(), token.encode()):
         with contextlib.suppress(BrokerUnavailable):
-            admin_page.give_back_attempt()
+            sessions.give_back_attempt()
     else:
         log.warning("admin API: wrong token from %s for %s", request.remote_addr, request.path)
         return error(
@@ -107,8 +110,8 @@ def api_error(exc: ApiError) -> Response:
     return error(exc.status, exc.message)
 
 
-@bp.errorhandler(replay.BadFilter)
-def bad_filter(exc: replay.BadFilter) -> Response:
+@bp.errorhandler(BadFilter)
+def bad_filter(exc: BadFilter) -> Response:
     """A filter, date or id the API cannot understand."""
     return error(400, str(exc))
 
@@ -216,7 +219,7 @@ def _report(report: replay.ReplayReport) -> tuple[Response, int]:
         "event_ids": report.event_ids,
         "enqueued": report.enqueued,
         "dry_run": report.dry_run,
-        "previews": replay.jsonable(report.previews),
+        "previews": jsonable(report.previews),
         "errors": report.errors,
         "refreshed": report.refreshed,
     }
@@ -241,7 +244,7 @@ def _openapi_text() -> str:
 def list_events() -> Response:
     """Events matching the filter, newest first, a page at a time."""
     _only_args("status", "kind", "license", "since", "until", "limit", "before")
-    flt = replay.make_filter(
+    flt = make_filter(
         status=_text_arg("status"),
         kind=_text_arg("kind"),
         license_code=_text_arg("license"),
@@ -250,8 +253,8 @@ def list_events() -> Response:
     )
     limit, before = _page()
     with db.connection(settings().database_url) as conn, conn.transaction():
-        page, cursor = replay.list_events(conn, flt, limit=limit, before=before)
-    return jsonify(events=page, next=cursor)
+        page, cursor = event_reports.list_events(conn, flt, limit=limit, before=before)
+    return jsonify(events=jsonable(page), next=cursor)
 
 
 @bp.get("/events/<event_id>")
@@ -260,10 +263,10 @@ def show_event(event_id: str) -> Response:
     _only_args()
     number = _event_id(event_id)
     with db.connection(settings().database_url) as conn, conn.transaction():
-        detail = replay.event_detail(conn, number)
+        detail = event_reports.event_detail(conn, number)
     if detail is None:
         raise EventNotFound(f"no event with id {number}")
-    return jsonify(detail)
+    return jsonify(jsonable(detail))
 
 
 @bp.post("/events/<event_id>/replay")
@@ -287,7 +290,7 @@ def replay_events() -> tuple[Response, int]:
     """Replay every event a filter selects: failed ones, by kind, license or time."""
     _only_args()
     body = _body(("failed", "kind", "license", "since", "until", "dry_run", "emails"))
-    flt = replay.make_filter(
+    flt = make_filter(
         kind=_string(body, "kind"),
         license_code=_string(body, "license"),
         since=_string(body, "since"),
@@ -325,7 +328,7 @@ def list_emails() -> Response:
     _only_args("to", "kind", "status", "limit", "before")
     limit, before = _page()
     with db.connection(settings().database_url) as conn, conn.transaction():
-        page, cursor = replay.list_emails(
+        page, cursor = email_reports.list_emails(
             conn,
             to=_text_arg("to"),
             kind=_text_arg("kind"),
@@ -333,7 +336,7 @@ def list_emails() -> Response:
             limit=limit,
             before=before,
         )
-    return jsonify(emails=page, next=cursor)
+    return jsonify(emails=jsonable(page), next=cursor)
 
 
 @bp.get("/suppressions")

@@ -2,67 +2,59 @@
 
 Operators log in with ADMIN_TOKEN once; a signed session cookie (HttpOnly, SameSite=Lax, path
 /admin, twelve hours, Secure over HTTPS) carries the login and a session id that Redis must still
-know: logout forgets it, so a copied cookie opens nothing afterwards. The cookie's key is derived
-from ADMIN_TOKEN, so every gunicorn worker accepts it and changing the token logs everyone out.
-Wrong tokens are counted per client address in Redis (shared by every worker process and
-machine): after LOGIN_ATTEMPTS in LOGIN_WINDOW seconds, that address must wait. Every form that
-changes something carries the session's CSRF token. Templates are autoescaped Jinja2; no
-JavaScript.
+know (webhooks.admin.sessions). The cookie's key is derived from ADMIN_TOKEN, so every gunicorn
+worker accepts it and changing the token logs everyone out. Wrong tokens are counted per client
+address. Every form that changes something carries the session's CSRF token. Templates are
+autoescaped Jinja2; no JavaScript.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import hmac
-import ipaddress
 import logging
 import re
-import secrets
-import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import redis
 from flask import (
     Blueprint,
-    Flask,
     Response,
     current_app,
     flash,
-    g,
     make_response,
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from flask.blueprints import BlueprintSetupState
-from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
+from webhooks.admin import sessions
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, EventNotFound
-from workers.jobs import reconcile
+from workers.errors import BadFilter, BrokerUnavailable, DatabaseUnavailable, EventNotFound
 from workers.ops import replay
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
 from workers.store import db, events, subscriptions, suppressions
+from workers.store.jsonable import iso
+from workers.store.reports import emails as email_reports
+from workers.store.reports import events as event_reports
+from workers.store.reports import runs as runs_report
+from workers.store.reports.events import EventDetail
+from workers.store.reports.filters import make_filter
+from workers.store.statuses import EVENT_STATUSES, WAITING
 from workers.terminal import printable, visible
 
 log = logging.getLogger("rinnovo.admin")
 
 bp = Blueprint("admin_page", __name__, url_prefix="/admin", template_folder="templates")
 
-SESSION_SECONDS = 12 * 60 * 60
 PAGE_SIZE = 50
 _DIGITS = re.compile(r"[0-9]{1,18}")
-_KEY_PURPOSE = b"rinnovo admin session cookie"
-LOGIN_ATTEMPTS = 5  # wrong tokens from one address ...
-LOGIN_WINDOW = 15 * 60  # ... within this many seconds, then it waits out the rest of the window
+Record = TypeVar("Record")  # what a page reads by an id in its path
 SECURITY_HEADERS = {
     # No scripts at all; styles only inline in the page; forms only post back here.
     "Content-Security-Policy": (
@@ -76,27 +68,13 @@ SECURITY_HEADERS = {
 }
 
 
-def session_key(admin_token: str) -> str:
-    """The cookie-signing key: derived from the token, the same in every worker process."""
-    return hmac.new(admin_token.encode("utf-8"), _KEY_PURPOSE, hashlib.sha256).hexdigest()
-
-
-class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed cookie, Secure whenever the request came over HTTPS (or as configured)."""
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        """Secure over HTTPS (as a trusted proxy says); ADMIN_COOKIE_SECURE, when set, wins."""
-        configured = app.extensions["rinnovo"].admin_cookie_secure
-        return request.is_secure if configured is None else bool(configured)
-
-
 @bp.record_once
 def _configure(state: BlueprintSetupState) -> None:
     app = state.app
     settings: Settings = app.extensions["rinnovo"]
     if settings.admin_token:
-        app.secret_key = session_key(settings.admin_token)
-    app.session_interface = _SessionInterface()  # type: ignore[attr-defined]
+        app.secret_key = sessions.session_key(settings.admin_token)
+    app.session_interface = sessions.SessionInterface()  # type: ignore[attr-defined]
     app.config.update(
         SESSION_COOKIE_NAME="rinnovo_admin",
         SESSION_COOKIE_PATH="/admin",
@@ -149,11 +127,6 @@ def _settings() -> Settings:
     return settings
 
 
-def _redis_client() -> Any:  # the broker's client, as dramatiq types it
-    """The Redis of the app's runtime: sessions and login failures live beside its queues."""
-    return current_app.extensions["rinnovo.runtime"].broker.client
-
-
 def _page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     return render_template(f"admin/{template}", **context), status
 
@@ -162,55 +135,13 @@ def _message(title: str, text: str, status: int) -> tuple[str, int]:
     return _page("message.html", status, title=title, text=text)
 
 
-def _redis_key(*parts: str) -> str:
-    return ":".join((_settings().redis_namespace, "admin", *parts))
-
-
-def _logged_in() -> bool:
-    if "logged_in" not in g:
-        started = session.get("at")
-        sid = session.get("sid")
-        g.logged_in = (
-            session.get("admin") is True
-            and isinstance(started, int | float)
-            and 0 <= time.time() - started < SESSION_SECONDS
-            and isinstance(sid, str)
-            and _redis(lambda: _redis_client().exists(_redis_key("session", sid))) == 1
-        )
-    return bool(g.logged_in)
-
-
-def _redis(command: Any) -> Any:
-    """Run a Redis command for the login; Redis down is BrokerUnavailable (a 503 page)."""
-    try:
-        return command()
-    except redis.RedisError as exc:
-        raise BrokerUnavailable(f"Redis unavailable: {type(exc).__name__}") from exc
-
-
-def _csrf_token() -> str:
-    token = session.get("csrf")
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(32)
-        session["csrf"] = token
-    return token
-
-
-def _csrf_ok() -> bool:
-    expected = session.get("csrf")
-    given = request.form.get("csrf_token", "")
-    return isinstance(expected, str) and hmac.compare_digest(
-        given.encode("utf-8"), expected.encode("utf-8")
-    )
-
-
 @bp.context_processor
 def _template_globals() -> dict[str, Any]:
     enabled = _settings().admin_token is not None
     return {
-        "csrf_token": _csrf_token,
-        "logged_in": enabled and _logged_in(),
-        "statuses": events.STATUSES,
+        "csrf_token": sessions.csrf_token,
+        "logged_in": enabled and sessions.logged_in(),
+        "statuses": EVENT_STATUSES,
         "kinds": events.KINDS,
         "diff": diff,
         "requested_by": events.requested_by,
@@ -223,7 +154,7 @@ def _guard() -> Any:
     """No page without ADMIN_TOKEN; none but the login without a session; no POST without CSRF."""
     if _settings().admin_token is None:
         return _message("Admin page disabled", "Set ADMIN_TOKEN to turn the admin page on.", 404)
-    if request.method == "POST" and not _csrf_ok():
+    if request.method == "POST" and not sessions.csrf_ok():
         log.warning("admin page: POST %s without a valid CSRF token", request.path)
         return _message(
             "Form expired",
@@ -231,7 +162,7 @@ def _guard() -> Any:
             "Go back, reload the page and try again.",
             400,
         )
-    if request.endpoint != "admin_page.login" and not _logged_in():
+    if request.endpoint != "admin_page.login" and not sessions.logged_in():
         return redirect(url_for(".login", next=request.full_path.rstrip("?")))
     return None
 
@@ -270,8 +201,8 @@ def _redis_down(exc: BrokerUnavailable) -> tuple[str, int]:
     return _message("Redis unavailable", "Redis did not answer; try again shortly.", 503)
 
 
-@bp.errorhandler(replay.BadFilter)
-def _bad_filter(exc: replay.BadFilter) -> tuple[str, int]:
+@bp.errorhandler(BadFilter)
+def _bad_filter(exc: BadFilter) -> tuple[str, int]:
     return _message("Filter not understood", str(exc), 400)
 
 
@@ -284,44 +215,6 @@ def _next_page(target: str | None) -> str:
     return url_for(".events_list")
 
 
-def _attempts_key() -> str:
-    """Where the client's token attempts are counted: its address, or its /64 for IPv6 (one
-    host commonly holds a whole /64, so single addresses would give it endless fresh counts)."""
-    address = request.remote_addr or "unknown"
-    with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(address)
-        if ip.version == 6:
-            address = str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return _redis_key("login-failures", address)
-
-
-# Gives an attempt back only while its window lasts (a DECR after expiry would leave a key with
-# no expiry). EXPIRE ... NX would need Redis 7; this runs on any Redis with scripting.
-_GIVE_BACK = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end"
-
-
-def take_attempt() -> int:
-    """Count one token attempt from the client before its token is compared; the seconds it must
-    still wait (0: go on). Counting first means guesses sent all at once cannot all get compared
-    while the count still reads low."""
-    key = _attempts_key()
-
-    def count() -> list[Any]:
-        pipe = _redis_client().pipeline()  # MULTI/EXEC: the window opens with the first attempt
-        return pipe.set(key, 0, ex=LOGIN_WINDOW, nx=True).incr(key).ttl(key).execute()
-
-    _, attempts, ttl = _redis(count)
-    if int(attempts) > LOGIN_ATTEMPTS:
-        return max(int(ttl), 1)
-    return 0
-
-
-def give_back_attempt() -> None:
-    """A right token: its attempt does not count toward the limit."""
-    key = _attempts_key()
-    _redis(lambda: _redis_client().eval(_GIVE_BACK, 1, key))
-
-
 # --- login -----------------------------------------------------------------------------------
 
 
@@ -332,10 +225,10 @@ def login() -> Any:
     if target and not printable(target):  # a CR/LF would split the Location header
         return _message("Link not understood", "The page to open after login is malformed.", 400)
     if request.method == "GET":
-        if _logged_in():
+        if sessions.logged_in():
             return redirect(_next_page(target))
         return _page("login.html", next=target or "")
-    wait = take_attempt()
+    wait = sessions.take_attempt()
     if wait:
         log.warning("admin page: login refused, too many wrong tokens from %s", request.remote_addr)
         page, status = _page(
@@ -350,14 +243,8 @@ def login() -> Any:
     if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
         log.warning("admin page: wrong token from %s", request.remote_addr)
         return _page("login.html", 403, next=target or "", error="That is not the admin token.")
-    give_back_attempt()
-    sid = secrets.token_urlsafe(32)
-    _redis(lambda: _redis_client().set(_redis_key("session", sid), "1", ex=SESSION_SECONDS))
-    session.clear()
-    session["admin"] = True
-    session["sid"] = sid
-    session["at"] = int(time.time())
-    session["csrf"] = secrets.token_urlsafe(32)
+    sessions.give_back_attempt()
+    sessions.start()
     log.info("admin page: login from %s", request.remote_addr)
     return redirect(_next_page(target), 303)
 
@@ -365,10 +252,7 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     """End the session here and on the server: its id is forgotten, so the cookie opens nothing."""
-    sid = session.get("sid")
-    if isinstance(sid, str):
-        _redis(lambda: _redis_client().delete(_redis_key("session", sid)))
-    session.clear()
+    sessions.end()
     return redirect(url_for(".login"), 303)
 
 
@@ -384,7 +268,7 @@ def _arg(name: str) -> str | None:
 def events_list() -> Any:
     """Events matching the filters, newest first, fifty at a time."""
     filters = {name: _arg(name) for name in ("status", "kind", "license", "since", "until")}
-    flt = replay.make_filter(
+    flt = make_filter(
         status=filters["status"],
         kind=filters["kind"],
         license_code=filters["license"],
@@ -396,7 +280,7 @@ def events_list() -> Any:
         return _message("Filter not understood", "before must be an event id.", 400)
     before = int(before_text) if before_text is not None else None
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        rows, cursor = replay.list_events(conn, flt, limit=PAGE_SIZE, before=before)
+        rows, cursor = event_reports.list_events(conn, flt, limit=PAGE_SIZE, before=before)
         counts = events.counts_by_status(conn)
     shown = {name: value for name, value in filters.items() if value}
     return _page(
@@ -408,9 +292,7 @@ def _event_id(text: str) -> int | None:
     return int(text) if _DIGITS.fullmatch(text) and int(text) > 0 else None
 
 
-def _by_id(
-    text: str, read: Callable[[db.Conn, int], dict[str, Any] | None]
-) -> dict[str, Any] | None:
+def _by_id(text: str, read: Callable[[db.Conn, int], Record | None]) -> Record | None:
     """The record `read` finds for the id in a path, or None (not a valid id, or none stored)."""
     number = _event_id(text)
     if number is None:
@@ -422,24 +304,24 @@ def _by_id(
 @bp.get("/events/<event_id>")
 def event_detail(event_id: str) -> Any:
     """One event: what arrived, how it verified, each attempt's error, and what it caused."""
-    detail = _by_id(event_id, replay.event_detail)
+    detail = _by_id(event_id, event_reports.event_detail)
     if detail is None:
         return _message("No such event", f"There is no event {event_id}.", 404)
-    waiting = detail["status"] in ("received", "enqueued")
+    waiting = detail.status in WAITING
     fields = _wire_order(detail)
     filled = {name: values for name, values in fields.items() if any(values)}
     blank = [name for name, values in fields.items() if not any(values)]
     return _page("event.html", event=detail, fields=filled, blank=blank, waiting=waiting)
 
 
-def _wire_order(detail: dict[str, Any]) -> dict[str, list[str]]:
+def _wire_order(detail: EventDetail) -> dict[str, list[str]]:
     """The fields in the order the provider sent them (the stored JSON does not keep it)."""
-    if detail["kind"] == "api":
-        return dict(detail["fields"])  # the provider's JSON object: no form to read
+    if detail.kind == "api":
+        return dict(detail.fields)  # the provider's JSON object: no form to read
     try:
-        return form.group(form.parse_form(detail["raw_body"].encode("utf-8")))
+        return form.group(form.parse_form(detail.raw_body.encode("utf-8")))
     except MalformedNotification:
-        return dict(detail["fields"])
+        return dict(detail.fields)
 
 
 @bp.post("/events/<event_id>/replay")
@@ -476,11 +358,7 @@ def resend_email(email_id: str) -> Any:
     found = None
     if number is not None:
         with db.connection(_settings().database_url) as conn, conn.transaction():
-            found = conn.execute(
-                "SELECT e.event_id, s.license_code FROM emails e"
-                " JOIN subscriptions s ON s.id = e.subscription_id WHERE e.id = %s",
-                (number,),
-            ).fetchone()
+            found = email_reports.concerning(conn, number)
     if number is None or found is None:
         return _message("No such email", f"There is no email {email_id}.", 404)
     # Deferred: the relay imports the actors, and with them the rules, which the receiver's
@@ -494,9 +372,9 @@ def resend_email(email_id: str) -> Any:
         later = " (Redis is unavailable: the relay sends it)" if result.for_relay else ""
         flash(f"Email {number} will be sent again{later}.", "info")
         log.info("admin page: email %s resent", number)
-    if found["event_id"] is not None:
-        return redirect(url_for(".event_detail", event_id=found["event_id"]), 303)
-    return redirect(url_for(".subscription", license_code=found["license_code"]), 303)
+    if found.event_id is not None:
+        return redirect(url_for(".event_detail", event_id=found.event_id), 303)
+    return redirect(url_for(".subscription", license_code=found.license_code), 303)
 
 
 # --- subscriptions ---------------------------------------------------------------------------
@@ -532,17 +410,19 @@ def reconcile_runs() -> Any:
     """The latest sweeps of the provider's API: window, counts, outcome."""
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        runs = reconcile.recent_runs(conn, PAGE_SIZE)
+        runs = runs_report.recent_runs(conn, PAGE_SIZE)
     return _page("reconcile.html", runs=runs)
 
 
 @bp.get("/reconcile/<run_id>")
 def reconcile_run(run_id: str) -> Any:
     """One sweep: each difference, the event that applied it, and what that changed."""
-    detail = _by_id(run_id, reconcile.run_detail)
+    detail = _by_id(run_id, runs_report.run_detail)
     if detail is None:
         return _message("No such sweep", f"There is no reconciliation sweep {run_id}.", 404)
-    return _page("reconcile_run.html", **detail)
+    return _page(
+        "reconcile_run.html", run=detail.run, differences=detail.differences, changes=detail.changes
+    )
 
 
 @bp.get("/suppressions")
@@ -551,5 +431,5 @@ def suppression_list() -> Any:
 
     with db.connection(_settings().database_url) as conn, conn.transaction():
         rows = suppressions.listing(conn, address=_arg("address"), limit=PAGE_SIZE)
-    shown = [row | {"created_at": subscriptions.iso(row["created_at"])} for row in rows]
+    shown = [row | {"created_at": iso(row["created_at"])} for row in rows]
     return _page("suppressions.html", rows=shown)

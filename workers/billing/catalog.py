@@ -1,23 +1,18 @@
-"""The product catalog: what each of the provider's product codes sells, and by which policy."""
+"""The product catalog file: TOML read and checked, each error naming its line (the products
+themselves are workers.billing.products)."""
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, NoReturn
 
 from babel.numbers import get_currency_precision
 
+from workers.billing.products import COMPONENTS, CYCLES, POLICIES, Catalog, Product
 from workers.errors import ConfigError
-
-CYCLES = ("monthly", "annual", "lifetime")
-POLICIES = ("restart", "maintenance")
-COMPONENTS = ("users", "storage_gb", "document_domains", "archived_mailboxes")
 
 _REQUIRED = ("code", "name", "product", "edition", "cycle", "prices", "family", "policy")
 _OPTIONAL = (
@@ -50,174 +45,6 @@ class CatalogError(ConfigError):
             if column is not None:
                 where += f", column {column}"
         super().__init__(f"{where}: {message}")
-
-
-class UnknownProduct(KeyError):
-    """No product in the catalog has this code or id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "unknown product"
-
-
-class UnpricedCurrency(KeyError):
-    """The product has no price in the requested currency."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "no price in this currency"
-
-
-@dataclass(frozen=True)
-class Product:
-    """One sellable thing: a product line's edition, billing cycle, prices and upgrade policy."""
-
-    code: str
-    pid: str
-    name: str
-    product: str
-    edition: str
-    edition_rank: int
-    cycle: str
-    prices: Mapping[str, Decimal] = field(hash=False)
-    renewal_prices: Mapping[str, Decimal] = field(hash=False)
-    components: Mapping[str, int] = field(hash=False)
-    family: str
-    platform: str
-    license_type: str
-    license_rank: int
-    suite: bool
-    policy: str
-    # Product lines a bundle contains ("adding products to an order"); empty means just `product`.
-    includes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        """Freeze the mappings so a product cannot change after loading."""
-        object.__setattr__(self, "prices", MappingProxyType(dict(self.prices)))
-        object.__setattr__(self, "renewal_prices", MappingProxyType(dict(self.renewal_prices)))
-        object.__setattr__(self, "components", MappingProxyType(dict(self.components)))
-        object.__setattr__(self, "includes", tuple(self.includes))
-
-    @property
-    def lines(self) -> frozenset[str]:
-        """The product lines this product gives: its own, or those its bundle includes."""
-        return frozenset(self.includes) if self.includes else frozenset((self.product,))
-
-    def is_priced(self, currency: str) -> bool:
-        """Whether the product is sold in this currency."""
-        return currency.upper() in self.prices
-
-    def price(self, currency: str) -> Decimal:
-        """The price of one unit for one period in this currency."""
-        return self._lookup(self.prices, currency, "price")
-
-    def renewal_price(self, currency: str) -> Decimal:
-        """The price of renewing one unit for one period in this currency."""
-        return self._lookup(self.renewal_prices, currency, "renewal price")
-
-    def _lookup(self, table: Mapping[str, Decimal], currency: str, what: str) -> Decimal:
-        """Look a currency up in one of the price tables, failing with a sentence."""
-        try:
-            return table[currency.upper()]
-        except KeyError:
-            sold = ", ".join(sorted(table)) or "nothing"
-            raise UnpricedCurrency(
-                f"{self.name} ({self.code}) has no {what} in {currency!r}; it is priced in {sold}"
-            ) from None
-
-
-class Catalog:
-    """All products, looked up by the provider's product code or numeric product id."""
-
-    def __init__(self, products: Iterable[Product]):
-        self.products: tuple[Product, ...] = tuple(products)
-        self._by_code: dict[str, Product] = {}
-        self._by_pid: dict[str, Product] = {}
-        for item in self.products:
-            if item.code in self._by_code:
-                raise ValueError(f"duplicate product code {item.code!r}")
-            self._by_code[item.code] = item
-            if item.pid:
-                if item.pid in self._by_pid:
-                    raise ValueError(f"duplicate product id {item.pid!r}")
-                self._by_pid[item.pid] = item
-
-    def __iter__(self) -> Iterator[Product]:
-        return iter(self.products)
-
-    def __len__(self) -> int:
-        return len(self.products)
-
-    def get(self, code_or_pid: str) -> Product | None:
-        """The product with this code, else with this numeric id, else None."""
-        key = str(code_or_pid).strip()
-        return self._by_code.get(key) or self._by_pid.get(key)
-
-    def require(self, code_or_pid: str) -> Product:
-        """The product with this code or id, or UnknownProduct."""
-        found = self.get(code_or_pid)
-        if found is None:
-            raise UnknownProduct(f"no product with code or id {code_or_pid!r} in the catalog")
-        return found
-
-    def find_target(self, current: Product, to: str, cycle: str | None = None) -> Product | None:
-        """Resolve `--to` (code, id, name, edition or product line); None unless one fits."""
-        if cycle is not None and cycle not in CYCLES:
-            raise ValueError(
-                f"unknown billing cycle {cycle!r}; expected one of {', '.join(CYCLES)}"
-            )
-        wanted = to.strip()
-        if not wanted:
-            return None
-        folded = wanted.casefold()
-        exact = self.get(wanted) or next(
-            (p for p in self.products if p.name.casefold() == folded), None
-        )
-        if exact is not None:
-            if cycle is None or exact.cycle == cycle:
-                return exact
-            return _pick(
-                [p for p in self.products if _same_plan(p, exact)],
-                current,
-                cycle,
-            )
-        neighbours = [
-            p
-            for p in self.products
-            if p.family == current.family and p.platform == current.platform
-        ]
-        editions = [
-            p
-            for p in neighbours
-            if p.product == current.product
-            and folded in (p.edition.casefold(), p.license_type.casefold())
-        ]
-        if editions:
-            return _pick(editions, current, cycle)
-        lines = [p for p in neighbours if p.product.casefold() == folded]
-        # Moving to another product line keeps the license type (edition) unless told otherwise.
-        kept = [p for p in lines if p.edition == current.edition]
-        return _pick(kept or lines, current, cycle)
-
-
-def _same_plan(a: Product, b: Product) -> bool:
-    """Whether two products differ at most in billing cycle."""
-    return (a.family, a.product, a.edition, a.platform, a.license_type, a.suite, a.includes) == (
-        b.family,
-        b.product,
-        b.edition,
-        b.platform,
-        b.license_type,
-        b.suite,
-        b.includes,
-    )
-
-
-def _pick(candidates: list[Product], current: Product, cycle: str | None) -> Product | None:
-    """The one candidate of the requested cycle (else of the current cycle), or None."""
-    if cycle is not None:
-        candidates = [p for p in candidates if p.cycle == cycle]
-    else:
-        candidates = [p for p in candidates if p.cycle == current.cycle] or candidates
-    return candidates[0] if len(candidates) == 1 else None
 
 
 def default_path() -> Path:
@@ -304,33 +131,8 @@ class _Checker:
 
     def product(self, index: int, entry: dict[str, Any]) -> Product:
         """Check one [[product]] table and build its Product."""
-        for key in entry:
-            if key not in _REQUIRED and key not in _OPTIONAL:
-                self.fail(self.key_line(index, key), f"{_who(entry)}unknown key {key!r}")
-        for key in _REQUIRED:
-            if key not in entry:
-                code = entry.get("code")
-                which = f"product {code!r}" if isinstance(code, str) else "this product"
-                self.fail(self.header_line(index), f"{which} is missing the key {key!r}")
+        self.check_keys(index, entry)
         code = self.text(index, entry, "code", empty=False)
-        raw_pid = entry.get("pid", "")
-        if isinstance(raw_pid, int) and not isinstance(raw_pid, bool):
-            raw_pid = str(raw_pid)
-        if not isinstance(raw_pid, str):
-            self.fail(self.key_line(index, "pid"), f"product {code!r}: pid must be a string")
-        cycle = self.text(index, entry, "cycle", empty=False)
-        if cycle not in CYCLES:
-            self.fail(
-                self.key_line(index, "cycle"),
-                f"product {code!r}: unknown cycle {cycle!r}; expected one of {', '.join(CYCLES)}",
-            )
-        policy = self.text(index, entry, "policy", empty=False)
-        if policy not in POLICIES:
-            self.fail(
-                self.key_line(index, "policy"),
-                f"product {code!r}: unknown policy {policy!r}; "
-                f"expected one of {', '.join(POLICIES)}",
-            )
         prices = self.prices(index, code, entry, "prices")
         renewal = (
             self.prices(index, code, entry, "renewal_prices")
@@ -342,22 +144,14 @@ class _Checker:
                 self.key_line(index, "renewal_prices"),
                 f"product {code!r}: renewal_prices must cover the same currencies as prices",
             )
-        includes = entry.get("includes", [])
-        if not isinstance(includes, list) or not all(
-            isinstance(x, str) and x.strip() for x in includes
-        ):
-            self.fail(
-                self.key_line(index, "includes"),
-                f"product {code!r}: includes must be a list of product line names",
-            )
         return Product(
             code=code,
-            pid=raw_pid.strip(),
+            pid=self.pid(index, code, entry),
             name=self.text(index, entry, "name", empty=False),
             product=self.text(index, entry, "product", empty=False),
             edition=self.text(index, entry, "edition"),
             edition_rank=self.integer(index, code, entry, "edition_rank"),
-            cycle=cycle,
+            cycle=self.choice(index, code, entry, "cycle", CYCLES),
             prices=prices,
             renewal_prices=renewal,
             components=self.components(index, code, entry),
@@ -366,9 +160,53 @@ class _Checker:
             license_type=self.text(index, entry, "license_type"),
             license_rank=self.integer(index, code, entry, "license_rank"),
             suite=self.flag(index, code, entry, "suite"),
-            policy=policy,
-            includes=tuple(x.strip() for x in includes),
+            policy=self.choice(index, code, entry, "policy", POLICIES),
+            includes=self.includes(index, code, entry),
         )
+
+    def check_keys(self, index: int, entry: dict[str, Any]) -> None:
+        """No key the catalog does not know, and every required one."""
+        for key in entry:
+            if key not in _REQUIRED and key not in _OPTIONAL:
+                self.fail(self.key_line(index, key), f"{_who(entry)}unknown key {key!r}")
+        for key in _REQUIRED:
+            if key not in entry:
+                code = entry.get("code")
+                which = f"product {code!r}" if isinstance(code, str) else "this product"
+                self.fail(self.header_line(index), f"{which} is missing the key {key!r}")
+
+    def pid(self, index: int, code: str, entry: dict[str, Any]) -> str:
+        """The provider's numeric product id, as text (empty when not given)."""
+        raw = entry.get("pid", "")
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            self.fail(self.key_line(index, "pid"), f"product {code!r}: pid must be a string")
+        return raw.strip()
+
+    def choice(
+        self, index: int, code: str, entry: dict[str, Any], key: str, known: tuple[str, ...]
+    ) -> str:
+        """A value that must be one of `known` (a cycle, a policy)."""
+        value = self.text(index, entry, key, empty=False)
+        if value not in known:
+            self.fail(
+                self.key_line(index, key),
+                f"product {code!r}: unknown {key} {value!r}; expected one of {', '.join(known)}",
+            )
+        return value
+
+    def includes(self, index: int, code: str, entry: dict[str, Any]) -> tuple[str, ...]:
+        """The product lines a bundle includes (none for a single product)."""
+        includes = entry.get("includes", [])
+        if not isinstance(includes, list) or not all(
+            isinstance(x, str) and x.strip() for x in includes
+        ):
+            self.fail(
+                self.key_line(index, "includes"),
+                f"product {code!r}: includes must be a list of product line names",
+            )
+        return tuple(x.strip() for x in includes)
 
     def text(self, index: int, entry: dict[str, Any], key: str, *, empty: bool = True) -> str:
         """A string value (optional ones default to "")."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from workers.config import Settings
 from workers.store.db import Conn
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso
 
 KIND = "payment_failed"
 RECOVERED = "payment_recovered"

@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 
 from babel.numbers import get_currency_precision
 
-from workers.billing.catalog import CYCLES, Product
+from workers.billing.products import CYCLES, Product
 from workers.billing.statuses import LIVE, STATUSES
 
 LIFETIME_END = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)

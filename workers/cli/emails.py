@@ -11,11 +11,13 @@ from emails.preview import preview
 from emails.render import KINDS, LOCALES, template_locale
 from workers.cli.events import _cut, _when, table
 from workers.cli.subscriptions import Refused
+from workers.errors import BadFilter
 from workers.jobs import reminders, runtime
-from workers.ops import replay
 from workers.store import db, suppressions
+from workers.store.jsonable import iso
 from workers.store.outbox import FAILURES
-from workers.store.subscriptions import iso
+from workers.store.reports.emails import list_emails
+from workers.store.statuses import EMAIL_STATUSES
 from workers.terminal import visible
 
 
@@ -105,9 +107,6 @@ def emails_preview(kind: str, locale: str | None, html_file: Path | None) -> Non
     click.echo(f"wrote the {kind} HTML ({chosen}) to {html_file}")
 
 
-EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "suppressed", "off")
-
-
 @emails_group.command("list")
 @click.option("--status", type=click.Choice(EMAIL_STATUSES), help="Only emails in this status.")
 @click.option(
@@ -125,24 +124,24 @@ def emails_list(
 
     try:
         with db.connection(runtime.current().settings.database_url) as conn, conn.transaction():
-            page, more = replay.list_emails(
+            page, more = list_emails(
                 conn, to=to, kind=kind, status=status, failure=reason, limit=limit
             )
-    except replay.BadFilter as exc:
+    except BadFilter as exc:
         raise click.UsageError(str(exc)) from None
     if not page:
         click.echo("no emails match")
         return
     rows = [
         [
-            str(email["id"]),
-            _when(email["created_at"]),
-            email["kind"],
-            _cut(email["to_address"], 40),
-            email["status"] + (f" ({email['failure']})" if email["failure"] else ""),
-            str(email["attempts"]),
-            "-" if email["event_id"] is None else str(email["event_id"]),
-            _cut(email["last_error"], 60),
+            str(email.id),
+            _when(email.created_at),
+            email.kind,
+            _cut(email.to_address, 40),
+            email.status + (f" ({email.failure})" if email.failure else ""),
+            str(email.attempts),
+            "-" if email.event_id is None else str(email.event_id),
+            _cut(email.last_error, 60),
         ]
         for email in page
     ]

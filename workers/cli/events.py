@@ -10,11 +10,15 @@ from typing import Any
 import click
 
 from workers.config import Settings
-from workers.errors import EventNotFound
+from workers.errors import BadFilter, EventNotFound
 from workers.jobs import runtime
 from workers.ops import replay
 from workers.store import db, events
 from workers.store.events import EventFilter
+from workers.store.reports import events as reports
+from workers.store.reports.emails import EmailRow
+from workers.store.reports.filters import is_empty, make_filter
+from workers.store.statuses import EVENT_STATUSES
 from workers.terminal import visible
 
 MAX_ID = 2**63 - 1
@@ -27,8 +31,8 @@ def _settings() -> Settings:
 
 def _filter(**criteria: str | None) -> EventFilter:
     try:
-        return replay.make_filter(**criteria)
-    except replay.BadFilter as exc:
+        return make_filter(**criteria)
+    except BadFilter as exc:
         raise click.UsageError(str(exc)) from None
 
 
@@ -65,7 +69,7 @@ def events_group() -> None:
 
 
 @events_group.command("list")
-@click.option("--status", type=click.Choice(events.STATUSES), help="Only events in this status.")
+@click.option("--status", type=click.Choice(EVENT_STATUSES), help="Only events in this status.")
 @click.option("--kind", type=click.Choice(events.KINDS), help="Only this kind of notification.")
 @click.option("--license", "license_code", metavar="CODE", help="Only events about this license.")
 @click.option("--since", metavar="DATE", help="Received at or after (YYYY-MM-DD or ISO time, UTC).")
@@ -82,20 +86,20 @@ def list_events(
     """List events, newest first."""
     flt = _filter(status=status, kind=kind, license_code=license_code, since=since, until=until)
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        page, more = replay.list_events(conn, flt, limit=limit)
+        page, more = reports.list_events(conn, flt, limit=limit)
     if not page:
         click.echo("no events match")
         return
     rows = [
         [
-            str(event["id"]),
-            _when(event["received_at"]),
-            event["kind"],
-            event["status"],
-            _cut(event["summary"] + (" [test]" if event["test"] else ""), 28),
-            _cut(",".join(event["license_codes"]), 24),
-            str(event["attempts"]),
-            _cut(event["last_error"], 60),
+            str(event.id),
+            _when(event.received_at),
+            event.kind,
+            event.status,
+            _cut(event.summary + (" [test]" if event.test else ""), 28),
+            _cut(",".join(event.license_codes), 24),
+            str(event.attempts),
+            _cut(event.last_error, 60),
         ]
         for event in page
     ]
@@ -132,68 +136,70 @@ def _change_line(change: dict[str, Any]) -> str:
     return f"{change.get('license_code', '')} {change['change']}: {moves or '-'}{note}"
 
 
-def describe(detail: dict[str, Any]) -> str:
-    """One event as `events show` prints it: sections an operator reads top to bottom."""
-    head = f"Event {detail['id']}  {detail['kind']}  {detail['summary'] or '(no summary)'}"
-    if detail["test"]:
+def _summary_lines(detail: reports.EventDetail) -> list[str]:
+    """The event's heading and how it stands."""
+    head = f"Event {detail.id}  {detail.kind}  {detail.summary or '(no summary)'}"
+    if detail.test:
         head += "  [test order]"
-    status = detail["status"] + (f": {detail['outcome']}" if detail["outcome"] else "")
-    verification = detail["verification"]
-    algo = verification["signature_algo"]
-    key = verification["key_index"]
-    lines = [
+    status = detail.status + (f": {detail.outcome}" if detail.outcome else "")
+    return [
         head,
         f"  status        {status}",
-        f"  received      {_when(detail['received_at'])} UTC, delivered {detail['deliveries']} "
-        f"time(s), last {_when(detail['last_delivery_at'])}",
-        f"  enqueued      {_when(detail['enqueued_at'])}",
-        f"  {events.FINISHED_LABELS.get(detail['status'], 'Processed').lower():<13} "
-        f"{_when(detail['processed_at'])}",
-        f"  attempts      {detail['attempts']}",
-        f"  licenses      {', '.join(detail['license_codes']) or '-'}",
-        f"  dedupe key    {detail['dedupe_key']}",
+        f"  received      {_when(detail.received_at)} UTC, delivered {detail.deliveries} "
+        f"time(s), last {_when(detail.last_delivery_at)}",
+        f"  enqueued      {_when(detail.enqueued_at)}",
+        f"  {events.FINISHED_LABELS.get(detail.status, 'Processed').lower():<13} "
+        f"{_when(detail.processed_at)}",
+        f"  attempts      {detail.attempts}",
+        f"  licenses      {', '.join(detail.license_codes) or '-'}",
+        f"  dedupe key    {detail.dedupe_key}",
     ]
-    lines += _section(
-        "Verification",
-        [
-            f"signature verified: {algo}, configured key #{key + 1}"
-            + (" (a previous key)" if key else "")
-        ],
-    )
-    lines += _section("Headers", [f"{name}: {value}" for name, value in detail["headers"].items()])
-    fields = detail["fields"]
+
+
+def _request_lines(detail: reports.EventDetail) -> list[str]:
+    """How the request verified, its headers, and its fields (the blank ones counted)."""
+    algo, key = detail.verification["signature_algo"], detail.verification["key_index"]
+    verified = f"signature verified: {algo}, configured key #{key + 1}"
+    lines = _section("Verification", [verified + (" (a previous key)" if key else "")])
+    lines += _section("Headers", [f"{name}: {value}" for name, value in detail.headers.items()])
+    fields = detail.fields
     shown = {name: values for name, values in fields.items() if any(values)}
     width = max((len(name) for name in shown), default=0)
     field_lines = [f"{name.ljust(width)}  {' | '.join(values)}" for name, values in shown.items()]
     if len(shown) < len(fields):
         field_lines.append(f"({len(fields) - len(shown)} blank field(s) not shown)")
-    lines += _section(f"Fields ({len(fields)})", field_lines)
-    lines += _section(
-        f"Attempts ({len(detail['attempt_history'])})",
-        [
-            f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}"
-            + (f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else "")
-            for attempt in detail["attempt_history"]
-        ],
+    return lines + _section(f"Fields ({len(fields)})", field_lines)
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    return f"{_when(attempt['at'])}  {attempt['status']:<10}  {events.requested_by(attempt)}" + (
+        f": {_cut(attempt['outcome'], 100)}" if attempt["outcome"] else ""
     )
-    if detail["last_error"]:
-        trace = (detail["last_traceback"] or "").rstrip().splitlines()
-        lines += _section("Last error", [detail["last_error"], *trace])
+
+
+def _email_line(email: EmailRow) -> str:
+    return (
+        f"#{email.id}  {email.kind} to {email.to_address} ({email.locale}): {email.status}"
+        + (f" {_when(email.sent_at)}" if email.sent_at else "")
+        + (f", attempts {email.attempts}" if email.attempts else "")
+        + (f", last error: {_cut(email.last_error, 80)}" if email.last_error else "")
+    )
+
+
+def describe(detail: reports.EventDetail) -> str:
+    """One event as `events show` prints it: sections an operator reads top to bottom."""
+    lines = _summary_lines(detail) + _request_lines(detail)
+    history = detail.attempt_history
+    lines += _section(f"Attempts ({len(history)})", [_attempt_line(a) for a in history])
+    if detail.last_error:
+        trace = (detail.last_traceback or "").rstrip().splitlines()
+        lines += _section("Last error", [detail.last_error, *trace])
     lines += _section(
-        f"State changes ({len(detail['changes'])})",
-        [f"{_when(change['at'])}  {_change_line(change)}" for change in detail["changes"]],
+        f"State changes ({len(detail.changes)})",
+        [f"{_when(change['at'])}  {_change_line(change)}" for change in detail.changes],
     ) or ["", "State changes: none"]
-    lines += _section(
-        f"Emails ({len(detail['emails'])})",
-        [
-            f"#{email['id']}  {email['kind']} to {email['to_address']} ({email['locale']}): "
-            f"{email['status']}"
-            + (f" {_when(email['sent_at'])}" if email["sent_at"] else "")
-            + (f", attempts {email['attempts']}" if email["attempts"] else "")
-            + (f", last error: {_cut(email['last_error'], 80)}" if email["last_error"] else "")
-            for email in detail["emails"]
-        ],
-    ) or ["", "Emails: none"]
+    emails = [_email_line(email) for email in detail.emails]
+    lines += _section(f"Emails ({len(emails)})", emails) or ["", "Emails: none"]
     # Each entry is one line: a newline or ESC inside a value is shown, never acted on.
     return "\n".join(visible(line) for line in lines)
 
@@ -204,12 +210,12 @@ def describe(detail: dict[str, Any]) -> str:
 def show_event(event_id: int, raw: bool) -> None:
     """Show one event: headers, fields, verification, attempts, last error, what it caused."""
     with db.connection(_settings().database_url) as conn, conn.transaction():
-        detail = replay.event_detail(conn, event_id)
+        detail = reports.event_detail(conn, event_id)
     if detail is None:
         raise click.ClickException(f"no event with id {event_id}")
     click.echo(describe(detail))
     if raw:
-        click.echo("\nRaw body\n  " + visible(detail["raw_body"]))
+        click.echo("\nRaw body\n  " + visible(detail.raw_body))
 
 
 def _preview_lines(preview: dict[str, Any]) -> list[str]:
@@ -258,7 +264,7 @@ def replay_events(
     Replaying an event already processed changes nothing and sends nothing.
     """
     flt = _filter(kind=kind, license_code=license_code, since=since, until=until)
-    by_filter = failed or not replay.is_empty(flt)
+    by_filter = failed or not is_empty(flt)
     if event_ids and by_filter:
         raise click.UsageError("give event ids or a filter (--failed, --kind, ...), not both")
     if not event_ids and not by_filter:

@@ -12,6 +12,7 @@ from workers.jobs import reconcile, runtime
 from workers.provider_api import Client, ProviderApiError
 from workers.store import db
 from workers.store.db import Conn
+from workers.store.reports.runs import outcomes
 from workers.terminal import visible
 
 POLL_SECONDS = 0.5
@@ -87,10 +88,10 @@ def reconcile_command(
 def _applied(conn: Conn, sweep: reconcile.Sweep, wait_seconds: float) -> str:
     """How the sweep's events fared, once the workers applied them all or the wait is over."""
     deadline = time.monotonic() + wait_seconds
-    found = reconcile.outcomes(conn, sweep.run_id)
+    found = outcomes(conn, sweep.run_id)
     while found.waiting and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-        found = reconcile.outcomes(conn, sweep.run_id)
+        found = outcomes(conn, sweep.run_id)
     waiting = f", {found.waiting} waiting for the workers" if found.waiting else ""
     return f"{found.applied} applied, {found.failed} failed{waiting}"
 

@@ -9,6 +9,7 @@ import click
 
 from workers.errors import RinnovoError
 from workers.jobs import runtime
+from workers.ops import scenarios
 from workers.ops import simulate as sim
 from workers.protocol.signature import Algorithm
 from workers.terminal import visible
@@ -104,7 +105,7 @@ def simulate() -> None:
 @_common
 def ipn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """An order notification (IPN) with any ORDERSTATUS: a new purchase by default."""
-    _run(sim.ipn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
+    _run(scenarios.ipn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("renewal")
@@ -118,7 +119,7 @@ def ipn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) ->
 @_common
 def renewal(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A renewal order (IPN_LICENSE_TYPE[]=RENEWAL) for an existing license."""
-    _run(sim.renewal, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
+    _run(scenarios.renewal, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("upgrade")
@@ -133,7 +134,7 @@ def renewal(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any
 @_common
 def upgrade(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """An upgrade order (IPN_LICENSE_TYPE[]=UPGRADE) moving an existing license to --product."""
-    _run(sim.upgrade, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
+    _run(scenarios.upgrade, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("refund")
@@ -148,7 +149,7 @@ def upgrade(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any
 @_common
 def refund(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A refund (ORDERSTATUS REFUND, negative totals) of a license's order."""
-    _run(sim.refund, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
+    _run(scenarios.refund, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("lcn")
@@ -174,7 +175,7 @@ def refund(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any)
 @_common
 def lcn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) -> None:
     """A license change notification (LCN) for an existing license."""
-    _run(sim.lcn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
+    _run(scenarios.lcn, url, dry_run, {**options, "algorithms": _algorithms(algorithms)})
 
 
 @simulate.command("ins")
@@ -192,7 +193,7 @@ def lcn(url: str, dry_run: bool, algorithms: tuple[str, ...], **options: Any) ->
 @_common
 def ins(url: str, dry_run: bool, **options: Any) -> None:
     """A legacy INS message, signed with the first TWOCHECKOUT_INS_SECRET_WORD."""
-    _run(sim.ins, url, dry_run, options)
+    _run(scenarios.ins, url, dry_run, options)
 
 
 COMMANDS = [simulate]

@@ -8,12 +8,17 @@ from typing import Any
 
 import click
 
-from workers.billing import dunning, lifecycle, policies
+from workers.billing import dunning, policies
+from workers.billing.apply.run import catalog as current_catalog
+from workers.billing.apply.run import terms as terms_of
 from workers.billing.statuses import STATUSES
 from workers.config import Settings
-from workers.jobs import reconcile, runtime
+from workers.jobs import runtime
 from workers.store import db
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
+from workers.store.reports import subscriptions as subscription_reports
+from workers.store.reports.runs import overdue
 from workers.terminal import visible
 
 
@@ -29,9 +34,7 @@ def _at(value: str | None) -> datetime:
 
 def _load(settings: Settings, license_code: str) -> dict[str, Any]:
     with db.connection(settings.database_url) as conn:
-        row = conn.execute(
-            "SELECT * FROM subscriptions WHERE license_code = %s", (license_code,)
-        ).fetchone()
+        row = subscription_reports.row(conn, license_code)
     if row is None:
         raise click.ClickException(f"no subscription with license code {license_code}")
     return row
@@ -56,9 +59,7 @@ def _print_quote(quote: policies.Quote) -> None:
     if quote.renewal_price:
         click.echo(f"renewal:      {quote.renewal_price} {quote.currency}")
     click.echo(f"amount due:   {quote.amount_due} {quote.currency}")
-    click.echo(
-        f"new period:   {subs.iso(quote.new_period_start)} -> {subs.iso(quote.new_expires_at)}"
-    )
+    click.echo(f"new period:   {iso(quote.new_period_start)} -> {iso(quote.new_expires_at)}")
     click.echo(f"why:          {visible(quote.explanation)}")
 
 
@@ -79,14 +80,14 @@ def quote_upgrade(
     """Quote upgrading LICENSE_CODE."""
     settings = runtime.current().settings
     row = _load(settings, license_code)
-    catalog = lifecycle.catalog(settings)
+    catalog = current_catalog(settings)
     current = catalog.get(row["product_code"])
     if current is None:
         raise click.ClickException(f"product {row['product_code']} is not in the catalog")
     product = catalog.find_target(current, target, cycle)
     if product is None:
         raise click.ClickException(f"no single product matches --to {target!r}")
-    terms = lifecycle.terms(row)
+    terms = terms_of(row)
     _print_quote(policies.quote_upgrade(terms, current, product, _at(at), quantity=quantity))
 
 
@@ -97,13 +98,11 @@ def quote_renew(license_code: str, at: str | None) -> None:
     """Quote renewing LICENSE_CODE by hand (or automatically, if its auto-renew is on)."""
     settings = runtime.current().settings
     row = _load(settings, license_code)
-    product = lifecycle.catalog(settings).get(row["product_code"])
+    product = current_catalog(settings).get(row["product_code"])
     if product is None:
         raise click.ClickException(f"product {row['product_code']} is not in the catalog")
     _print_quote(
-        policies.quote_renewal(
-            lifecycle.terms(row), product, _at(at), automatic=bool(row["auto_renew"])
-        )
+        policies.quote_renewal(terms_of(row), product, _at(at), automatic=bool(row["auto_renew"]))
     )
 
 
@@ -185,7 +184,7 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
     with db.connection(settings.database_url) as conn:
         rows = dunning.listing(conn, status, limit)
     for row in rows:
-        expires = subs.iso(row["expires_at"]) or "-"
+        expires = iso(row["expires_at"]) or "-"
         where = dunning.position(settings, row)
         line = f"{visible(row['license_code']):<20} {row['status']:<9} expires {expires}"
         click.echo(f"{line}  {where}" if where else line)
@@ -195,12 +194,12 @@ def list_subscriptions(status: str | None, overdue: bool, limit: int) -> None:
 def _list_overdue(settings: Settings, limit: int) -> None:
     """Subscriptions whose expected notification is missing, most recently due first."""
     with db.connection(settings.database_url) as conn:
-        rows = reconcile.overdue(conn, settings.expected_notification_grace, limit=limit)
+        rows = overdue(conn, settings.expected_notification_grace, limit=limit)
     for row in rows:
         click.echo(
             visible(
-                f"{row['license_code']}  {row['status']:<8} {row['product_code']}  "
-                f"expired {subs.iso(row['expires_at'])}, auto-renew on, no notification since"
+                f"{row.license_code}  {row.status:<8} {row.product_code}  "
+                f"expired {iso(row.expires_at)}, auto-renew on, no notification since"
             )
         )
     hours = settings.expected_notification_grace.total_seconds() / 3600

@@ -10,7 +10,8 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from emails.transport import PermanentEmailError
-from workers.billing import lifecycle
+from workers.billing.apply import apply
+from workers.billing.apply.run import catalog
 from workers.config import Settings
 from workers.errors import (
     BrokerUnavailable,
@@ -33,7 +34,7 @@ def settings() -> Settings:
 def check_settings(checked: Settings) -> None:
     """Stop on a malformed catalog, naming the line, instead of failing events; say loudly that
     emails wait when the merchant's voice is missing."""
-    lifecycle.catalog(checked)
+    catalog(checked)
     try:
         checked.merchant_voice()
     except ConfigError as exc:  # events are still applied; their emails wait for the setting
@@ -77,7 +78,7 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
             return None
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
-        applied = lifecycle.apply(conn, event, settings(), emails=emails)
+        applied = apply(conn, event, settings(), emails=emails)
         events.finish(
             conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
         )
@@ -116,7 +117,7 @@ def send_email(email_id: int) -> None:
 
 def send_emails(email_ids: Iterable[int]) -> list[int]:
     """Hand ids to the broker until it fails; the ones it took."""
-    return send_each(send_email, email_ids)
+    return send_each(runtime.current().broker, send_email, email_ids)
 
 
 def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:

@@ -41,9 +41,12 @@ PROCESS_EVENT = "process_event"
 EVENTS_QUEUE = "default"
 
 
-def send_each(actor: dramatiq.Actor[Any, Any], ids: Iterable[int]) -> list[int]:
-    """Send one message per id to `actor` until the broker fails; the ids it took."""
-    return _send_until_failure(actor.send, ids)
+def send_each(
+    on: dramatiq.Broker, actor: dramatiq.Actor[Any, Any], ids: Iterable[int]
+) -> list[int]:
+    """Send one message per id to `actor`, on the broker `on` (the runtime's, which a test may
+    build to refuse), until the broker fails; the ids it took."""
+    return _send_until_failure(lambda item: on.enqueue(actor.message(item)), ids)
 
 
 def send_by_name(

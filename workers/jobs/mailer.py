@@ -52,7 +52,8 @@ from workers.jobs.retry import Job
 from workers.logs import without_addresses
 from workers.store import db
 from workers.store.db import Conn
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso
+from workers.store.statuses import EMAIL_DONE
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ _WITHHELD = "UPDATE emails SET status = %s, last_error = %s WHERE id = %s AND st
 _SUPPRESSION = """
     SELECT family, how, created_at FROM email_suppressions WHERE address = lower(%s) AND family = %s
 """
-# What an attempt finds already settled: nothing to do.
-DONE = ("sent", "failed", "suppressed", "off")
 _CONFIG_RETRY = """
     UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now(),
                       due_at = now() + make_interval(secs => %s), retry_job = %s
@@ -168,7 +167,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
         if row is None:
             log.warning("email %s does not exist; nothing to send", email_id)
             return
-        if row["status"] in DONE:
+        if row["status"] in EMAIL_DONE:  # already settled: nothing to do
             return  # a duplicate job: the outcome is already recorded
         if _stray(row, job):
             log.info("email %s: its retry is another job's; this copy does nothing", email_id)

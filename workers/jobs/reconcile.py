@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -22,8 +22,10 @@ import psycopg
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.provider_api import Client, Order, ProviderApiError, Subscription
-from workers.store import db, events
+from workers.store import db, events, sweeps
 from workers.store.db import Conn
+from workers.store.reports.runs import overdue
+from workers.store.statuses import APPLIED
 from workers.terminal import visible
 
 log = logging.getLogger(__name__)
@@ -81,20 +83,11 @@ class Sweep:
 def default_start(conn: Conn) -> date | None:
     """A day before the last successful sweep of every subscription that applied what it found;
     without one, a day before the first notification stored; None when neither exists."""
-    row = conn.execute(
-        """
-        SELECT window_end FROM reconcile_runs
-        WHERE outcome = 'succeeded' AND NOT dry_run AND license_code IS NULL
-          AND source <> 'watchdog'
-        ORDER BY started_at DESC LIMIT 1
-        """
-    ).fetchone()
-    if row is not None:
-        return row["window_end"] - OVERLAP
-    first = conn.execute("SELECT min(received_at) AS at FROM events").fetchone()
-    if first is None or first["at"] is None:
-        return None
-    return first["at"].astimezone(UTC).date() - OVERLAP
+    last = sweeps.last_full_sweep_end(conn)
+    if last is not None:
+        return last - OVERLAP
+    first = sweeps.first_received(conn)
+    return None if first is None else first.astimezone(UTC).date() - OVERLAP
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -170,59 +163,29 @@ def order_difference(order: Order) -> Difference:
 # --- the sweep ----------------------------------------------------------------------------------
 
 
-def _local_subscriptions(conn: Conn, references: Iterable[str]) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(
-        """
-        SELECT license_code, product_code, quantity, status, auto_renew, expires_at, cycle
-        FROM subscriptions WHERE license_code = ANY(%s)
-        """,
-        (list(references),),
-    ).fetchall()
-    return {row["license_code"]: row for row in rows}
-
-
-def _known_orders(conn: Conn, refnos: Iterable[str]) -> set[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT refno FROM orders WHERE refno = ANY(%s)", (list(refnos),)
-    ).fetchall()
-    return {row["refno"] for row in rows}
-
-
 def _start(conn: Conn, sweep: Sweep) -> None:
-    row = conn.execute(
-        """
-        INSERT INTO reconcile_runs (window_start, window_end, license_code, dry_run, source)
-        VALUES (%s, %s, %s, %s, %s) RETURNING id
-        """,
-        (sweep.window_start, sweep.window_end, sweep.license_code, sweep.dry_run, sweep.source),
-    ).fetchone()
-    assert row is not None
-    sweep.run_id = row["id"]
-
-
-def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
-    conn.execute(
-        """
-        UPDATE reconcile_runs
-        SET outcome = %s, error = %s, subscriptions_checked = %s, orders_checked = %s,
-            differing = %s, deferred = %s, events_stored = %s, finished_at = now()
-        WHERE id = %s
-        """,
-        (
-            "failed" if error else "succeeded",
-            error,
-            sweep.subscriptions_checked,
-            sweep.orders_checked,
-            sweep.differing,
-            sweep.deferred,
-            len(sweep.event_ids),
-            sweep.run_id,
-        ),
+    sweep.run_id = sweeps.start_run(
+        conn,
+        window_start=sweep.window_start,
+        window_end=sweep.window_end,
+        license_code=sweep.license_code,
+        dry_run=sweep.dry_run,
+        source=sweep.source,
     )
 
 
+def _finish(conn: Conn, sweep: Sweep, error: str | None) -> None:
+    counts = {
+        "subscriptions_checked": sweep.subscriptions_checked,
+        "orders_checked": sweep.orders_checked,
+        "differing": sweep.differing,
+        "deferred": sweep.deferred,
+        "events_stored": len(sweep.event_ids),
+    }
+    sweeps.finish_run(conn, sweep.run_id, error=error, counts=counts)
+
+
 Report = Callable[[Difference], None]
-APPLIED = ("processed", "ignored")  # an event in these states has done all it will do
 
 
 def dedupe_key(record: Subscription | Order) -> str:
@@ -290,19 +253,14 @@ def _found(
     sweep.differing += 1
     event_id = None if sweep.dry_run or record is None else _store(conn, sweep, record)
     for difference in differences:
-        conn.execute(
-            """
-            INSERT INTO reconcile_differences (run_id, subject, what, rinnovo, provider, event_id)
-            VALUES (%s, %s, %s, %s, %s, %s)
-            """,
-            (
-                sweep.run_id,
-                difference.subject,
-                difference.what,
-                difference.rinnovo,
-                difference.provider,
-                event_id,
-            ),
+        sweeps.add_difference(
+            conn,
+            sweep.run_id,
+            subject=difference.subject,
+            what=difference.what,
+            rinnovo=difference.rinnovo,
+            provider=difference.provider,
+            event_id=event_id,
         )
         report(difference)
 
@@ -310,7 +268,7 @@ def _found(
 def check_one(conn: Conn, client: Client, sweep: Sweep, reference: str, report: Report) -> None:
     """Look one subscription up by its reference and compare it."""
     remote = client.subscription(reference)
-    local = _local_subscriptions(conn, [reference]).get(reference)
+    local = sweeps.local_subscriptions(conn, [reference]).get(reference)
     sweep.subscriptions_checked += 1
     if remote is None:
         absent = Difference(
@@ -329,7 +287,7 @@ def _subscriptions(conn: Conn, client: Client, sweep: Sweep, report: Report) -> 
         check_one(conn, client, sweep, sweep.license_code, report)
         return
     for page in client.search_subscriptions(sweep.window_start):
-        local = _local_subscriptions(conn, (sub.reference for sub in page))
+        local = sweeps.local_subscriptions(conn, (sub.reference for sub in page))
         for remote in page:
             sweep.subscriptions_checked += 1
             differences = compare_subscription(local.get(remote.reference), remote)
@@ -343,7 +301,7 @@ def _concerns(sweep: Sweep, order: Order) -> bool:
 
 def _orders(conn: Conn, client: Client, sweep: Sweep, report: Report, now: datetime) -> None:
     for page in client.search_orders(sweep.window_start, sweep.window_end):
-        known = _known_orders(conn, (order.refno for order in page))
+        known = sweeps.known_orders(conn, (order.refno for order in page))
         for order in page:
             if order.refno in known:
                 sweep.orders_checked += _concerns(sweep, order)
@@ -435,34 +393,6 @@ def dispatcher(database_url: str) -> Enqueue:
     return enqueue
 
 
-@dataclass(frozen=True)
-class Outcomes:
-    """Where a sweep's events stand: applied by a worker, failed (or failing), still waiting."""
-
-    applied: int
-    failed: int
-    waiting: int
-
-
-def outcomes(conn: Conn, run_id: int) -> Outcomes:
-    """How the reconciliation events of one sweep fared so far."""
-    row = conn.execute(
-        """
-        SELECT count(*) FILTER (WHERE e.status IN ('processed', 'ignored')) AS applied,
-               count(*) FILTER (WHERE e.status = 'failed'
-                                OR (e.status IN ('received', 'enqueued')
-                                    AND e.last_error IS NOT NULL)) AS failed,
-               count(*) FILTER (WHERE e.status IN ('received', 'enqueued')
-                                AND e.last_error IS NULL) AS waiting
-        FROM events e
-        WHERE e.id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
-        """,
-        (run_id,),
-    ).fetchone()
-    assert row is not None
-    return Outcomes(row["applied"], row["failed"], row["waiting"])
-
-
 # --- on the clock: the daily sweep and the expected-notification watchdog ------------------------
 
 WATCHDOG_BATCH = 100  # lookups per watchdog run, the most recently due first
@@ -477,37 +407,6 @@ def daily(settings: Settings, now: datetime | None = None) -> Sweep:
         return run(conn, client, sweep, now=now, enqueue=dispatcher(settings.database_url))
 
 
-# Auto-renewing subscriptions past their expiry by more than the grace that no notification
-# (renewal, LCN, failure: any IPN, LCN or INS naming them) has concerned since.
-_OVERDUE = """
-    FROM subscriptions s
-    WHERE s.auto_renew AND s.status IN ('active', 'expired')
-      AND s.expires_at < now() - make_interval(secs => %(grace)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM events e
-          WHERE e.license_codes @> ARRAY[s.license_code] AND e.kind <> 'api'
-            AND e.received_at >= s.expires_at)
-"""
-
-
-def overdue(conn: Conn, grace: timedelta, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The subscriptions whose expected notification never came, most recently due first."""
-    return conn.execute(
-        "SELECT s.license_code, s.status, s.product_code, s.expires_at, s.auto_renew"
-        + _OVERDUE
-        + "ORDER BY s.expires_at DESC, s.license_code LIMIT %(limit)s",
-        {"grace": grace.total_seconds(), "limit": limit},
-    ).fetchall()
-
-
-def count_overdue(conn: Conn, grace: timedelta) -> int:
-    """How many subscriptions' expected notification never came."""
-    row = conn.execute(
-        "SELECT count(*) AS n" + _OVERDUE, {"grace": grace.total_seconds()}
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
 def watchdog(settings: Settings) -> Sweep | None:
     """Look up at the provider each subscription whose expected notification never came, and
     reconcile it; None when none is overdue."""
@@ -520,61 +419,6 @@ def watchdog(settings: Settings) -> Sweep | None:
 
         def look_up() -> None:
             for row in silent:
-                check_one(conn, client, sweep, row["license_code"], lambda found: None)
+                check_one(conn, client, sweep, row.license_code, lambda found: None)
 
         return run(conn, client, sweep, enqueue=dispatcher(settings.database_url), body=look_up)
-
-
-# --- what operators read: metrics and the admin page --------------------------------------------
-
-
-def figures(conn: Conn, grace: timedelta) -> dict[str, float]:
-    """The reconciliation figures /metrics shows."""
-    row = conn.execute(
-        """
-        SELECT coalesce(extract(epoch FROM max(finished_at) FILTER (
-                   WHERE outcome = 'succeeded' AND license_code IS NULL
-                     AND source <> 'watchdog')), 0) AS last_success,
-               coalesce(sum(differing), 0) AS differences
-        FROM reconcile_runs WHERE NOT dry_run
-        """
-    ).fetchone()
-    assert row is not None
-    return {
-        "last_success": float(row["last_success"]),
-        "differences": float(row["differences"]),
-        "missing": float(count_overdue(conn, grace)),
-    }
-
-
-def recent_runs(conn: Conn, limit: int = 50) -> list[dict[str, Any]]:
-    """The latest sweeps, newest first."""
-    return conn.execute(
-        "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT %s", (limit,)
-    ).fetchall()
-
-
-def run_detail(conn: Conn, run_id: int) -> dict[str, Any] | None:
-    """One sweep, each difference it found with the event applying it, and what that changed."""
-    found = conn.execute("SELECT * FROM reconcile_runs WHERE id = %s", (run_id,)).fetchone()
-    if found is None:
-        return None
-    differences = conn.execute(
-        """
-        SELECT d.subject, d.what, d.rinnovo, d.provider, d.event_id,
-               e.status AS event_status, e.outcome, e.last_error
-        FROM reconcile_differences d LEFT JOIN events e ON e.id = d.event_id
-        WHERE d.run_id = %s ORDER BY d.id
-        """,
-        (run_id,),
-    ).fetchall()
-    changes = conn.execute(
-        """
-        SELECT h.event_id, s.license_code, h.change, h.note, h.at
-        FROM subscription_history h JOIN subscriptions s ON s.id = h.subscription_id
-        WHERE h.event_id IN (SELECT event_id FROM reconcile_differences WHERE run_id = %s)
-        ORDER BY h.id
-        """,
-        (run_id,),
-    ).fetchall()
-    return {"run": found, "differences": differences, "changes": changes}

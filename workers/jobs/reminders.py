@@ -35,7 +35,7 @@ _START_OF_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 def _fact_time(column: str) -> sql.Composed:
-    """The instant in `s.column` as outbox facts spell it (workers.store.subscriptions.iso).
+    """The instant in `s.column` as outbox facts spell it (workers.store.jsonable.iso).
 
     ISO 8601 in UTC with a Z, microseconds only when there are some.
     """

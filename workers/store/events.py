@@ -11,8 +11,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from workers.store.db import Conn
+from workers.store.statuses import EVENT_STATUSES, EventStatus
 
-STATUSES = ("received", "enqueued", "processed", "failed", "ignored")
 KINDS = ("ipn", "lcn", "ins", "api")  # api: reconciliation events
 
 # An event's job should start within this long of being due (a worker takes a message in
@@ -116,9 +116,9 @@ REQUESTERS: dict[str, str] = {
 # What the time an event's processing ended means, by its status: a failed event was not
 # "processed".
 FINISHED_LABELS: dict[str, str] = {
-    "processed": "Processed",
-    "ignored": "Ignored",
-    "failed": "Failed",
+    EventStatus.PROCESSED: "Processed",
+    EventStatus.IGNORED: "Ignored",
+    EventStatus.FAILED: "Failed",
 }
 
 
@@ -321,4 +321,4 @@ def counts_by_status(conn: Conn) -> dict[str, int]:
     """How many events are in each status."""
     rows = conn.execute("SELECT status, count(*) AS n FROM events GROUP BY status").fetchall()
     found = {row["status"]: row["n"] for row in rows}
-    return {status: found.get(status, 0) for status in STATUSES}
+    return {status: found.get(status, 0) for status in EVENT_STATUSES}

@@ -15,8 +15,6 @@ import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
@@ -27,7 +25,7 @@ from emails.render import KINDS, resolve_locale
 from workers.config import Settings
 from workers.errors import ConfigError
 from workers.store.db import Conn
-from workers.store.subscriptions import iso
+from workers.store.jsonable import jsonable
 
 # Why a failed email failed (the emails table's `failure`): interrupted (it may have been
 # delivered), permanent, exhausted (retries), superseded, config.
@@ -50,25 +48,6 @@ class Draft:
     fact: str
     event_id: int | None = None
     extra: Mapping[str, Any] | None = None
-
-
-def jsonable(value: Any) -> Any:
-    """Return `value` in a form JSON keeps exactly: instants as ISO UTC, Decimals as strings."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value.isoformat()} in an email context")
-        return iso(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(item) for item in value]
-    raise TypeError(f"cannot store a {type(value).__name__} in an email context")
 
 
 def message_domain(settings: Settings) -> str:

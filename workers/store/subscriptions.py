@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +9,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from workers.store.db import Conn
+from workers.store.jsonable import iso, jsonable
 
 # The columns a change may touch, in the order history shows them.
 TRACKED = (
@@ -147,14 +147,6 @@ def order_seen(conn: Conn, subscription_id: int, refno: str, statuses: tuple[str
     return row is not None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
 def add_history(
     conn: Conn,
     *,
@@ -175,18 +167,11 @@ def add_history(
             subscription_id,
             event_id,
             change,
-            Jsonb({k: _jsonable(v) for k, v in before.items()}),
-            Jsonb({k: _jsonable(v) for k, v in after.items()}),
+            Jsonb({k: jsonable(v) for k, v in before.items()}),
+            Jsonb({k: jsonable(v) for k, v in after.items()}),
             note,
         ),
     )
-
-
-def iso(value: datetime | None) -> str | None:
-    """An instant as ISO 8601 in UTC with a Z, the one format the API and facts use."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def describe(conn: Conn, license_code: str) -> dict[str, Any] | None:

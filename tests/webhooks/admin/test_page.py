@@ -9,7 +9,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.support import FORM, broker, insert_subscription, signed_ipn
-from webhooks.admin import page as admin_page
+from webhooks.admin import sessions
 from webhooks.app import create_app
 from workers.ops import samples
 from workers.protocol import form
@@ -144,7 +144,7 @@ def test_the_session_cookie_works_in_every_worker_with_the_same_token_and_no_oth
 
 def test_a_session_older_than_twelve_hours_must_log_in_again(logged_in):
     with logged_in.session_transaction() as session:
-        session["at"] = int(time.time()) - admin_page.SESSION_SECONDS - 1
+        session["at"] = int(time.time()) - sessions.SESSION_SECONDS - 1
 
     assert logged_in.get("/admin/").status_code == 302
 

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from webhooks.admin import page as admin_page
+from webhooks.admin import sessions
 from webhooks.app import create_app
 from workers.errors import ConfigError
 
@@ -76,11 +77,11 @@ def test_after_logout_the_old_cookie_opens_no_page(conn):
 def test_wrong_tokens_slow_down_that_address_in_every_process(conn):
     first, second = _client(), _client()  # two apps: as two gunicorn workers, sharing Redis
     attacker = {"environ_base": {"REMOTE_ADDR": "198.51.100.7"}}
-    for _ in range(admin_page.LOGIN_ATTEMPTS):
+    for _ in range(sessions.LOGIN_ATTEMPTS):
         assert _log_in(first, "wrong guess", **attacker).status_code == 403
     refused = _log_in(second, TOKEN, **attacker)  # even the right token waits
     assert refused.status_code == 429
-    assert 0 < int(refused.headers["Retry-After"]) <= admin_page.LOGIN_WINDOW
+    assert 0 < int(refused.headers["Retry-After"]) <= sessions.LOGIN_WINDOW
     assert "Too many wrong tokens" in refused.text
     other = {"environ_base": {"REMOTE_ADDR": "203.0.113.9"}}
     assert _log_in(second, TOKEN, **other).status_code == 303
@@ -161,7 +162,7 @@ def test_wrong_bearer_tokens_on_the_api_count_against_the_same_address(conn):
     client = _client()
     attacker = {"environ_base": {"REMOTE_ADDR": "198.51.100.8"}}
     wrong = {"Authorization": "Bearer not-the-admin-token"}
-    for _ in range(admin_page.LOGIN_ATTEMPTS):
+    for _ in range(sessions.LOGIN_ATTEMPTS):
         assert client.get("/admin/api/events", headers=wrong, **attacker).status_code == 401
     refused = client.get("/admin/api/events", headers=AUTH, **attacker)
     assert refused.status_code == 429
@@ -200,19 +201,19 @@ def test_guesses_sent_all_at_once_are_compared_no_more_often_than_the_limit(conn
     def guess() -> None:
         statuses.append(_log_in(_client(), "wrong guess", **attacker).status_code)
 
-    threads = [threading.Thread(target=guess) for _ in range(3 * admin_page.LOGIN_ATTEMPTS)]
+    threads = [threading.Thread(target=guess) for _ in range(3 * sessions.LOGIN_ATTEMPTS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    assert slow.calls == admin_page.LOGIN_ATTEMPTS
+    assert slow.calls == sessions.LOGIN_ATTEMPTS
     assert sorted(set(statuses)) == [403, 429]
 
 
 def test_an_ipv6_client_cannot_reset_its_count_by_moving_within_its_64(conn):
     client = _client()
-    for n in range(admin_page.LOGIN_ATTEMPTS):
+    for n in range(sessions.LOGIN_ATTEMPTS):
         address = {"environ_base": {"REMOTE_ADDR": f"2001:db8:0:7::{n + 1}"}}
         assert _log_in(client, "wrong guess", **address).status_code == 403
     neighbour = {"environ_base": {"REMOTE_ADDR": "2001:db8:0:7::abcd"}}
@@ -224,7 +225,7 @@ def test_an_ipv6_client_cannot_reset_its_count_by_moving_within_its_64(conn):
 def test_right_tokens_never_count_toward_the_limit(conn):
     api = _client()
     operator = {"environ_base": {"REMOTE_ADDR": "198.51.100.21"}}
-    for _ in range(2 * admin_page.LOGIN_ATTEMPTS):
+    for _ in range(2 * sessions.LOGIN_ATTEMPTS):
         assert _log_in(_client(), TOKEN, **operator).status_code == 303
         assert api.get("/admin/api/events", headers=AUTH, **operator).status_code == 200
     assert _log_in(_client(), "wrong guess", **operator).status_code == 403

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from tests.emails.conftest import HOST, Recorder
 from tests.support import drain, post_signed, runtime_from_env
-from tests.workers.billing.test_lifecycle import ipn, lcn
+from tests.workers.billing.apply.support import ins, ipn, lcn, post_ins
 from workers.billing import dunning
 from workers.cli import cli
 from workers.config import Settings
@@ -219,23 +219,19 @@ def test_a_future_day_is_refused_and_writes_no_sequence_email(client, conn):
 def test_an_ins_installment_paid_after_a_failure_sends_one_recovery_email_with_the_amount(
     client, conn
 ):
-    from tests.workers.billing.test_lifecycle import _ins, _post_ins
-
-    _post_ins(client, _ins("ORDER_CREATED"))
+    post_ins(client, ins("ORDER_CREATED"))
     drain()
-    failed = _ins(
-        "RECURRING_INSTALLMENT_FAILED", invoice_id="6002", timestamp="2026-02-10 00:05:00"
-    )
-    _post_ins(client, failed)
+    failed = ins("RECURRING_INSTALLMENT_FAILED", invoice_id="6002", timestamp="2026-02-10 00:05:00")
+    post_ins(client, failed)
     drain()
-    paid = _ins(
+    paid = ins(
         "RECURRING_INSTALLMENT_SUCCESS",
         invoice_id="6003",
         timestamp="2026-02-12 10:00:00",
         next_date="2026-03-10",
     )
-    _post_ins(client, paid)
-    _post_ins(client, paid)
+    post_ins(client, paid)
+    post_ins(client, paid)
     drain()
 
     rows = conn.execute("SELECT kind, fact, context FROM emails ORDER BY id").fetchall()

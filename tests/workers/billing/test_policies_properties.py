@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.billing.catalog import Product, load_default
+from workers.billing.catalog import load_default
 from workers.billing.policies import (
     UPGRADABLE,
     Terms,
@@ -18,6 +18,7 @@ from workers.billing.policies import (
     quote_renewal,
     quote_upgrade,
 )
+from workers.billing.products import Product
 
 CATALOG = load_default()
 PRODUCTS = CATALOG.products

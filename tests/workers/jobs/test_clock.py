@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,11 +15,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from tests.conftest import TEST_REDIS_URL
-from tests.support import TcpProxy, queued_event_ids
+from tests.support import TcpProxy, host_port, queued_event_ids, runtime_through
 from workers.config import Settings
 from workers.jobs import clock
-from workers.jobs.actors import send_email
-from workers.jobs.broker import build_broker
 
 
 @pytest.fixture
@@ -113,12 +110,10 @@ def test_the_email_relay_job_enqueues_emails_the_broker_never_took(conn, setting
 
 
 @pytest.fixture
-def redis_down(monkeypatch, proxy_factory) -> Iterator[TcpProxy]:
-    """The send_email actor talks to Redis through a proxy, cut: Redis is down for it."""
-    host, port = re.search(r"//([^:/]+):(\d+)", TEST_REDIS_URL).groups()  # type: ignore[union-attr]
-    proxy = proxy_factory(host, int(port))
-    proxied = build_broker(f"redis://127.0.0.1:{proxy.port}/{TEST_REDIS_URL.rsplit('/', 1)[1]}")
-    monkeypatch.setattr(send_email, "broker", proxied)
+def redis_down(proxy_factory) -> Iterator[TcpProxy]:
+    """The runtime's broker talks to Redis through a proxy, cut: Redis is down for sending."""
+    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
+    proxied = runtime_through(proxy).broker
     proxy.cut()
     yield proxy
     proxied.client.close()

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from tests.support import post_signed
-from workers.billing import lifecycle
+from workers.billing.apply import SubscriptionNotYetKnown, apply
 from workers.jobs.actors import process_event, settings
 from workers.ops import samples
 
@@ -85,8 +85,8 @@ def test_two_worker_processes_reach_the_state_of_a_sequential_run(client, conn, 
             with conn.transaction():
                 row = conn.execute("SELECT * FROM events WHERE id = %s", (event_id,)).fetchone()
                 try:
-                    lifecycle.apply(conn, row, settings(), emails=False)
-                except lifecycle.SubscriptionNotYetKnown:
+                    apply(conn, row, settings(), emails=False)
+                except SubscriptionNotYetKnown:
                     retry.append(event_id)
         assert len(retry) < len(pending)
         pending = retry

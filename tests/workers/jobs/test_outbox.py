@@ -15,12 +15,10 @@ import pytest
 from emails.contexts import COMMON_KEYS, REQUIRED_KEYS, sample_context
 from emails.render import KINDS, render
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import TcpProxy
+from tests.support import TcpProxy, host_port, runtime_through
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, ConfigError
 from workers.jobs import actors, outbox
-from workers.jobs.actors import send_email
-from workers.jobs.broker import build_broker
 from workers.store import outbox as store_outbox
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
@@ -280,13 +278,10 @@ def test_dispatch_enqueues_send_email_and_records_when(conn, settings):
 
 
 @pytest.fixture
-def redis_down(monkeypatch, proxy_factory) -> Iterator[TcpProxy]:
-    """The send_email actor talks to Redis through a proxy, cut: Redis is down for it."""
-    host, port = re.search(r"//([^:/]+):(\d+)", TEST_REDIS_URL).groups()  # type: ignore[union-attr]
-    proxy = proxy_factory(host, int(port))
-    db_index = TEST_REDIS_URL.rsplit("/", 1)[1]
-    proxied = build_broker(f"redis://127.0.0.1:{proxy.port}/{db_index}")
-    monkeypatch.setattr(send_email, "broker", proxied)
+def redis_down(proxy_factory) -> Iterator[TcpProxy]:
+    """The runtime's broker talks to Redis through a proxy, cut: Redis is down for sending."""
+    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
+    proxied = runtime_through(proxy).broker
     proxy.cut()
     yield proxy
     proxied.client.close()

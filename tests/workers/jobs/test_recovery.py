@@ -16,11 +16,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.emails.conftest import Recorder, free_port
-from tests.support import TcpProxy, broker, host_port, runtime_from_env
+from tests.support import TcpProxy, broker, host_port, runtime_through
 from tests.workers.jobs.test_mailer import new_email, row, smtp_url
 from workers.config import Settings
 from workers.jobs import actors, outbox
-from workers.jobs.broker import build_broker
 
 pytestmark = pytest.mark.slow  # end to end: real processes, services or a browser
 
@@ -56,12 +55,9 @@ def cuttable_worker(
         monkeypatch.setenv("MAIL_FROM", settings.mail_from)
         monkeypatch.setenv("MAIL_DIR", str(settings.mail_dir))
         monkeypatch.setenv("SMTP_URL", smtp)
-        runtime_from_env()
         proxy = proxy_factory(*host_port(TEST_REDIS_URL))
-        db_index = TEST_REDIS_URL.rsplit("/", 1)[1]
-        proxied = build_broker(f"redis://127.0.0.1:{proxy.port}/{db_index}", REDIS_NAMESPACE)
+        proxied = runtime_through(proxy).broker  # what the worker and the relay send on
         proxied.declare_actor(actors.send_email)
-        monkeypatch.setattr(actors.send_email, "broker", proxied)
         worker = dramatiq.Worker(proxied, worker_threads=1, worker_timeout=100)
         worker.start()
         started.append(worker)

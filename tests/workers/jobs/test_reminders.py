@@ -15,7 +15,7 @@ from tests.support import insert_subscription, queued_event_ids
 from workers.billing import dunning
 from workers.config import Settings
 from workers.jobs import reminders
-from workers.store.subscriptions import iso
+from workers.store.jsonable import iso
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
 EXPIRY_DAY = EXPIRES.date()

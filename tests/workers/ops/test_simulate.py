@@ -16,7 +16,7 @@ from tests.support import drain, free_port, runtime_from_env
 from workers.billing import policies
 from workers.cli import cli
 from workers.config import Settings
-from workers.ops import simulate
+from workers.ops import scenarios, simulate
 from workers.protocol import form
 from workers.store import subscriptions
 
@@ -233,7 +233,7 @@ def test_a_malformed_expiry_option_is_refused_with_the_layout_to_use(conn):
 
 
 def test_a_renewal_of_a_license_the_database_does_not_know_uses_the_options_given(conn):
-    notification = simulate.renewal(
+    notification = scenarios.renewal(
         Settings.from_env(), license_code="ELSEWHERE1", product="AWDOC-TEAM-Y", expires="2027-05-01"
     )
 
@@ -279,7 +279,7 @@ def test_a_customer_reference_is_stable_for_an_address_whatever_its_case():
 
 
 def test_simulated_times_are_utc_now(conn):
-    notification = simulate.ipn(Settings.from_env())
+    notification = scenarios.ipn(Settings.from_env())
     sale = datetime.fromisoformat(dict(notification.pairs)["SALEDATE"]).replace(tzinfo=UTC)
 
     assert abs(sale - datetime.now(UTC)) < timedelta(seconds=5)

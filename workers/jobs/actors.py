@@ -71,15 +71,21 @@ def _record_failure(
 def apply_event(event_id: int, *, emails: bool = True) -> str | None:
     """Apply one stored event in one transaction; its outcome, or None if nothing was left to do."""
     with db.connection(settings().database_url) as conn, conn.transaction():
-        event = events.lock(conn, event_id)
+        event = events.claim(conn, event_id)
         if event is None:
             log.warning("event %s does not exist; nothing to do", event_id)
             return None
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
-        applied = lifecycle.apply(conn, event, settings(), emails=emails)
+        applied = lifecycle.apply(conn, event, settings(), emails=emails, hold_writes=True)
+        # The writes applying held back go with the outcome: one statement, then the commit.
         events.finish(
-            conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
+            conn,
+            event_id,
+            status=applied.status,
+            outcome=applied.outcome,
+            retry=_retry_number(),
+            writes=applied.writes,
         )
     if applied.email_ids:
         try:

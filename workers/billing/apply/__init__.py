@@ -26,6 +26,8 @@ from workers.protocol.notifications import (
     OrderNotification,
     parse,
 )
+from workers.store import batch
+from workers.store.batch import Part
 from workers.store.db import Conn
 
 __all__ = ["Applied", "SubscriptionNotYetKnown", "apply"]
@@ -39,15 +41,36 @@ class Applied:
     outcome: str
     changes: list[dict[str, Any]] = field(default_factory=list)
     email_ids: list[int] = field(default_factory=list)
+    # Writes held back for the caller's statement that ends the event (`hold_writes`).
+    writes: list[Part] = field(default_factory=list)
 
 
-def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool = True) -> Applied:
-    """Apply one locked event row; raises PermanentEventError when it can never apply."""
+def apply(
+    conn: Conn,
+    event: dict[str, Any],
+    settings: Settings,
+    *,
+    emails: bool = True,
+    hold_writes: bool = False,
+) -> Applied:
+    """Apply one locked event row; raises PermanentEventError when it can never apply.
+
+    Every write is made before it returns, unless `hold_writes`: then the last ones are in
+    `writes`, for the caller to send in the same transaction (with the event's outcome).
+    """
     run = Run(conn, event, settings, emails)
     if event["kind"] == "api":
-        return _applied(run, apply_api(run, bytes(event["raw_body"])))
-    # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
-    return _applied(run, _apply_notification(run, read(event["kind"], bytes(event["raw_body"]))))
+        outcome = apply_api(run, bytes(event["raw_body"]))
+    else:
+        # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
+        notification = read(event["kind"], bytes(event["raw_body"]))
+        outcome = _apply_notification(run, notification)
+    applied = _applied(run, outcome)
+    if hold_writes:
+        applied.writes = run.take()
+    else:
+        batch.execute(conn, run.take())
+    return applied
 
 
 def read(kind: str, body: bytes) -> Notification:

@@ -77,7 +77,7 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
             return None
         if event["status"] in ("processed", "ignored"):
             return None  # a duplicate message: the first run already applied it
-        applied = lifecycle.apply(conn, event, settings(), emails=emails, hold_writes=True)
+        applied = lifecycle.apply(conn, event, settings(), emails=emails, by_worker=True)
         # The writes applying held back go with the outcome: one statement, then the commit.
         events.finish(
             conn,
@@ -88,11 +88,7 @@ def apply_event(event_id: int, *, emails: bool = True) -> str | None:
             writes=applied.writes,
         )
     if applied.email_ids:
-        try:
-            dispatch_emails(settings().database_url, applied.email_ids)
-        except (BrokerUnavailable, DatabaseUnavailable) as exc:
-            # Committed as pending: the clock's email relay sends them when Redis is back.
-            log.warning("event %s: emails left for the relay (%s)", event_id, exc)
+        send_written(settings().database_url, applied.email_ids)
     return applied.outcome
 
 
@@ -123,6 +119,26 @@ def send_email(email_id: int) -> None:
 def send_emails(email_ids: Iterable[int]) -> list[int]:
     """Hand ids to the broker until it fails; the ones it took."""
     return send_each(send_email, email_ids)
+
+
+def send_written(database_url: str, email_ids: list[int]) -> list[int]:
+    """Hand the broker emails just committed as enqueued (no second transaction); returns those
+    it took. Those it refused are unmarked for the email relay, which sends them when Redis is
+    back (if even that fails, it sends them once overdue)."""
+    try:
+        sent = send_emails(email_ids)
+    except BrokerUnavailable:
+        sent = []
+    refused = email_ids[len(sent) :]
+    if refused:
+        log.warning("broker failed: %d email(s) left for the relay", len(refused))
+        try:
+            with db.connection(database_url) as conn, conn.transaction():
+                outbox.unmark(conn, refused)
+        except DatabaseUnavailable as exc:
+            log.warning("%d email(s) left marked enqueued (%s); the relay sends them once "
+                        "overdue", len(refused), exc)  # fmt: skip
+    return sent
 
 
 def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:

@@ -200,9 +200,18 @@ _CLAIM = """
     )
     SELECT event.id AS event_id, event.kind AS event_kind, event.status AS event_status,
            event.raw_body AS event_raw_body, event.license_codes AS event_license_codes,
-           event.enqueued_by AS event_enqueued_by, locked.*
-    FROM event LEFT JOIN locked ON true
+           event.enqueued_by AS event_enqueued_by, locked.*,
+           c.email AS customer_email, c.first_name AS customer_first_name,
+           c.last_name AS customer_last_name, c.locale AS customer_locale
+    FROM event LEFT JOIN locked ON true LEFT JOIN customers c ON c.id = locked.customer_id
 """
+# The customer columns of a claim's row, by their names in the customers table.
+_CUSTOMER = {
+    "customer_email": "email",
+    "customer_first_name": "first_name",
+    "customer_last_name": "last_name",
+    "customer_locale": "locale",
+}
 _CLAIMED = (
     "event_id",
     "event_kind",
@@ -211,6 +220,7 @@ _CLAIMED = (
     "event_license_codes",
     "event_enqueued_by",
 )
+_NOT_SUBSCRIPTION = frozenset(_CLAIMED) | frozenset(_CUSTOMER)
 
 
 def claim(conn: Conn, event_id: int) -> dict[str, Any] | None:
@@ -218,7 +228,8 @@ def claim(conn: Conn, event_id: int) -> dict[str, Any] | None:
     event.
 
     The event's `subscriptions` maps each license code it names to that subscription's row,
-    locked (None: no such subscription yet), unless the event was already applied.
+    locked (None: no such subscription yet), unless the event was already applied; `customers`
+    maps their customers' ids to the customer's email, names and locale.
     """
     rows = conn.execute(_CLAIM, (event_id,)).fetchall()
     if not rows:
@@ -226,14 +237,16 @@ def claim(conn: Conn, event_id: int) -> dict[str, Any] | None:
     first = rows[0]
     event = {key.removeprefix("event_"): first[key] for key in _CLAIMED}
     claimed: dict[str, dict[str, Any] | None] = {}
+    customers: dict[int, dict[str, Any]] = {}
     if event["status"] not in ("processed", "ignored"):
         claimed = dict.fromkeys(event["license_codes"])
         for row in rows:
-            if row["id"] is not None:
-                claimed[row["license_code"]] = {
-                    key: value for key, value in row.items() if key not in _CLAIMED
-                }
-    event["subscriptions"] = claimed
+            if row["id"] is None:
+                continue
+            sub = {key: value for key, value in row.items() if key not in _NOT_SUBSCRIPTION}
+            claimed[row["license_code"]] = sub
+            customers[sub["customer_id"]] = {name: row[key] for key, name in _CUSTOMER.items()}
+    event["subscriptions"], event["customers"] = claimed, customers
     return event
 
 

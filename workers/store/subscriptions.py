@@ -44,14 +44,28 @@ def upsert_customer(
     company: str,
     locale: str,
     event_id: int,
-) -> int:
-    """Create or refresh a customer by the provider's reference (or email); returns its id.
+) -> dict[str, Any]:
+    """Create or refresh a customer by the provider's reference (or email); the customer as it
+    now stands: id, email, names, locale.
 
     Only an event at least as new as the last one that set the details may change them, so a
     replayed old order never brings back an old address.
     """
-    row = conn.execute(
-        """
+    params = (customer_key, email, first_name, last_name, company, locale, event_id)
+    row = conn.execute(_UPSERT_CUSTOMER, (*params, customer_key)).fetchone()
+    if row is None:  # created by a transaction that committed after this statement began
+        row = conn.execute(
+            "SELECT id, email, first_name, last_name, locale FROM customers "
+            "WHERE customer_key = %s",
+            (customer_key,),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+# The upsert, and the known row when there is nothing newer to write, in one statement.
+_UPSERT_CUSTOMER = """
+    WITH written AS (
         INSERT INTO customers
             (customer_key, email, first_name, last_name, company, locale, last_event_id)
         VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -69,16 +83,13 @@ def upsert_customer(
               IS DISTINCT FROM
               (EXCLUDED.email, EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.company,
                COALESCE(NULLIF(EXCLUDED.locale, ''), customers.locale))
-        RETURNING id
-        """,
-        (customer_key, email, first_name, last_name, company, locale, event_id),
-    ).fetchone()
-    if row is None:  # known already, and nothing newer to write
-        row = conn.execute(
-            "SELECT id FROM customers WHERE customer_key = %s", (customer_key,)
-        ).fetchone()
-    assert row is not None
-    return int(row["id"])
+        RETURNING id, email, first_name, last_name, locale
+    )
+    SELECT id, email, first_name, last_name, locale FROM written
+    UNION ALL
+    SELECT id, email, first_name, last_name, locale FROM customers
+    WHERE customer_key = %s AND NOT EXISTS (SELECT FROM written)
+"""
 
 
 def lock(conn: Conn, license_code: str) -> dict[str, Any] | None:

@@ -41,7 +41,7 @@ class Applied:
     outcome: str
     changes: list[dict[str, Any]] = field(default_factory=list)
     email_ids: list[int] = field(default_factory=list)
-    # Writes held back for the caller's statement that ends the event (`hold_writes`).
+    # Writes held back for the caller's statement that ends the event (`by_worker`).
     writes: list[Part] = field(default_factory=list)
 
 
@@ -51,14 +51,15 @@ def apply(
     settings: Settings,
     *,
     emails: bool = True,
-    hold_writes: bool = False,
+    by_worker: bool = False,
 ) -> Applied:
     """Apply one locked event row; raises PermanentEventError when it can never apply.
 
-    Every write is made before it returns, unless `hold_writes`: then the last ones are in
-    `writes`, for the caller to send in the same transaction (with the event's outcome).
+    Every write is made before it returns, unless `by_worker`: then the last ones are in
+    `writes`, for the caller to send in the same transaction (with the event's outcome), and
+    the emails are written as enqueued, for the caller to hand to the broker after its commit.
     """
-    run = Run(conn, event, settings, emails)
+    run = Run(conn, event, settings, emails, enqueue=by_worker)
     if event["kind"] == "api":
         outcome = apply_api(run, bytes(event["raw_body"]))
     else:
@@ -66,7 +67,7 @@ def apply(
         notification = read(event["kind"], bytes(event["raw_body"]))
         outcome = _apply_notification(run, notification)
     applied = _applied(run, outcome)
-    if hold_writes:
+    if by_worker:
         applied.writes = run.take()
     else:
         batch.execute(conn, run.take())

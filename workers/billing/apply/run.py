@@ -94,11 +94,24 @@ class Run:
     of the run sees every write before it, as if each had been sent at once.
     """
 
-    def __init__(self, conn: Conn, event: dict[str, Any], settings: Settings, emails: bool):
+    def __init__(
+        self,
+        conn: Conn,
+        event: dict[str, Any],
+        settings: Settings,
+        emails: bool,
+        *,
+        enqueue: bool = False,
+    ):
         self._conn = conn
         self.pending = subs.Pending()
         # The subscriptions the event's claim locked (events.claim), each handed out once.
         self.claimed: dict[str, dict[str, Any] | None] = dict(event.get("subscriptions") or {})
+        # The subscription rows this run locked, as they stand with its writes, and customers as
+        # this transaction read them: an email's context is built from them, not read again.
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.customers: dict[int, dict[str, Any]] = dict(event.get("customers") or {})
+        self.enqueue = enqueue  # emails are written as enqueued: the caller sends them
         self.event = event
         self.event_id: int = event["id"]
         self.settings = settings
@@ -127,8 +140,12 @@ class Run:
     def lock(self, license_code: str) -> dict[str, Any] | None:
         """The subscription with this license code, locked (None: there is none)."""
         if license_code in self.claimed:  # locked already with the event, and not changed since
-            return self.claimed.pop(license_code)
-        return subs.lock(self.conn, license_code)
+            sub = self.claimed.pop(license_code)
+        else:
+            sub = subs.lock(self.conn, license_code)
+        if sub is not None:
+            self.rows[sub["id"]] = sub
+        return sub
 
     def product(self, *codes: str) -> Product:
         """The catalog product for the first code that names one, or a clear permanent error."""
@@ -140,7 +157,7 @@ class Run:
 
     def customer(self, who: Customer, locale: str) -> int:
         """The id of the customer a notification names, by the provider's reference or email."""
-        return subs.upsert_customer(
+        row = subs.upsert_customer(
             self.conn,
             customer_key=who.reference or who.email.lower(),
             email=who.email,
@@ -150,6 +167,19 @@ class Run:
             locale=locale,
             event_id=self.event_id,
         )
+        self.customers[row["id"]] = row
+        return int(row["id"])
+
+    def stands(self, sub_id: int, changes: dict[str, Any]) -> None:
+        """Keep the row in hand as the run's writes leave it."""
+        if sub_id in self.rows:
+            self.rows[sub_id] = {**self.rows[sub_id], **changes}
+
+    def source(self, sub_id: int) -> dict[str, Any] | None:
+        """An email's subscription and customer as they stand, if the run has both in hand."""
+        sub = self.rows.get(sub_id)
+        customer = sub and self.customers.get(sub["customer_id"])
+        return outbox.source_of(sub, customer) if sub and customer else None
 
     def change(
         self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str = ""
@@ -170,10 +200,12 @@ class Run:
         if not updates:
             if quiet:
                 self.pending.update(sub["id"], quiet)
+                self.stands(sub["id"], quiet)
             return {**sub, **quiet}
         before = {key: sub[key] for key in updates if key in subs.TRACKED}
         after = {key: updates[key] for key in before}
         self.pending.update(sub["id"], {**updates, **quiet})
+        self.stands(sub["id"], {**updates, **quiet})
         self.pending.add_history(
             subscription_id=sub["id"],
             event_id=self.event_id,
@@ -195,6 +227,7 @@ class Run:
 
     def created(self, sub: dict[str, Any], note: str) -> None:
         """Record the creation of a subscription in its history."""
+        self.rows[sub["id"]] = sub
         after = {key: sub[key] for key in subs.TRACKED}
         self.pending.add_history(
             subscription_id=sub["id"],
@@ -228,6 +261,8 @@ class Run:
             fact=fact,
             event_id=self.event_id,
             extra=extra,
+            source=self.source(sub["id"]),
+            enqueued=self.enqueue,
         )
         if email_id is not None:
             self.email_ids.append(email_id)

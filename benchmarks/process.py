@@ -747,6 +747,8 @@ def run(
     env.pop("SMTP_URL", None)  # emails are written as files
     env.pop("CATALOG", None)  # the events name products of the shipped catalog
     env.update(MAIL_DIR=str(scratch / "mail"), dramatiq_worker_timeout=IDLE_POLL_MS)
+    # As the Procfile's WORKER_THREADS does: a pool of one connection per thread and a few more.
+    env.update(WORKER_THREADS=str(args.threads))
     running: list[Workers] = []
     problems: list[str] = []
     try:

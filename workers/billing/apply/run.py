@@ -5,6 +5,7 @@ Every function here runs inside the caller's transaction, with the event row loc
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -39,9 +40,9 @@ _catalogs: dict[Path, tuple[int, float, Catalog]] = {}
 def catalog(settings: Settings, *, fresh: bool = True) -> Catalog:
     """The catalog named by CATALOG (or the shipped one), reloaded when the file changes
     (`fresh=False`: as it stood within the last CATALOG_RECHECK_SECONDS)."""
-    path = Path(settings.catalog_path) if settings.catalog_path else default_path()
-    cached = _catalogs.get(path)
     now = time.monotonic()
+    path = _catalog_path(settings.catalog_path)
+    cached = _catalogs.get(path)
     if cached is not None and not fresh and now - cached[1] < CATALOG_RECHECK_SECONDS:
         return cached[2]
     stamp = os.stat(path).st_mtime_ns
@@ -51,6 +52,11 @@ def catalog(settings: Settings, *, fresh: bool = True) -> Catalog:
     loaded = load(path)
     _catalogs[path] = (stamp, now, loaded)
     return loaded
+
+
+@functools.cache
+def _catalog_path(setting: str | None) -> Path:
+    return Path(setting) if setting else default_path()
 
 
 def terms(sub: dict[str, Any]) -> policies.Terms:

@@ -201,16 +201,16 @@ _CLAIM = """
     SELECT event.id AS event_id, event.kind AS event_kind, event.status AS event_status,
            event.raw_body AS event_raw_body, event.license_codes AS event_license_codes,
            event.enqueued_by AS event_enqueued_by, locked.*,
-           c.email AS customer_email, c.first_name AS customer_first_name,
-           c.last_name AS customer_last_name, c.locale AS customer_locale
+           c.email AS owner_email, c.first_name AS owner_first_name,
+           c.last_name AS owner_last_name, c.locale AS owner_locale
     FROM event LEFT JOIN locked ON true LEFT JOIN customers c ON c.id = locked.customer_id
 """
 # The customer columns of a claim's row, by their names in the customers table.
 _CUSTOMER = {
-    "customer_email": "email",
-    "customer_first_name": "first_name",
-    "customer_last_name": "last_name",
-    "customer_locale": "locale",
+    "owner_email": "email",
+    "owner_first_name": "first_name",
+    "owner_last_name": "last_name",
+    "owner_locale": "locale",
 }
 _CLAIMED = (
     "event_id",

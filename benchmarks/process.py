@@ -13,7 +13,11 @@ event must end processed or ignored and every subscription as the provider last 
 database, the run's Redis namespace and the mail directory are removed afterwards, also on errors
 and interruptions.
 
-    .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16]
+    .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16] \
+        [--rounds 3]
+
+Each round times both passes on fresh workers, then the no-op actor, and prints the ratios; the
+median of the rounds' ratios is printed last (figures vary from run to run on a shared machine).
 
 `--subscriptions` sets how many subscriptions the events spread over (default: count / 10); keep
 it well above processes x threads x 3 (the messages in flight at once), or the workers see a

@@ -13,7 +13,11 @@ event must end processed or ignored and every subscription as the provider last 
 database, the run's Redis namespace and the mail directory are removed afterwards, also on errors
 and interruptions.
 
-    .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16]
+    .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16] \
+        [--rounds 3]
+
+Each round times both passes on fresh workers, then the no-op actor, and prints the ratios; the
+median of the rounds' ratios is printed last (figures vary from run to run on a shared machine).
 
 `--subscriptions` sets how many subscriptions the events spread over (default: count / 10); keep
 it well above processes x threads x 3 (the messages in flight at once), or the workers see a
@@ -23,7 +27,6 @@ license change before the order it follows and retry it after a backoff, as they
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import random
 import signal
@@ -641,6 +644,101 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@dataclass
+class Round:
+    """One round: the timed event passes, the no-op pass right after them, what went wrong."""
+
+    passes: list[Pass]
+    baseline: Pass
+    problems: list[str]  # stalls, dead letters, events not applied, subscriptions left wrong
+
+
+def time_round(
+    args: argparse.Namespace,
+    url: str,
+    namespace: str,
+    ids: Sequence[int],
+    expected: dict[str, Expected],
+    client: redis.Redis,
+    env: dict[str, str],
+    scratch: Path,
+    running: list[Workers],
+) -> Round:
+    """Time the event passes (from the same state each), then the no-op actor, on fresh workers."""
+    from benchmarks._noop_actor import noop
+    from workers.jobs.actors import process_event
+
+    warm = args.processes * args.threads * 4
+    workers = start_workers(
+        "workers.jobs.worker", EVENT_QUEUE, processes=args.processes, threads=args.threads,
+        env=env, log_dir=scratch,
+    )  # fmt: skip
+    running.append(workers)
+    warm_up(
+        lambda n: process_event.send(n, emails=False),
+        lambda: unfinished(client, namespace, EVENT_QUEUE),
+        warm,
+    )
+    passes: list[Pass] = []
+    problems: list[str] = []
+    try:
+        for emails in (False,) if args.skip_emails else (False, True):
+            reset(url)
+            passes.append(
+                time_events(
+                    client, namespace, url, ids, emails=emails, workers_pid=workers.process.pid
+                )
+            )
+            print_pass(passes[-1], "events")
+            print_cpu(passes[-1], "event")
+            problems += check_events(url, expected)
+    except Stalled as exc:
+        problems.append(str(exc))
+        problems += check_events(url, expected)
+        print(f"  the workers' last lines:\n{workers.log_tail()}")
+    workers.stop()
+    running.remove(workers)
+
+    workers = start_workers(
+        NOOP_MODULE, NOOP_QUEUE, processes=args.processes, threads=args.threads,
+        env=env, log_dir=scratch,
+    )  # fmt: skip
+    running.append(workers)
+    warm_up(
+        lambda n: noop.send(n, emails=False),
+        lambda: unfinished(client, namespace, NOOP_QUEUE),
+        warm,
+    )
+    baseline = time_noop(client, namespace, len(ids), workers.process.pid)
+    print_pass(baseline, "messages")
+    print_cpu(baseline, "message")
+    dead = int(client.hlen(f"{namespace}:{NOOP_QUEUE}.XQ.msgs"))
+    if dead:
+        problems.append(f"{dead:,} no-op messages were dead-lettered")
+    workers.stop()
+    running.remove(workers)
+    return Round(passes, baseline, problems)
+
+
+def median_pass(rounds: Sequence[Round], label: str) -> tuple[Pass, Pass]:
+    """The pass with this label whose ratio to its round's no-op rate is the median, and that
+    no-op pass (the upper middle of an even count)."""
+    pairs = [(result, each.baseline) for each in rounds for result in each.passes]
+    timed = sorted(
+        (pair for pair in pairs if pair[0].label == label),
+        key=lambda pair: pair[0].rate / pair[1].rate,
+    )
+    return timed[len(timed) // 2]
+
+
+def ratio_line(result: Pass, baseline: Pass) -> str:
+    """One pass's rate against the no-op rate of its round."""
+    return (
+        f"ratio ({result.label}): {result.rate:,.0f} events/s / {baseline.rate:,.0f} no-op "
+        f"messages/s = {result.rate / baseline.rate:.3f}"
+    )
+
+
 def run(
     args: argparse.Namespace,
     url: str,
@@ -654,7 +752,8 @@ def run(
     env.pop("SMTP_URL", None)  # emails are written as files
     env.pop("CATALOG", None)  # the events name products of the shipped catalog
     env.update(MAIL_DIR=str(scratch / "mail"), dramatiq_worker_timeout=IDLE_POLL_MS)
-    warm = args.processes * args.threads * 4
+    # As the Procfile's WORKER_THREADS does: a pool of one connection per thread and a few more.
+    env.update(WORKER_THREADS=str(args.threads))
     running: list[Workers] = []
     problems: list[str] = []
     try:
@@ -673,70 +772,25 @@ def run(
         from workers.jobs.runtime import Runtime
 
         Runtime.from_env().install()
-        from workers.jobs.actors import process_event
-
-        workers = start_workers(
-            "workers.jobs.worker", EVENT_QUEUE, processes=args.processes, threads=args.threads,
-            env=env, log_dir=scratch,
-        )  # fmt: skip
-        running.append(workers)
-        print(f"setup: {os.cpu_count()} CPUs; {workers.description}")
-        warm_up(
-            lambda n: process_event.send(n, emails=False),
-            lambda: unfinished(client, namespace, EVENT_QUEUE),
-            warm,
-        )
-        results = []
-        try:
-            timed = functools.partial(time_events, client, namespace, url, ids)
-            results.append(timed(emails=False, workers_pid=workers.process.pid))
-            print_pass(results[-1], "events")
-            print_cpu(results[-1], "event")
-            problems += check_events(url, expected)
-            if not args.skip_emails:
-                reset(url)
-                results.append(timed(emails=True, workers_pid=workers.process.pid))
-                print_pass(results[-1], "events")
-                print_cpu(results[-1], "event")
-                problems += check_events(url, expected)
-        except Stalled as exc:
-            problems.append(str(exc))
-            problems += check_events(url, expected)
-            print(f"  the workers' last lines:\n{workers.log_tail()}")
-        workers.stop()
-        running.remove(workers)
-
-        from benchmarks._noop_actor import noop
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            print(f"round {number} of {args.rounds}:")
+            rounds.append(
+                time_round(args, url, namespace, ids, expected, client, env, scratch, running)
+            )
+            problems += [f"round {number}: {problem}" for problem in rounds[-1].problems]
+            for result in rounds[-1].passes:
+                print(f"  {ratio_line(result, rounds[-1].baseline)}")
 
         sending = time_sending(min(len(ids), 5_000))
-        print(f"  (one client enqueues {sending:,.0f} messages/s with actor.send, as the receiver)")
-        workers = start_workers(
-            NOOP_MODULE, NOOP_QUEUE, processes=args.processes, threads=args.threads,
-            env=env, log_dir=scratch,
-        )  # fmt: skip
-        running.append(workers)
-        warm_up(
-            lambda n: noop.send(n, emails=False),
-            lambda: unfinished(client, namespace, NOOP_QUEUE),
-            warm,
-        )
-        baseline = time_noop(client, namespace, len(ids), workers.process.pid)
-        print_pass(baseline, "messages")
-        print_cpu(baseline, "message")
-        dead = int(client.hlen(f"{namespace}:{NOOP_QUEUE}.XQ.msgs"))
-        if dead:
-            problems.append(f"{dead:,} no-op messages were dead-lettered")
-        workers.stop()
-        running.remove(workers)
-
+        print(f"(one client enqueues {sending:,.0f} messages/s with actor.send, as the receiver)")
         sample_events(url, expected, scratch, emails=False)
         if not args.skip_emails:
             sample_events(url, expected, scratch, emails=True)
-        for result in results:
-            print(
-                f"ratio ({result.label}): {result.rate:,.0f} events/s / "
-                f"{baseline.rate:,.0f} no-op messages/s = {result.rate / baseline.rate:.3f}"
-            )
+        print(f"median of {len(rounds)} round(s):")
+        for label in dict.fromkeys(result.label for each in rounds for result in each.passes):
+            result, baseline = median_pass(rounds, label)
+            print(f"  {ratio_line(result, baseline)}")
     finally:
         for workers in running:
             workers.stop()
@@ -754,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker process")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated events")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median ratio is shown")
     parser.add_argument("--skip-emails", action="store_true", help="only the pass without emails")
     args = parser.parse_args(argv)
     subscriptions = min(args.subscriptions or max(1, args.count // 10), args.count)

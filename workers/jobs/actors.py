@@ -22,6 +22,7 @@ from workers.errors import (
 from workers.jobs import mailer, retry, runtime
 from workers.jobs.broker import send_each
 from workers.store import db, events, outbox
+from workers.store.statuses import APPLIED
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,24 @@ def _record_failure(
 def apply_event(event_id: int, *, emails: bool = True) -> str | None:
     """Apply one stored event in one transaction; its outcome, or None if nothing was left to do."""
     with db.connection(settings().database_url) as conn, conn.transaction():
-        event = events.lock(conn, event_id)
+        event = events.claim(conn, event_id)
         if event is None:
             log.warning("event %s does not exist; nothing to do", event_id)
             return None
-        if event["status"] in ("processed", "ignored"):
+        if event["status"] in APPLIED:
             return None  # a duplicate message: the first run already applied it
-        applied = apply(conn, event, settings(), emails=emails)
+        applied = apply(conn, event, settings(), emails=emails, by_worker=True)
+        # The writes applying held back go with the outcome: one statement, then the commit.
         events.finish(
-            conn, event_id, status=applied.status, outcome=applied.outcome, retry=_retry_number()
+            conn,
+            event_id,
+            status=applied.status,
+            outcome=applied.outcome,
+            retry=_retry_number(),
+            writes=applied.writes,
         )
     if applied.email_ids:
-        try:
-            dispatch_emails(settings().database_url, applied.email_ids)
-        except (BrokerUnavailable, DatabaseUnavailable) as exc:
-            # Committed as pending: the clock's email relay sends them when Redis is back.
-            log.warning("event %s: emails left for the relay (%s)", event_id, exc)
+        send_written(settings().database_url, applied.email_ids)
     return applied.outcome
 
 
@@ -118,6 +121,26 @@ def send_email(email_id: int) -> None:
 def send_emails(email_ids: Iterable[int]) -> list[int]:
     """Hand ids to the broker until it fails; the ones it took."""
     return send_each(runtime.current().broker, send_email, email_ids)
+
+
+def send_written(database_url: str, email_ids: list[int]) -> list[int]:
+    """Hand the broker emails just committed as enqueued (no second transaction); returns those
+    it took. Those it refused are unmarked for the email relay, which sends them when Redis is
+    back (if even that fails, it sends them once overdue)."""
+    try:
+        sent = send_emails(email_ids)
+    except BrokerUnavailable:
+        sent = []
+    refused = email_ids[len(sent) :]
+    if refused:
+        log.warning("broker failed: %d email(s) left for the relay", len(refused))
+        try:
+            with db.connection(database_url) as conn, conn.transaction():
+                outbox.unmark(conn, refused)
+        except DatabaseUnavailable as exc:
+            log.warning("%d email(s) left marked enqueued (%s); the relay sends them once "
+                        "overdue", len(refused), exc)  # fmt: skip
+    return sent
 
 
 def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:

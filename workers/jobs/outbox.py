@@ -12,6 +12,7 @@ from workers.jobs.broker import backlog
 from workers.jobs.dispatch import relay_batches, unless_backlog
 from workers.store import db, events
 from workers.store.outbox import due, mark_enqueued
+from workers.store.statuses import EmailStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def resend(database_url: str, email_ids: Sequence[int]) -> Resent:
                 (wanted,),
             ).fetchall()
         }
-        taken = [email_id for email_id in wanted if found.get(email_id) == "failed"]
+        taken = [email_id for email_id in wanted if found.get(email_id) == EmailStatus.FAILED]
         conn.execute(
             """
             UPDATE emails SET status = 'pending', failure = NULL, retry_job = NULL,

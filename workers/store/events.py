@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,8 +10,10 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from workers.store import batch
+from workers.store.batch import Part
 from workers.store.db import Conn
-from workers.store.statuses import EVENT_STATUSES, EventStatus
+from workers.store.statuses import APPLIED, EVENT_STATUSES, AttemptStatus, EventStatus
 
 KINDS = ("ipn", "lcn", "ins", "api")  # api: reconciliation events
 
@@ -181,6 +183,73 @@ def lock(conn: Conn, event_id: int) -> dict[str, Any] | None:
     return conn.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (event_id,)).fetchone()
 
 
+# What applying an event reads of it (its raw body, not the parsed fields and headers), and the
+# subscriptions it names (license codes stored at receipt) locked in the same statement, in license
+# order, after the event: two runs of one event take turns on its row, and a duplicate message
+# (the event already applied) locks no subscription.
+_CLAIM = """
+    WITH event AS (
+        SELECT id, kind, status, raw_body, license_codes, enqueued_by
+        FROM events WHERE id = %s FOR UPDATE
+    ), locked AS (
+        -- One unique-index lookup per code (a plain ANY may scan the table), in code order.
+        SELECT s.*
+        FROM (SELECT DISTINCT unnest(license_codes) AS code FROM event
+              WHERE status NOT IN ('processed', 'ignored') ORDER BY 1) AS named,
+             LATERAL (SELECT * FROM subscriptions WHERE license_code = named.code FOR UPDATE) AS s
+    )
+    SELECT event.id AS event_id, event.kind AS event_kind, event.status AS event_status,
+           event.raw_body AS event_raw_body, event.license_codes AS event_license_codes,
+           event.enqueued_by AS event_enqueued_by, locked.*,
+           c.email AS owner_email, c.first_name AS owner_first_name,
+           c.last_name AS owner_last_name, c.locale AS owner_locale
+    FROM event LEFT JOIN locked ON true LEFT JOIN customers c ON c.id = locked.customer_id
+"""
+# The customer columns of a claim's row, by their names in the customers table.
+_CUSTOMER = {
+    "owner_email": "email",
+    "owner_first_name": "first_name",
+    "owner_last_name": "last_name",
+    "owner_locale": "locale",
+}
+_CLAIMED = (
+    "event_id",
+    "event_kind",
+    "event_status",
+    "event_raw_body",
+    "event_license_codes",
+    "event_enqueued_by",
+)
+_NOT_SUBSCRIPTION = frozenset(_CLAIMED) | frozenset(_CUSTOMER)
+
+
+def claim(conn: Conn, event_id: int) -> dict[str, Any] | None:
+    """Lock one event to apply it, with the subscriptions it names; None when there is no such
+    event.
+
+    The event's `subscriptions` maps each license code it names to that subscription's row,
+    locked (None: no such subscription yet), unless the event was already applied; `customers`
+    maps their customers' ids to the customer's email, names and locale.
+    """
+    rows = conn.execute(_CLAIM, (event_id,)).fetchall()
+    if not rows:
+        return None
+    first = rows[0]
+    event = {key.removeprefix("event_"): first[key] for key in _CLAIMED}
+    claimed: dict[str, dict[str, Any] | None] = {}
+    customers: dict[int, dict[str, Any]] = {}
+    if event["status"] not in APPLIED:
+        claimed = dict.fromkeys(event["license_codes"])
+        for row in rows:
+            if row["id"] is None:
+                continue
+            sub = {key: value for key, value in row.items() if key not in _NOT_SUBSCRIPTION}
+            claimed[row["license_code"]] = sub
+            customers[sub["customer_id"]] = {name: row[key] for key, name in _CUSTOMER.items()}
+    event["subscriptions"], event["customers"] = claimed, customers
+    return event
+
+
 def get(conn: Conn, event_id: int) -> dict[str, Any] | None:
     """Load one event."""
     return conn.execute("SELECT * FROM events WHERE id = %s", (event_id,)).fetchone()
@@ -194,25 +263,36 @@ _ATTEMPT = sql.SQL(
     SELECT id, enqueued_by, enqueued_at, %s, %s, %s FROM updated
     """
 )
+# finish's statement after the held-back writes' CTEs: the outcome and the attempt, as above.
+_FINISH = """
+    updated AS (
+        UPDATE events
+        SET status = %s, outcome = %s, processed_at = now(), attempts = attempts + 1,
+            last_error = NULL, last_traceback = NULL
+        WHERE id = %s
+        RETURNING id, enqueued_by, enqueued_at
+    )
+    INSERT INTO event_attempts (event_id, requested_by, enqueued_at, retry, status, outcome)
+    SELECT id, enqueued_by, enqueued_at, %s, %s, %s FROM updated
+"""
 
 
-def finish(conn: Conn, event_id: int, *, status: str, outcome: str, retry: int = 0) -> None:
+def finish(
+    conn: Conn,
+    event_id: int,
+    *,
+    status: str,
+    outcome: str,
+    retry: int = 0,
+    writes: Sequence[Part] = (),
+) -> None:
     """Record that applying the event is over (processed, or ignored with the reason), and the
-    attempt; `retry` is the worker's retry number of this hand-over."""
+    attempt; `retry` is the worker's retry number of this hand-over. `writes` (what applying it
+    held back) go in the same statement."""
+    head, params = batch.ctes(writes)
     conn.execute(
-        sql.SQL(
-            """
-        WITH updated AS (
-            UPDATE events
-            SET status = %s, outcome = %s, processed_at = now(), attempts = attempts + 1,
-                last_error = NULL, last_traceback = NULL
-            WHERE id = %s
-            RETURNING id, enqueued_by, enqueued_at
-        )
-        """
-        )
-        + _ATTEMPT,
-        (status, outcome, event_id, retry, status, outcome),
+        f"WITH {head}{_FINISH}".encode(),
+        [*params, status, outcome, event_id, retry, status, outcome],
     )
 
 
@@ -221,6 +301,7 @@ def record_failure(
 ) -> None:
     """Keep the error of a failed attempt, and the attempt; the final one moves the event to
     `failed`, an earlier one is `retrying`."""
+    attempt = AttemptStatus.FAILED if final else AttemptStatus.RETRYING
     conn.execute(
         sql.SQL(
             """
@@ -235,7 +316,7 @@ def record_failure(
         """
         )
         + _ATTEMPT,
-        (error, traceback, final, final, event_id, retry, "failed" if final else "retrying", error),
+        (error, traceback, final, final, event_id, retry, attempt, error),
     )
 
 

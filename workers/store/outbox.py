@@ -5,7 +5,8 @@ rendering context (stored JSON-safe: instants as ISO 8601 UTC strings, money as 
 and a Message-ID fixed at creation, so every retry sends the same message. Rows are unique per
 (subscription, kind, fact): writing the same fact twice writes nothing, so an email is never
 written, and therefore never sent, twice. Enqueueing happens after commit
-(`actors.dispatch_emails`); rows the broker never took are picked up by the email relay
+(`actors.dispatch_emails`; a worker applying an event writes its rows already marked enqueued and
+sends them right after its commit); rows the broker never took are picked up by the email relay
 (`workers.jobs.outbox`).
 """
 
@@ -37,6 +38,25 @@ SOURCE_COLUMNS = sql.SQL(
     "s.quantity, s.status, s.auto_renew, s.test, s.currency, s.expires_at, s.last_order_ref, "
     "c.email AS customer_email, c.first_name, c.last_name, c.locale AS customer_locale"
 )
+
+
+# The same, by key, from a subscription row and its customer's (id, email, names, locale).
+_SUBSCRIPTION_KEYS = (
+    "license_code", "product_code", "product", "edition", "cycle", "quantity", "status",
+    "auto_renew", "test", "currency", "expires_at", "last_order_ref",
+)  # fmt: skip
+
+
+def source_of(sub: Mapping[str, Any], customer: Mapping[str, Any]) -> dict[str, Any]:
+    """What SOURCE_COLUMNS select, from a subscription row and its customer's row in hand."""
+    source = {"subscription_id": sub["id"], **{key: sub[key] for key in _SUBSCRIPTION_KEYS}}
+    source.update(
+        customer_email=customer["email"],
+        first_name=customer["first_name"],
+        last_name=customer["last_name"],
+        customer_locale=customer["locale"],
+    )
+    return source
 
 
 @dataclass(frozen=True)
@@ -110,8 +130,14 @@ def _new_ids(conn: Conn, count: int) -> list[int]:
     return [int(row["id"]) for row in rows]
 
 
-def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
-    """Insert the drafts (facts already in the outbox are skipped); the ids of the new rows."""
+def write(
+    conn: Conn, settings: Settings, drafts: Sequence[Draft], *, enqueued: bool = False
+) -> list[int]:
+    """Insert the drafts (facts already in the outbox are skipped); the ids of the new rows.
+
+    `enqueued`: the caller hands the new rows to the broker right after its commit, so they are
+    written as `mark_enqueued` leaves them (`unmark` those the broker then refuses).
+    """
     if not drafts:
         return []
     for draft in drafts:
@@ -143,9 +169,10 @@ def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
     rows = conn.execute(
         """
         INSERT INTO emails (id, subscription_id, event_id, kind, fact, to_address, locale,
-                            context, message_id, status)
+                            context, message_id, status, enqueued_at, due_at)
         SELECT id, subscription_id, event_id, kind, fact, to_address, locale,
-               context::jsonb, message_id, status
+               context::jsonb, message_id, status,
+               CASE WHEN %b THEN now() END, CASE WHEN %b THEN now() END
         FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[],
                     %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
              AS d(id, subscription_id, event_id, kind, fact, to_address, locale, context,
@@ -153,7 +180,7 @@ def write(conn: Conn, settings: Settings, drafts: Sequence[Draft]) -> list[int]:
         ON CONFLICT (subscription_id, kind, fact) DO NOTHING
         RETURNING id
         """,
-        columns,  # binary arrays: thousands of JSON texts need no quoting
+        [enqueued, enqueued, *columns],  # binary arrays: thousands of JSON texts need no quoting
     ).fetchall()
     return sorted(int(row["id"]) for row in rows)
 
@@ -167,17 +194,24 @@ def add(
     fact: str,
     event_id: int | None,
     extra: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
+    enqueued: bool = False,
 ) -> int | None:
-    """Write one email about `fact` in the caller's transaction; None if it was already written."""
-    query = sql.SQL(
-        "SELECT {} FROM subscriptions s JOIN customers c ON c.id = s.customer_id WHERE s.id = %s"
-    ).format(SOURCE_COLUMNS)
-    source = conn.execute(query, (subscription_id,)).fetchone()
+    """Write one email about `fact` in the caller's transaction; None if it was already written.
+
+    `source`: the subscription and customer as they stand in this transaction (`source_of`),
+    when the caller has them; else they are read. `enqueued`: as `write` says.
+    """
+    if source is None:
+        query = sql.SQL(
+            "SELECT {} FROM subscriptions s JOIN customers c ON c.id = s.customer_id "
+            "WHERE s.id = %s"
+        ).format(SOURCE_COLUMNS)
+        source = conn.execute(query, (subscription_id,)).fetchone()
     if source is None:
         raise ValueError(f"no subscription with id {subscription_id}")
-    ids = write(
-        conn, settings, [Draft(source=source, kind=kind, fact=fact, event_id=event_id, extra=extra)]
-    )
+    draft = Draft(source=source, kind=kind, fact=fact, event_id=event_id, extra=extra)
+    ids = write(conn, settings, [draft], enqueued=enqueued)
     return ids[0] if ids else None
 
 
@@ -190,6 +224,18 @@ def mark_enqueued(conn: Conn, email_ids: list[int]) -> None:
                           retry_job = CASE WHEN due_at > now() THEN retry_job END,
                           due_at = GREATEST(due_at, now())
         WHERE id = ANY(%s)
+        """,
+        (email_ids,),
+    )
+
+
+def unmark(conn: Conn, email_ids: list[int]) -> None:
+    """Undo the mark of rows written as enqueued that the broker then refused (no job holds them
+    yet): they are the email relay's again, as rows never enqueued."""
+    conn.execute(
+        """
+        UPDATE emails SET enqueued_at = NULL, due_at = NULL
+        WHERE id = ANY(%s) AND status = 'pending' AND retry_job IS NULL AND attempts = 0
         """,
         (email_ids,),
     )

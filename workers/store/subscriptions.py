@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from workers.store.batch import Part
 from workers.store.db import Conn
 from workers.store.jsonable import iso, jsonable
 
@@ -42,14 +44,28 @@ def upsert_customer(
     company: str,
     locale: str,
     event_id: int,
-) -> int:
-    """Create or refresh a customer by the provider's reference (or email); returns its id.
+) -> dict[str, Any]:
+    """Create or refresh a customer by the provider's reference (or email); the customer as it
+    now stands: id, email, names, locale.
 
     Only an event at least as new as the last one that set the details may change them, so a
     replayed old order never brings back an old address.
     """
-    row = conn.execute(
-        """
+    params = (customer_key, email, first_name, last_name, company, locale, event_id)
+    row = conn.execute(_UPSERT_CUSTOMER, (*params, customer_key)).fetchone()
+    if row is None:  # created by a transaction that committed after this statement began
+        row = conn.execute(
+            "SELECT id, email, first_name, last_name, locale FROM customers "
+            "WHERE customer_key = %s",
+            (customer_key,),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+# The upsert, and the known row when there is nothing newer to write, in one statement.
+_UPSERT_CUSTOMER = """
+    WITH written AS (
         INSERT INTO customers
             (customer_key, email, first_name, last_name, company, locale, last_event_id)
         VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -67,16 +83,13 @@ def upsert_customer(
               IS DISTINCT FROM
               (EXCLUDED.email, EXCLUDED.first_name, EXCLUDED.last_name, EXCLUDED.company,
                COALESCE(NULLIF(EXCLUDED.locale, ''), customers.locale))
-        RETURNING id
-        """,
-        (customer_key, email, first_name, last_name, company, locale, event_id),
-    ).fetchone()
-    if row is None:  # known already, and nothing newer to write
-        row = conn.execute(
-            "SELECT id FROM customers WHERE customer_key = %s", (customer_key,)
-        ).fetchone()
-    assert row is not None
-    return int(row["id"])
+        RETURNING id, email, first_name, last_name, locale
+    )
+    SELECT id, email, first_name, last_name, locale FROM written
+    UNION ALL
+    SELECT id, email, first_name, last_name, locale FROM customers
+    WHERE customer_key = %s AND NOT EXISTS (SELECT FROM written)
+"""
 
 
 def lock(conn: Conn, license_code: str) -> dict[str, Any] | None:
@@ -99,17 +112,20 @@ def create(conn: Conn, values: dict[str, Any]) -> dict[str, Any] | None:
     return conn.execute(query, [values[c] for c in columns]).fetchone()
 
 
+@functools.cache
+def _update_sql(columns: tuple[str, ...]) -> str:
+    """The UPDATE of these columns of one subscription, built once per set of columns."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = %s").format(sql.Identifier(column)) for column in columns
+    )
+    query = sql.SQL("UPDATE subscriptions SET {}, updated_at = now() WHERE id = %s")
+    return query.format(assignments).as_string()
+
+
 def update(conn: Conn, subscription_id: int, changes: dict[str, Any]) -> None:
     """Write the changed columns of one (already locked) subscription."""
-    if not changes:
-        return
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder()) for column in changes
-    )
-    query = sql.SQL("UPDATE subscriptions SET {}, updated_at = now() WHERE id = %s").format(
-        assignments
-    )
-    conn.execute(query, [*changes.values(), subscription_id])
+    if changes:
+        conn.execute(_update_sql(tuple(changes)).encode(), [*changes.values(), subscription_id])
 
 
 def add_order(
@@ -147,6 +163,31 @@ def order_seen(conn: Conn, subscription_id: int, refno: str, statuses: tuple[str
     return row is not None
 
 
+_HISTORY = (
+    "INSERT INTO subscription_history (subscription_id, event_id, change, before, after, note) "
+    "VALUES "
+)
+_HISTORY_ROW = "(%s, %s, %s, %s, %s, %s)"
+
+
+def _history_row(
+    subscription_id: int,
+    event_id: int | None,
+    change: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    note: str,
+) -> tuple[Any, ...]:
+    return (
+        subscription_id,
+        event_id,
+        change,
+        Jsonb({k: jsonable(v) for k, v in before.items()}),
+        Jsonb({k: jsonable(v) for k, v in after.items()}),
+        note,
+    )
+
+
 def add_history(
     conn: Conn,
     *,
@@ -158,20 +199,51 @@ def add_history(
     note: str = "",
 ) -> None:
     """Record one change to a subscription: what, from which event, before and after."""
-    conn.execute(
-        """
-        INSERT INTO subscription_history (subscription_id, event_id, change, before, after, note)
-        VALUES (%s, %s, %s, %s, %s, %s)
-        """,
-        (
-            subscription_id,
-            event_id,
-            change,
-            Jsonb({k: jsonable(v) for k, v in before.items()}),
-            Jsonb({k: jsonable(v) for k, v in after.items()}),
-            note,
-        ),
-    )
+    row = _history_row(subscription_id, event_id, change, before, after, note)
+    conn.execute((_HISTORY + _HISTORY_ROW).encode(), row)
+
+
+class Pending:
+    """Subscription updates and history rows held back, to be sent together as one statement
+    (`take`) before the transaction reads again or ends: what `update` and `add_history` would
+    have written one by one, in the same order. Updates of one subscription merge into one."""
+
+    def __init__(self) -> None:
+        self.updates: dict[int, dict[str, Any]] = {}
+        self.history: list[tuple[Any, ...]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.history)
+
+    def update(self, subscription_id: int, changes: dict[str, Any]) -> None:
+        """`update`, held back."""
+        if changes:
+            self.updates.setdefault(subscription_id, {}).update(changes)
+
+    def add_history(
+        self,
+        *,
+        subscription_id: int,
+        event_id: int | None,
+        change: str,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        note: str = "",
+    ) -> None:
+        """`add_history`, held back."""
+        self.history.append(_history_row(subscription_id, event_id, change, before, after, note))
+
+    def take(self) -> list[Part]:
+        """The held-back writes as statement parts, forgotten here."""
+        parts: list[Part] = [
+            (_update_sql(tuple(changes)), [*changes.values(), subscription_id])
+            for subscription_id, changes in self.updates.items()
+        ]
+        if self.history:
+            rows = ", ".join([_HISTORY_ROW] * len(self.history))
+            parts.append((_HISTORY + rows, [value for row in self.history for value in row]))
+        self.updates, self.history = {}, []
+        return parts
 
 
 def describe(conn: Conn, license_code: str) -> dict[str, Any] | None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.conftest import TEST_REDIS_URL
 from tests.fake_provider import FakeProvider, order, subscription
-from tests.support import drain
+from tests.support import TcpProxy, drain, host_port, runtime_through
 from tests.workers.jobs.reconciling import buy, stamp, today
+
+
+@pytest.fixture
+def redis_down(proxy_factory) -> Iterator[TcpProxy]:
+    """The runtime's broker talks to Redis through a proxy, cut: Redis is down for sending."""
+    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
+    proxied = runtime_through(proxy).broker
+    proxy.cut()
+    yield proxy
+    proxied.client.close()
+    proxied.client.connection_pool.disconnect()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,8 +13,7 @@ import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from tests.conftest import TEST_REDIS_URL
-from tests.support import TcpProxy, host_port, queued_event_ids, runtime_through
+from tests.support import queued_event_ids
 from workers.config import Settings
 from workers.jobs import clock
 
@@ -107,17 +105,6 @@ def test_the_email_relay_job_enqueues_emails_the_broker_never_took(conn, setting
     clock.email_relay_job(settings)
 
     assert queued_event_ids() == [email_id]
-
-
-@pytest.fixture
-def redis_down(proxy_factory) -> Iterator[TcpProxy]:
-    """The runtime's broker talks to Redis through a proxy, cut: Redis is down for sending."""
-    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
-    proxied = runtime_through(proxy).broker
-    proxy.cut()
-    yield proxy
-    proxied.client.close()
-    proxied.client.connection_pool.disconnect()
 
 
 def test_with_redis_down_the_jobs_write_the_emails_and_leave_them_for_a_later_tick(

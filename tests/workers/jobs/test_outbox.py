@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,8 +13,7 @@ import pytest
 
 from emails.contexts import COMMON_KEYS, REQUIRED_KEYS, sample_context
 from emails.render import KINDS, render
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import TcpProxy, host_port, runtime_through
+from tests.conftest import TEST_DATABASE_URL
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, ConfigError
 from workers.jobs import actors, outbox
@@ -275,17 +273,6 @@ def test_dispatch_enqueues_send_email_and_records_when(conn, settings):
     assert queued_email_ids() == ids
     rows = conn.execute("SELECT enqueued_at FROM emails").fetchall()
     assert all(row["enqueued_at"] is not None for row in rows)
-
-
-@pytest.fixture
-def redis_down(proxy_factory) -> Iterator[TcpProxy]:
-    """The runtime's broker talks to Redis through a proxy, cut: Redis is down for sending."""
-    proxy = proxy_factory(*host_port(TEST_REDIS_URL))
-    proxied = runtime_through(proxy).broker
-    proxy.cut()
-    yield proxy
-    proxied.client.close()
-    proxied.client.connection_pool.disconnect()
 
 
 def test_with_redis_down_dispatch_leaves_the_emails_for_the_relay(conn, settings, redis_down):

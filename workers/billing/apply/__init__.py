@@ -26,7 +26,10 @@ from workers.protocol.notifications import (
     OrderNotification,
     parse,
 )
+from workers.store import batch
+from workers.store.batch import Part
 from workers.store.db import Conn
+from workers.store.statuses import EventStatus
 
 __all__ = ["Applied", "SubscriptionNotYetKnown", "apply"]
 
@@ -39,15 +42,37 @@ class Applied:
     outcome: str
     changes: list[dict[str, Any]] = field(default_factory=list)
     email_ids: list[int] = field(default_factory=list)
+    # Writes held back for the caller's statement that ends the event (`by_worker`).
+    writes: list[Part] = field(default_factory=list)
 
 
-def apply(conn: Conn, event: dict[str, Any], settings: Settings, *, emails: bool = True) -> Applied:
-    """Apply one locked event row; raises PermanentEventError when it can never apply."""
-    run = Run(conn, event, settings, emails)
+def apply(
+    conn: Conn,
+    event: dict[str, Any],
+    settings: Settings,
+    *,
+    emails: bool = True,
+    by_worker: bool = False,
+) -> Applied:
+    """Apply one locked event row; raises PermanentEventError when it can never apply.
+
+    Every write is made before it returns, unless `by_worker`: then the last ones are in
+    `writes`, for the caller to send in the same transaction (with the event's outcome), and
+    the emails are written as enqueued, for the caller to hand to the broker after its commit.
+    """
+    run = Run(conn, event, settings, emails, enqueue=by_worker)
     if event["kind"] == "api":
-        return _applied(run, apply_api(run, bytes(event["raw_body"])))
-    # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
-    return _applied(run, _apply_notification(run, read(event["kind"], bytes(event["raw_body"]))))
+        outcome = apply_api(run, bytes(event["raw_body"]))
+    else:
+        # Today's parser reads the stored raw body, so a parsing fix reaches old events on replay.
+        notification = read(event["kind"], bytes(event["raw_body"]))
+        outcome = _apply_notification(run, notification)
+    applied = _applied(run, outcome)
+    if by_worker:
+        applied.writes = run.take()
+    else:
+        batch.execute(conn, run.take())
+    return applied
 
 
 def read(kind: str, body: bytes) -> Notification:
@@ -70,5 +95,5 @@ def _apply_notification(run: Run, notification: Notification) -> str:
 
 def _applied(run: Run, outcome: str) -> Applied:
     ignored = outcome.startswith("ignored") and not (run.changes or run.email_ids)
-    status = "ignored" if ignored else "processed"
+    status = EventStatus.IGNORED if ignored else EventStatus.PROCESSED
     return Applied(status=status, outcome=outcome, changes=run.changes, email_ids=run.email_ids)

@@ -40,7 +40,7 @@ def _apply_api_subscription(run: Run, remote: Subscription) -> str:
     canceled; automatic renewal, an earlier expiry, the product and the quantity are set as an
     LCN sets them.
     """
-    sub = subs.lock(run.conn, remote.reference)
+    sub = run.lock(remote.reference)
     if sub is None:
         sub, new = _api_created(run, remote)
         if new:
@@ -86,7 +86,7 @@ def _api_expiry(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Ro
             paid={},  # the record carries no amount: the email states none rather than guess
         )
         done.append(f"renewed until {subs.iso(new_expiry)}")
-        return subs.lock(run.conn, remote.reference) or sub
+        return run.lock(remote.reference) or sub
     if expiry and day(expiry) != day(previous):
         moved: dict[str, Any] = {"expires_at": expiry, "expected_expires_at": expiry}
         sub = run.change(sub, "license", moved, note=f"{API_NOTE}: expiry")
@@ -202,7 +202,7 @@ def _api_order_item(order: Order, item: OrderItem, customer: bool) -> str:
         return order.end(item, Status.CANCELED, "cancellation_notice")
     if order.status not in PAID_ORDER_STATUSES:
         return f"{item.license_ref}: ignored: order {order.refno} is {order.status} at the provider"
-    sub = subs.lock(order.run.conn, item.license_ref)
+    sub = order.run.lock(item.license_ref)
     bought = (
         sub is not None
         and order.run.conn.execute(

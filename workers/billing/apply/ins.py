@@ -70,7 +70,7 @@ def apply_ins(run: Run, ins: InsMessage) -> str:
 def _apply_item(line: _Item) -> str:
     if line.ins.type is MessageType.ORDER_CREATED:
         return _order_created(line)
-    sub = subs.lock(line.run.conn, line.code)
+    sub = line.run.lock(line.code)
     if sub is None:
         raise SubscriptionNotYetKnown(
             f"INS sale {line.ins.sale_id} is not known yet (ORDER_CREATED first)"

@@ -22,7 +22,7 @@ STATUSES = {
 def apply_lcn(run: Run, lcn: LicenseChange) -> str:
     """Apply a license change unless a newer one was applied already."""
     code = lcn.license_code
-    sub = subs.lock(run.conn, code)
+    sub = run.lock(code)
     if sub is None:
         raise SubscriptionNotYetKnown(f"license {code} is not known yet (its order comes first)")
     if sub["last_change_at"] is not None and lcn.updated < sub["last_change_at"]:

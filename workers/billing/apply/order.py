@@ -84,12 +84,12 @@ class Order:
     def lock_or_create(
         self, item: OrderItem, product: Product, status: str, note: str
     ) -> tuple[dict[str, Any], bool]:
-        sub = subs.lock(self.run.conn, item.license_ref)
+        sub = self.run.lock(item.license_ref)
         if sub is not None:
             return sub, False
         created = subs.create(self.run.conn, self.new_row(item, product, status))
         if created is None:  # created by a concurrent worker after our lock attempt
-            sub = subs.lock(self.run.conn, item.license_ref)
+            sub = self.run.lock(item.license_ref)
             assert sub is not None
             return sub, False
         self.run.created(created, note)
@@ -149,7 +149,7 @@ class Order:
 
     def upgrade(self, item: OrderItem) -> str:
         target = self.run.product(item.code, item.pid)
-        sub = subs.lock(self.run.conn, item.license_ref)
+        sub = self.run.lock(item.license_ref)
         if sub is None:
             raise PermanentEventError(
                 f"upgrade order {self.refno} for unknown license {item.license_ref}"
@@ -268,7 +268,7 @@ class Order:
 
     def end(self, item: OrderItem, status: str, email_kind: str, reason: str = "") -> str:
         reason = reason or self.status
-        sub = subs.lock(self.run.conn, item.license_ref)
+        sub = self.run.lock(item.license_ref)
         if sub is None:
             return f"{item.license_ref}: ignored: {reason} for an unknown license"
         amount = policies.round_money(abs(item.price or Decimal(0)) * item.quantity, self.currency)

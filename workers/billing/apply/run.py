@@ -5,7 +5,9 @@ Every function here runs inside the caller's transaction, with the event row loc
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +19,7 @@ from workers.billing.statuses import Status
 from workers.config import Settings
 from workers.errors import PermanentEventError, RinnovoError
 from workers.protocol.notifications import Customer
-from workers.store import outbox
+from workers.store import batch, outbox
 from workers.store import subscriptions as subs
 from workers.store.db import Conn
 
@@ -28,21 +30,33 @@ class SubscriptionNotYetKnown(RinnovoError):
     """A change arrived for a license whose order has not been applied yet; retried later."""
 
 
-# The catalog is read once per process and again only when its file changes, so an operator can
-# add a product and replay the events that failed for want of it.
-_catalogs: dict[Path, tuple[int, Catalog]] = {}
+# The catalog is read once per process and again when its file changes, so an operator can add a
+# product and replay the events that failed for want of it. The file is looked at once a second
+# at most, and on every replayed event (`fresh`): a replay sees an edit made just before it.
+CATALOG_RECHECK_SECONDS = 1.0
+_catalogs: dict[Path, tuple[int, float, Catalog]] = {}
 
 
-def catalog(settings: Settings) -> Catalog:
-    """The catalog named by CATALOG (or the shipped one), reloaded when the file changes."""
-    path = Path(settings.catalog_path) if settings.catalog_path else default_path()
-    stamp = os.stat(path).st_mtime_ns
+def catalog(settings: Settings, *, fresh: bool = True) -> Catalog:
+    """The catalog named by CATALOG (or the shipped one), reloaded when the file changes
+    (`fresh=False`: as it stood within the last CATALOG_RECHECK_SECONDS)."""
+    now = time.monotonic()
+    path = _catalog_path(settings.catalog_path)
     cached = _catalogs.get(path)
+    if cached is not None and not fresh and now - cached[1] < CATALOG_RECHECK_SECONDS:
+        return cached[2]
+    stamp = os.stat(path).st_mtime_ns
     if cached is not None and cached[0] == stamp:
-        return cached[1]
+        _catalogs[path] = (stamp, now, cached[2])
+        return cached[2]
     loaded = load(path)
-    _catalogs[path] = (stamp, loaded)
+    _catalogs[path] = (stamp, now, loaded)
     return loaded
+
+
+@functools.cache
+def _catalog_path(setting: str | None) -> Path:
+    return Path(setting) if setting else default_path()
 
 
 def terms(sub: dict[str, Any]) -> policies.Terms:
@@ -78,20 +92,66 @@ def charged(paid: Decimal | None, tax: Decimal | None, currency: str) -> dict[st
 
 
 class Run:
-    """One event being applied: the connection, the collected changes and emails."""
+    """One event being applied: the connection, the collected changes and emails.
 
-    def __init__(self, conn: Conn, event: dict[str, Any], settings: Settings, emails: bool):
-        self.conn = conn
+    Subscription updates and history rows are held back (`pending`) and sent together: by the
+    statement that ends the event (`take`), or before the run sends any other statement, since
+    every statement goes through `conn`, which writes what is pending first. So each statement
+    of the run sees every write before it, as if each had been sent at once.
+    """
+
+    def __init__(
+        self,
+        conn: Conn,
+        event: dict[str, Any],
+        settings: Settings,
+        emails: bool,
+        *,
+        enqueue: bool = False,
+    ):
+        self._conn = conn
+        self.pending = subs.Pending()
+        # The subscriptions the event's claim locked (events.claim), each handed out once.
+        self.claimed: dict[str, dict[str, Any] | None] = dict(event.get("subscriptions") or {})
+        # The subscription rows this run locked, as they stand with its writes, and customers as
+        # this transaction read them: an email's context is built from them, not read again.
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.customers: dict[int, dict[str, Any]] = dict(event.get("customers") or {})
+        self.enqueue = enqueue  # emails are written as enqueued: the caller sends them
         self.event = event
         self.event_id: int = event["id"]
         self.settings = settings
         self.emails = emails
-        self.catalog = catalog(settings)
+        # A worker's run of a delivered or relayed event may take the catalog read within the
+        # last second; a replay, a preview (not claimed) reads the file as it stands.
+        claimed = "subscriptions" in event and not event["enqueued_by"].startswith("replay")
+        self.catalog = catalog(settings, fresh=not claimed)
         self.changes: list[dict[str, Any]] = []
         self.email_ids: list[int] = []
         self.notes: list[str] = []
         # When the fact being applied happened, for a reconciliation that finds it late.
         self.fact_at: datetime | None = None
+
+    @property
+    def conn(self) -> Conn:
+        """The run's connection, with every held-back write sent: what comes next sees it."""
+        if self.pending:
+            batch.execute(self._conn, self.pending.take())
+        return self._conn
+
+    def take(self) -> list[batch.Part]:
+        """The writes still held back, for the caller's statement that ends the event."""
+        return self.pending.take()
+
+    def lock(self, license_code: str) -> dict[str, Any] | None:
+        """The subscription with this license code, locked (None: there is none)."""
+        if license_code in self.claimed:  # locked already with the event, and not changed since
+            sub = self.claimed.pop(license_code)
+        else:
+            sub = subs.lock(self.conn, license_code)
+        if sub is not None:
+            self.rows[sub["id"]] = sub
+        return sub
 
     def product(self, *codes: str) -> Product:
         """The catalog product for the first code that names one, or a clear permanent error."""
@@ -103,7 +163,7 @@ class Run:
 
     def customer(self, who: Customer, locale: str) -> int:
         """The id of the customer a notification names, by the provider's reference or email."""
-        return subs.upsert_customer(
+        row = subs.upsert_customer(
             self.conn,
             customer_key=who.reference or who.email.lower(),
             email=who.email,
@@ -113,6 +173,19 @@ class Run:
             locale=locale,
             event_id=self.event_id,
         )
+        self.customers[row["id"]] = row
+        return int(row["id"])
+
+    def stands(self, sub_id: int, changes: dict[str, Any]) -> None:
+        """Keep the row in hand as the run's writes leave it."""
+        if sub_id in self.rows:
+            self.rows[sub_id] = {**self.rows[sub_id], **changes}
+
+    def source(self, sub_id: int) -> dict[str, Any] | None:
+        """An email's subscription and customer as they stand, if the run has both in hand."""
+        sub = self.rows.get(sub_id)
+        customer = sub and self.customers.get(sub["customer_id"])
+        return outbox.source_of(sub, customer) if sub and customer else None
 
     def change(
         self, sub: dict[str, Any], change: str, updates: dict[str, Any], note: str = ""
@@ -132,13 +205,14 @@ class Run:
         quiet = {key: updates.pop(key) for key in ("last_change_at",) if key in updates}
         if not updates:
             if quiet:
-                subs.update(self.conn, sub["id"], quiet)
+                self.pending.update(sub["id"], quiet)
+                self.stands(sub["id"], quiet)
             return {**sub, **quiet}
         before = {key: sub[key] for key in updates if key in subs.TRACKED}
         after = {key: updates[key] for key in before}
-        subs.update(self.conn, sub["id"], {**updates, **quiet})
-        subs.add_history(
-            self.conn,
+        self.pending.update(sub["id"], {**updates, **quiet})
+        self.stands(sub["id"], {**updates, **quiet})
+        self.pending.add_history(
             subscription_id=sub["id"],
             event_id=self.event_id,
             change=change,
@@ -159,9 +233,9 @@ class Run:
 
     def created(self, sub: dict[str, Any], note: str) -> None:
         """Record the creation of a subscription in its history."""
+        self.rows[sub["id"]] = sub
         after = {key: sub[key] for key in subs.TRACKED}
-        subs.add_history(
-            self.conn,
+        self.pending.add_history(
             subscription_id=sub["id"],
             event_id=self.event_id,
             change="created",
@@ -193,6 +267,8 @@ class Run:
             fact=fact,
             event_id=self.event_id,
             extra=extra,
+            source=self.source(sub["id"]),
+            enqueued=self.enqueue,
         )
         if email_id is not None:
             self.email_ids.append(email_id)
@@ -215,8 +291,7 @@ class Run:
 
     def note(self, sub: dict[str, Any], change: str, note: str) -> None:
         """Record in the subscription's history something that happened without changing it."""
-        subs.add_history(
-            self.conn,
+        self.pending.add_history(
             subscription_id=sub["id"],
             event_id=self.event_id,
             change=change,

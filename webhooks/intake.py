@@ -11,13 +11,14 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from webhooks import metrics
+from webhooks.recording import Recorder
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
-from workers.jobs import dispatch
+from workers.errors import DatabaseUnavailable, ValueNotStorable
 from workers.jobs.runtime import Runtime
+from workers.logs import LOGGED
 from workers.protocol import form, ins, signature
 from workers.protocol.errors import MalformedNotification, SignatureError
-from workers.store import db, events
+from workers.store import events
 
 log = logging.getLogger("rinnovo.receiver")
 
@@ -48,6 +49,12 @@ def runtime() -> Runtime:
     """The runtime the app was created with: its broker, its pool, its metrics key."""
     built: Runtime = current_app.extensions["rinnovo.runtime"]
     return built
+
+
+def recorder() -> Recorder:
+    """The app's recorder of deliveries (one per process: it batches the process's requests)."""
+    found: Recorder = current_app.extensions["rinnovo.recorder"]
+    return found
 
 
 def _text(body: str, status: int) -> Response:
@@ -109,7 +116,7 @@ def receive(module: ModuleType) -> Response:
     kind = module.KIND
     try:
         raw = _read_body()
-        fields = form.group(form.parse_form(raw))
+        fields = form.parse_grouped(raw)
         algorithm, key_index = _verify(module, fields)
         module.validate(fields)
         event = events.NewEvent(
@@ -121,16 +128,14 @@ def receive(module: ModuleType) -> Response:
                 name: request.headers[name] for name in HEADERS_KEPT if name in request.headers
             }
             | {"Remote-Addr": request.remote_addr or ""},
-            fields=fields,
+            fields=None,  # read again from the body when shown
             signature_algo=algorithm,
             key_index=key_index,
             summary=module.summary(fields),
             license_codes=module.license_codes(fields),
             test=module.is_test(fields),
         )
-        # One INSERT ... ON CONFLICT, atomic on its own; again on a fresh connection if the
-        # pooled one died with a database restart.
-        stored = db.once_more(settings().database_url, lambda conn: events.store(conn, event))
+        recorded = recorder().record(event)
     except Rejected as exc:
         return reject(kind, exc)
     except SignatureError as exc:
@@ -142,27 +147,31 @@ def receive(module: ModuleType) -> Response:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
         return reject(kind, Rejected(503, "unavailable", "temporarily unable to store; retry"))
 
-    if stored.inserted or stored.redispatch:  # new, or a known one whose job was lost
-        try:
-            dispatch.dispatch(settings().database_url, [stored.event_id])
-        except (BrokerUnavailable, DatabaseUnavailable) as exc:
-            # Stored and committed: acknowledge anyway; the clock's relay enqueues it later.
-            log.warning(
-                "event %s stored but not enqueued (%s); left for the relay", stored.event_id, exc
-            )
+    stored = recorded.stored
     outcome = "accepted" if stored.inserted else "duplicate"
+    response = _answer(module, fields, algorithm)
+    seconds = time.perf_counter() - started
     log.info(
         "%s event %s %s (%s) in %.1f ms",
         kind,
         stored.event_id,
         outcome,
         event.summary,
-        (time.perf_counter() - started) * 1000,
-        extra={"event_id": stored.event_id, "outcome": outcome},
+        seconds * 1000,
+        extra=_access(200, seconds) | {"event_id": stored.event_id, "outcome": outcome},
     )
-    response = _answer(module, fields, algorithm)
-    metrics.delivered(kind, outcome, time.perf_counter() - started)
+    metrics.delivered(kind, outcome, seconds)
     return response
+
+
+def _access(status: int, seconds: float | None = None) -> dict[str, object]:
+    """What the access log would say of this request, for the delivery's one log line; the
+    access log leaves the request out (workers.logs.GunicornLogger)."""
+    request.environ[LOGGED] = True
+    found: dict[str, object] = {"status": status, "remote_addr": request.remote_addr or ""}
+    if seconds is not None:
+        found["duration_ms"] = round(seconds * 1000, 3)
+    return found
 
 
 def refused(kind: str, exc: HTTPException) -> Response | HTTPException:
@@ -184,6 +193,6 @@ def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:
         exc.status,
         exc.message,
         request.remote_addr,
-        extra={"outcome": exc.outcome},
+        extra=_access(exc.status) | {"outcome": exc.outcome},
     )
     return _text(body if body is not None else exc.message, exc.status)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -76,7 +77,11 @@ class GroupCommit(Generic[T, R]):
             self._waiting.append(slot)
             lead = not self._running
             self._running = True
-        if not lead:
+        if lead:
+            # Let the other requests in flight come first (under gevent, a switch to each one
+            # ready to run), so that those about to be stored join this run.
+            time.sleep(0)
+        else:
             slot.wake.acquire()  # its run ended, or the previous one did and this slot runs next
         if not slot.done:
             self._run()

@@ -33,9 +33,9 @@ class NewEvent:
     raw_body: bytes
     content_type: str
     headers: dict[str, str]
-    # None: not stored, read again from the raw body when shown (`get`); the receiver stores
-    # none, since turning 100 fields into JSON, and PostgreSQL parsing and compressing it, cost
-    # more than the rest of the row. A reconciliation event has no form fields: {}.
+    # None: not stored, read again from the raw body when shown (`get`), which saves turning
+    # 100 fields into JSON and PostgreSQL parsing and compressing it. The receiver still stores
+    # them: replay's refresh compares a stored reading with today's. An api event has none: {}.
     fields: dict[str, list[str]] | None
     signature_algo: str
     key_index: int

@@ -1,37 +1,32 @@
-"""Ingest benchmark: signed IPNs per second through the receiver, against a bare Flask endpoint.
+"""Ingest benchmark: signed IPNs per second through the receiver, against a commit-only endpoint.
 
-Three apps run under the same gunicorn setup, one at a time, each driven over HTTP by a separate
-client process with a fixed number of concurrent connections: the bare endpoint, a "durable" one
-that only commits each body to PostgreSQL (what one durable write per request costs here), and
-the receiver. They write to a database and a Redis db of the benchmark's own, both removed
+Three apps run under the Procfile's gunicorn setup (worker class, deadlines, JSON logger and
+access log), one at a time, each driven over HTTP by a separate client process with a fixed number
+of concurrent connections: the bare endpoint, a "durable" one that only commits each body to
+PostgreSQL (what one durable write per request costs here), and the receiver. Then the receiver
+is paced, open-loop, at half the commit-only endpoint's rate of the same round, for its latency
+at half load. They write to a database and a Redis db of the benchmark's own, both removed
 afterwards.
 
-    .venv/bin/python -m benchmarks.ingest [--count 5000] [--concurrency 16] [--workers 4]
+    .venv/bin/python -m benchmarks.ingest [--count 5000] [--rounds 3] [--concurrency 16]
 
-`--profile DIR` also runs the receiver's workers under cProfile and prints where the time went.
+`--profile DIR` also runs the receiver's workers under cProfile (CPU time, the whole process)
+and prints where the time went.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import cProfile
-import http.client
-import multiprocessing
 import os
 import pstats
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,15 +35,9 @@ import psycopg
 import redis
 from flask import Flask
 
-from benchmarks._common import (
-    Snapshot,
-    cpu_by_party,
-    cpu_snapshot,
-    own_database_url,
-    own_redis_url,
-    procfile_gunicorn_options,
-)
+from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
 from benchmarks._durable_app import create_table
+from benchmarks._load import Run, drive, gunicorn
 from workers.config import Settings
 from workers.jobs.broker import EVENTS_QUEUE
 from workers.ops import samples
@@ -56,7 +45,6 @@ from workers.protocol import form
 from workers.protocol.signature import Algorithm
 from workers.store import db
 
-ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "rinnovo_bench_ingest"
 REDIS_DB = 12
 KEY = "BENCH-INGEST-KEY"
@@ -65,7 +53,8 @@ BARE_TARGET = "benchmarks._bare_app:app"
 DURABLE_TARGET = "benchmarks._durable_app:app"
 RINNOVO_TARGET = "webhooks.app:create_app()"
 PROFILED_TARGET = "benchmarks.ingest:profiled_app()"
-HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+RATIO_GOAL = 0.8  # of the commit-only endpoint's throughput
+HALF_LOAD_P99_GOAL_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -74,17 +63,6 @@ class Delivery:
 
     body: bytes
     receipt_values: list[str]
-
-
-@dataclass(frozen=True)
-class Run:
-    """What one client run against one server measured."""
-
-    seconds: float
-    latencies: list[float]
-    statuses: list[int]
-    answers: list[str]
-    warmup_failures: int
 
 
 def database_url() -> str:
@@ -108,184 +86,6 @@ def build_deliveries(count: int, offset: int) -> list[Delivery]:
         body = form.encode(samples.sign_pairs(pairs, KEY, (Algorithm.SHA256,)))
         deliveries.append(Delivery(body, values))
     return deliveries
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def gunicorn(
-    target: str,
-    *,
-    workers: int,
-    worker_class: str | None,
-    threads: int,
-    env: dict[str, str],
-    logs: list[str],
-) -> Iterator[tuple[int, int]]:
-    """Serve `target` under gunicorn on a free port until the block ends; yields (pid, port).
-
-    What the server printed is appended to `logs` when it has stopped.
-    """
-    port = free_port()
-    setup = (
-        ["--worker-class", worker_class]
-        if worker_class
-        else procfile_gunicorn_options(drop=("--bind", "--workers", "--logger-class"))
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        *setup,
-        "--threads",
-        str(threads),
-        "--log-level",
-        "warning",
-        "--chdir",
-        str(ROOT),
-        target,
-    ]
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(
-            command,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the benchmark, which stops it in order
-        )
-        try:
-            _wait_ready(server, port, log)
-            yield server.pid, port
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            log.seek(0)
-            logs.append(log.read().decode(errors="replace"))
-
-
-def _wait_ready(server: subprocess.Popen[bytes], port: int, log: Any) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            log.seek(0)
-            shown = log.read().decode(errors="replace")[-3000:]
-            raise RuntimeError(f"gunicorn exited with {server.returncode}:\n{shown}")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            conn.request("GET", "/")
-            conn.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            conn.close()
-    raise RuntimeError(f"gunicorn did not answer on port {port} within 30 s")
-
-
-def _post_all(
-    port: int, bodies: Sequence[bytes], concurrency: int
-) -> tuple[float, list[float], list[int], list[str]]:
-    """POST every body from `concurrency` threads, each with its own connection."""
-    latencies = [0.0] * len(bodies)
-    statuses = [0] * len(bodies)
-    answers = [""] * len(bodies)
-    indexes = iter(range(len(bodies)))
-    take = threading.Lock()
-    start_line = threading.Barrier(concurrency + 1)
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        start_line.wait()
-        while True:
-            with take:
-                index = next(indexes, None)
-            if index is None:
-                break
-            started = time.perf_counter()
-            try:
-                conn.request("POST", "/ipn", bodies[index], HEADERS)
-                response = conn.getresponse()
-                answer = response.read()
-                statuses[index] = response.status
-                answers[index] = answer.decode("utf-8", errors="replace")
-            except (OSError, http.client.HTTPException) as exc:
-                answers[index] = f"{type(exc).__name__}: {exc}"
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            latencies[index] = time.perf_counter() - started
-        conn.close()
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    start_line.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started, latencies, statuses, answers
-
-
-def _drive(
-    link: Connection, port: int, warmup: list[bytes], timed: list[bytes], concurrency: int
-) -> None:
-    """The client process: warm the server up, wait for the go, time the run, send the figures."""
-    _, _, warm_statuses, _ = _post_all(port, warmup, concurrency)
-    link.send("warm")
-    link.recv()
-    seconds, latencies, statuses, answers = _post_all(port, timed, concurrency)
-    warm_failures = sum(status != 200 for status in warm_statuses)
-    link.send(Run(seconds, latencies, statuses, answers, warm_failures))
-    link.close()
-
-
-def drive(
-    server_pid: int, port: int, warmup: list[bytes], timed: list[bytes], concurrency: int
-) -> tuple[Run, dict[str, float]]:
-    """Run the client in a process of its own; the run, and the CPU seconds each party used."""
-    context = multiprocessing.get_context("fork")  # the bodies are inherited, not pickled
-    link, child_link = context.Pipe()
-    client = context.Process(target=_drive, args=(child_link, port, warmup, timed, concurrency))
-    client.start()
-    child_link.close()
-    try:
-        link.recv()  # warmed up
-        before = cpu_snapshot()
-        link.send("go")
-        run: Run = link.recv()
-        after = cpu_snapshot()
-        client.join()
-        return run, cpu_used(before, after, server_pid=server_pid, client_pid=client.pid)
-    finally:
-        if client.is_alive():
-            client.terminate()
-            client.join()
-
-
-def cpu_used(
-    before: Snapshot | None, after: Snapshot | None, *, server_pid: int, client_pid: int | None
-) -> dict[str, float]:
-    """CPU seconds between two snapshots by party: the gunicorn tree, PostgreSQL, Redis, client."""
-    if before is None or after is None:
-        return {}
-    roots = {server_pid: "gunicorn"} | ({client_pid: "client"} if client_pid else {})
-    parties = ["gunicorn", "postgres", "redis", "client", "other"]
-    used = cpu_by_party(before, after, database=DB_NAME, roots=roots, parties=parties)
-    used["machine"] = after.busy - before.busy
-    used["capacity"] = after.total - before.total
-    return used
 
 
 def percentile(values: Sequence[float], pct: int) -> float:
@@ -378,11 +178,14 @@ def print_table(rows: Sequence[Figures], *, cpu: bool = True, header: bool = Tru
 def check_stored(url: str, client: redis.Redis, expected: int) -> bool:
     """Print and check that every delivery became one event, enqueued once."""
     with psycopg.connect(url) as conn:
+        # Rows one statement inserted share its transaction id: how many deliveries each
+        # INSERT stored (the receiver stores those in flight together).
         row = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE status = 'enqueued') FROM events"
+            "SELECT count(*), count(*) FILTER (WHERE status = 'enqueued'),"
+            " count(DISTINCT xmin::text) FROM events"
         ).fetchone()
     assert row is not None
-    stored, enqueued = row
+    stored, enqueued, statements = row
     namespace = Settings.from_env({**os.environ, "REDIS_URL": redis_url()}).redis_namespace
     queue = f"{namespace}:{EVENTS_QUEUE}"
     messages = int(client.hlen(f"{queue}.msgs"))
@@ -391,41 +194,36 @@ def check_stored(url: str, client: redis.Redis, expected: int) -> bool:
         f"check: sent {expected} distinct IPNs; database holds {stored} events "
         f"({enqueued} enqueued); Redis queue holds {messages} messages: "
         + ("OK" if ok else "MISMATCH")
+        + f"; {stored / max(statements, 1):.1f} deliveries stored per INSERT"
     )
     return ok
 
 
 def profiled_app() -> Flask:
-    """The receiver with each request under cProfile; a worker writes its profile when it exits."""
-    from webhooks.app import create_app
+    """The receiver in a worker profiled whole (gunicorn's and gevent's share too) in CPU time;
+    the worker writes its profile when it exits."""
+    from webhooks.app import create_app  # the profiled target only: built in the worker
 
     app = create_app()
-    profiler = cProfile.Profile()
-    inner = app.wsgi_app
-
-    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-        profiler.enable()
-        try:
-            return inner(environ, start_response)
-        finally:
-            profiler.disable()
-
-    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    profiler = cProfile.Profile(time.process_time)  # CPU: waits on the network cost nothing
     out = Path(os.environ[PROFILE_ENV]) / f"worker-{os.getpid()}.prof"
     atexit.register(profiler.dump_stats, out)
+    atexit.register(profiler.disable)  # runs first: atexit is last in, first out
+    profiler.enable()
     return app
 
 
-def print_profile(directory: Path, lines: int = 30) -> None:
-    """Merge the workers' profiles and print the heaviest functions by cumulative time."""
+def print_profile(directory: Path, lines: int = 40) -> None:
+    """Merge the workers' profiles and print the heaviest functions by CPU time."""
     files = sorted(directory.glob("worker-*.prof"))
     if not files:
         print(f"profile: no worker profiles were written to {directory}")
         return
     stats = pstats.Stats(*(str(path) for path in files))
-    print(f"\nprofile of {len(files)} receiver worker(s), by cumulative time:")
-    stats.sort_stats("cumulative").print_stats(lines)
+    print(f"\nprofile of {len(files)} receiver worker(s) in CPU seconds (greenlet switches blur")
+    print("the cumulative figures: read the own-time ones first):")
     stats.sort_stats("tottime").print_stats(lines)
+    stats.sort_stats("cumulative").print_stats(lines)
 
 
 def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -449,22 +247,129 @@ def median_figures(name: str, rounds: Sequence[Figures]) -> Figures:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print its figures; non-zero when a request or the check failed."""
+def server_options(args: argparse.Namespace) -> list[str]:
+    """The Procfile's gunicorn options (its worker class unless another is asked for), its JSON
+    logger and access log, with the benchmark's number of workers and threads."""
+    options = procfile_gunicorn_options(drop=("--bind", "--workers"))
+    if args.worker_class:
+        options[options.index("--worker-class") + 1] = args.worker_class
+    return [
+        *options, "--access-logfile", "-", "--workers", str(args.workers),
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=5000, help="timed requests per server")
     parser.add_argument("--warmup", type=int, default=300, help="untimed requests first")
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
     parser.add_argument("--concurrency", type=int, default=16, help="client connections")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument(
-        "--worker-class", help="gunicorn worker class (default: the Procfile's options)"
+        "--paced-seconds", type=float, default=8.0, help="length of the half-load run (0: none)"
     )
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--worker-class", help="gunicorn worker class (default: the Procfile's)")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     parser.add_argument("--profile", type=Path, help="profile the receiver; keep profiles here")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    return parser.parse_args(argv)
 
+
+@dataclass
+class Rounds:
+    """Every round's figures, by server, and how many IPNs were built so far (each distinct)."""
+
+    bare: list[Figures] = field(default_factory=list)
+    durable: list[Figures] = field(default_factory=list)
+    rinnovo: list[Figures] = field(default_factory=list)
+    paced: list[Figures] = field(default_factory=list)
+    built: int = 0
+
+    def build(self, count: int) -> list[Delivery]:
+        """`count` more distinct signed IPNs."""
+        deliveries = build_deliveries(count, self.built)
+        self.built += count
+        return deliveries
+
+
+def run_round(
+    number: int, args: argparse.Namespace, rounds: Rounds, target: str, serve: dict[str, Any]
+) -> None:
+    """One round: the bare, the commit-only and the receiver's closed-loop runs, then the
+    receiver paced at half the commit-only endpoint's rate of this round."""
+    batch = rounds.build(args.warmup + args.count)
+    warm = [d.body for d in batch[: args.warmup]]
+    timed = batch[args.warmup :]
+    bodies = [d.body for d in timed]
+    servers = [
+        (rounds.bare, "bare", BARE_TARGET, _says_ok),
+        (rounds.durable, "durable", DURABLE_TARGET, _says_ok),
+        (rounds.rinnovo, "rinnovo", target, receipt_check(timed)),
+    ]
+    for found, name, app_target, accepted in servers:
+        with gunicorn(app_target, **serve) as (pid, port):
+            run, cpu = drive(
+                pid, port, warm, bodies, database=DB_NAME, concurrency=args.concurrency
+            )
+            found.append(figures(f"{name} #{number}", run, cpu, accepted))
+            if name == "rinnovo" and args.paced_seconds > 0:
+                rate = rounds.durable[-1].per_second / 2
+                paced = rounds.build(int(rate * args.paced_seconds))
+                sent = [d.body for d in paced]
+                run, cpu = drive(pid, port, [], sent, database=DB_NAME, rate=rate)
+                rounds.paced.append(figures(f"half #{number}", run, cpu, receipt_check(paced)))
+    shown = [rounds.bare[-1], rounds.durable[-1], rounds.rinnovo[-1]]
+    print_table(shown + rounds.paced[-1:], cpu=False, header=number == 1)
+
+
+def report(args: argparse.Namespace, rounds: Rounds) -> bool:
+    """Print the medians and the ratios; whether the goals were met."""
+    bare = median_figures("bare", rounds.bare)
+    durable = median_figures("durable", rounds.durable)
+    rinnovo = median_figures("rinnovo", rounds.rinnovo)
+    paced = [median_figures("half load", rounds.paced)] if rounds.paced else []
+    print(f"median of {args.rounds} round(s):")
+    print_table([bare, durable, rinnovo, *paced])
+    by_round = [
+        r.per_second / d.per_second for d, r in zip(rounds.durable, rounds.rinnovo, strict=True)
+    ]
+    ratio = statistics.median(by_round)
+    met = ratio >= RATIO_GOAL
+    print(
+        f"ratio rinnovo/durable: throughput {ratio:.2f} (median of the rounds' ratios; goal >= "
+        f"{RATIO_GOAL}: {'met' if met else 'NOT met'}; by round: "
+        + ", ".join(f"{value:.2f}" for value in by_round)
+        + ")"
+    )
+    print(
+        f"ratio durable/bare: throughput {durable.per_second / bare.per_second:.2f} (one "
+        "autocommit INSERT of the body per request and nothing else: the ceiling for any "
+        "receiver that commits before it answers, on this machine); rinnovo/bare: "
+        f"{rinnovo.per_second / bare.per_second:.2f}"
+    )
+    if paced:
+        p99_met = paced[0].p99_ms <= HALF_LOAD_P99_GOAL_MS
+        met = met and p99_met
+        print(
+            "half load (the receiver paced, open-loop, at half the commit-only rate: "
+            + ", ".join(f"{row.per_second:.0f}/s" for row in rounds.paced)
+            + f"): p50 {paced[0].p50_ms:.1f} ms, p99 {paced[0].p99_ms:.1f} ms (goal <= "
+            f"{HALF_LOAD_P99_GOAL_MS:.0f} ms: {'met' if p99_met else 'NOT met'})"
+        )
+    if max(row.cpu.get("other", 0.0) for row in (bare, durable, rinnovo)) > 0.5:
+        print(
+            "warning: processes outside the benchmark kept the CPUs busy during the runs "
+            "(column 'other'); the figures are lower than on a quiet machine"
+        )
+    return met
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its figures; non-zero when a request or the check failed, or
+    a goal was not met."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     url = database_url()
     env = {
         "DATABASE_URL": url,
@@ -479,98 +384,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             old.unlink()
         env[PROFILE_ENV] = str(args.profile.resolve())
         target = PROFILED_TARGET
-
+    options = server_options(args)
     print(
-        f"setup: gunicorn {args.worker_class or ' '.join(procfile_gunicorn_options())} "
-        f"--workers {args.workers} "
-        f"--threads {args.threads} "
-        f"on {os.cpu_count()} CPU(s), one server at a time; client: one process, "
-        f"{args.concurrency} connections; {args.rounds} round(s) of {args.warmup} warm-up + "
-        f"{args.count} timed requests per server"
+        f"setup: gunicorn {' '.join(options)} on {os.cpu_count()} CPU(s), one server at a time, "
+        f"logging to a file; client: one process, {args.concurrency} connections; {args.rounds} "
+        f"round(s) of {args.warmup} warm-up + {args.count} timed requests per server, then "
+        f"{args.paced_seconds:g} s of the receiver paced at half the commit-only rate"
         + ("; receiver under cProfile" if args.profile else "")
     )
-    started = time.perf_counter()
-    per_round = args.warmup + args.count
-    batches = [build_deliveries(per_round, n * per_round) for n in range(args.rounds)]
-    print(f"built {per_round * args.rounds} signed IPNs in {time.perf_counter() - started:.1f} s")
-
     queue = redis.Redis.from_url(redis_url())
-    bare_rounds: list[Figures] = []
-    durable_rounds: list[Figures] = []
-    rinnovo_rounds: list[Figures] = []
+    rounds = Rounds()
     logs: list[str] = []
-    options = {
-        "workers": args.workers,
-        "worker_class": args.worker_class,
-        "threads": args.threads,
-        "env": env,
-        "logs": logs,
-    }
     try:
         db.drop_database(url)
         db.init_db(url)
         create_table(url)  # the commit-only endpoint's table
         queue.flushdb()
-        for number, batch in enumerate(batches, start=1):
-            warm_bodies = [d.body for d in batch[: args.warmup]]
-            timed = batch[args.warmup :]
-            timed_bodies = [d.body for d in timed]
-            servers = [
-                (bare_rounds, "bare", BARE_TARGET, _says_ok),
-                (durable_rounds, "durable", DURABLE_TARGET, _says_ok),
-                (rinnovo_rounds, "rinnovo", target, receipt_check(timed)),
-            ]
-            for rounds, name, app_target, accepted in servers:
-                with gunicorn(app_target, **options) as (pid, port):
-                    run, cpu = drive(pid, port, warm_bodies, timed_bodies, args.concurrency)
-                rounds.append(figures(f"{name} #{number}", run, cpu, accepted))
-            print_table(
-                [bare_rounds[-1], durable_rounds[-1], rinnovo_rounds[-1]],
-                cpu=False,
-                header=number == 1,
-            )
-
-        bare = median_figures("bare", bare_rounds)
-        durable = median_figures("durable", durable_rounds)
-        rinnovo = median_figures("rinnovo", rinnovo_rounds)
-        print(f"median of {args.rounds} round(s):")
-        print_table([bare, durable, rinnovo])
-        ratios = [
-            r.per_second / b.per_second for b, r in zip(bare_rounds, rinnovo_rounds, strict=True)
-        ]
-        ratio = rinnovo.per_second / bare.per_second
-        print(
-            f"ratio rinnovo/bare: throughput {ratio:.2f} (target >= 0.6: "
-            f"{'met' if ratio >= 0.6 else 'NOT met'}; by round: "
-            + ", ".join(f"{value:.2f}" for value in ratios)
-            + f"); latency p50 {rinnovo.p50_ms / bare.p50_ms:.2f}x, "
-            f"p99 {rinnovo.p99_ms / bare.p99_ms:.2f}x"
-        )
-        print(
-            f"ratio durable/bare: throughput {durable.per_second / bare.per_second:.2f} "
-            "(one autocommit INSERT of the body per request and nothing else: the ceiling for "
-            "any receiver that commits before it answers, on this machine)"
-        )
-        to_durable = [
-            r.per_second / d.per_second for d, r in zip(durable_rounds, rinnovo_rounds, strict=True)
-        ]
-        print(
-            f"ratio rinnovo/durable: throughput {rinnovo.per_second / durable.per_second:.2f} "
-            f"(median by round {statistics.median(to_durable):.2f}; target >= 0.8: "
-            f"{'met' if statistics.median(to_durable) >= 0.8 else 'NOT met'}; by round: "
-            + ", ".join(f"{value:.2f}" for value in to_durable)
-            + ")"
-        )
-        if max(row.cpu.get("other", 0.0) for row in (bare, durable, rinnovo)) > 0.5:
-            print(
-                "warning: processes outside the benchmark kept the CPUs busy during the runs "
-                "(column 'other'); the figures are lower than on a quiet machine"
-            )
-        ok = check_stored(url, queue, per_round * args.rounds)
+        serve = {"options": options, "env": env, "logs": logs}
+        for number in range(1, args.rounds + 1):
+            run_round(number, args, rounds, target, serve)
+        goals_met = report(args, rounds)
+        sent = sum(row.requests for row in rounds.rinnovo + rounds.paced)
+        ok = check_stored(url, queue, sent + args.warmup * args.rounds)
         if not ok:
             warnings = [line for text in logs for line in text.splitlines() if line.strip()]
             print("the servers' last log lines:", *warnings[-20:], sep="\n  ")
-        ok = ok and not (bare.failures or durable.failures or rinnovo.failures)
+        failures = sum(row.failures for row in rounds.bare + rounds.durable + rounds.rinnovo)
+        ok = ok and not failures and not sum(row.failures for row in rounds.paced)
         if args.profile is not None:
             print_profile(args.profile)
     except KeyboardInterrupt:
@@ -580,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         db.drop_database(url)
         queue.flushdb()
         queue.close()
-    return 0 if ok else 1
+    return 0 if ok and goals_met else 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, HTTPException, RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhooks import health, ins, intake, ipn, lcn, metrics, unsubscribe
+from webhooks import health, ins, intake, ipn, lcn, metrics, recording, unsubscribe
 from webhooks.admin import api as admin_api
 from webhooks.admin import page as admin_page
 from workers.config import Settings
@@ -36,6 +36,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["rinnovo.counters"] = metrics.ReceiverCounters(
         runtime.broker.client, runtime.metrics_key
     )
+    app.extensions["rinnovo.recorder"] = recording.Recorder(settings.database_url)
     if settings.trusted_proxies:
         # The client's address and scheme come from X-Forwarded-For/-Proto as set by this many
         # proxies of ours, counted from the right; what a client wrote there itself is ignored.

@@ -11,19 +11,27 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from webhooks import metrics
+from webhooks.recording import Recorder
 from workers.config import Settings
-from workers.errors import BrokerUnavailable, DatabaseUnavailable, ValueNotStorable
-from workers.jobs import dispatch
+from workers.errors import DatabaseUnavailable, ValueNotStorable
 from workers.jobs.runtime import Runtime
+from workers.logs import LOGGED
 from workers.protocol import form, ins, signature
 from workers.protocol.errors import MalformedNotification, SignatureError
-from workers.store import db, events
+from workers.store import events
 
 log = logging.getLogger("rinnovo.receiver")
 
 FORM = "application/x-www-form-urlencoded"
 MAX_BODY = 64 * 1024
-HEADERS_KEPT = ("User-Agent", "X-Forwarded-For", "X-Real-Ip", "Content-Length")
+# The request headers an event keeps, each with its key in the WSGI environ (read directly: a
+# lookup through werkzeug's headers object costs several times more).
+HEADERS_KEPT = {
+    "User-Agent": "HTTP_USER_AGENT",
+    "X-Forwarded-For": "HTTP_X_FORWARDED_FOR",
+    "X-Real-Ip": "HTTP_X_REAL_IP",
+    "Content-Length": "CONTENT_LENGTH",
+}
 # The metric outcome of each HTTP error a delivery can meet before its view runs.
 HTTP_OUTCOMES = {400: "malformed", 408: "timeout", 413: "too_large"}
 
@@ -48,6 +56,12 @@ def runtime() -> Runtime:
     """The runtime the app was created with: its broker, its pool, its metrics key."""
     built: Runtime = current_app.extensions["rinnovo.runtime"]
     return built
+
+
+def recorder() -> Recorder:
+    """The app's recorder of deliveries (one per process: it batches the process's requests)."""
+    found: Recorder = current_app.extensions["rinnovo.recorder"]
+    return found
 
 
 def _text(body: str, status: int) -> Response:
@@ -93,6 +107,13 @@ def _verify(module: ModuleType, fields: dict[str, list[str]]) -> tuple[str, int]
     return str(verified.algorithm), verified.key_index
 
 
+def _headers() -> dict[str, str]:
+    environ = request.environ
+    kept = {name: environ[key] for name, key in HEADERS_KEPT.items() if key in environ}
+    kept["Remote-Addr"] = request.remote_addr or ""
+    return kept
+
+
 def _answer(module: ModuleType, fields: dict[str, list[str]], algorithm: str) -> Response:
     if module is ins:
         return _text("OK", 200)
@@ -109,7 +130,7 @@ def receive(module: ModuleType) -> Response:
     kind = module.KIND
     try:
         raw = _read_body()
-        fields = form.group(form.parse_form(raw))
+        fields = form.parse_grouped(raw)
         algorithm, key_index = _verify(module, fields)
         module.validate(fields)
         event = events.NewEvent(
@@ -117,10 +138,7 @@ def receive(module: ModuleType) -> Response:
             dedupe_key=module.dedupe_key(fields),
             raw_body=raw,
             content_type=request.content_type or FORM,
-            headers={
-                name: request.headers[name] for name in HEADERS_KEPT if name in request.headers
-            }
-            | {"Remote-Addr": request.remote_addr or ""},
+            headers=_headers(),
             fields=fields,
             signature_algo=algorithm,
             key_index=key_index,
@@ -128,9 +146,7 @@ def receive(module: ModuleType) -> Response:
             license_codes=module.license_codes(fields),
             test=module.is_test(fields),
         )
-        # One INSERT ... ON CONFLICT, atomic on its own; again on a fresh connection if the
-        # pooled one died with a database restart.
-        stored = db.once_more(settings().database_url, lambda conn: events.store(conn, event))
+        recorded = recorder().record(event)
     except Rejected as exc:
         return reject(kind, exc)
     except SignatureError as exc:
@@ -142,27 +158,31 @@ def receive(module: ModuleType) -> Response:
         log.error("%s: not stored, answering 503 so the provider retries: %s", kind, exc)
         return reject(kind, Rejected(503, "unavailable", "temporarily unable to store; retry"))
 
-    if stored.inserted or stored.redispatch:  # new, or a known one whose job was lost
-        try:
-            dispatch.dispatch(settings().database_url, [stored.event_id])
-        except (BrokerUnavailable, DatabaseUnavailable) as exc:
-            # Stored and committed: acknowledge anyway; the clock's relay enqueues it later.
-            log.warning(
-                "event %s stored but not enqueued (%s); left for the relay", stored.event_id, exc
-            )
+    stored = recorded.stored
     outcome = "accepted" if stored.inserted else "duplicate"
+    response = _answer(module, fields, algorithm)
+    seconds = time.perf_counter() - started
     log.info(
         "%s event %s %s (%s) in %.1f ms",
         kind,
         stored.event_id,
         outcome,
         event.summary,
-        (time.perf_counter() - started) * 1000,
-        extra={"event_id": stored.event_id, "outcome": outcome},
+        seconds * 1000,
+        extra=_access(200, seconds) | {"event_id": stored.event_id, "outcome": outcome},
     )
-    response = _answer(module, fields, algorithm)
-    metrics.delivered(kind, outcome, time.perf_counter() - started)
+    metrics.delivered(kind, outcome, seconds)
     return response
+
+
+def _access(status: int, seconds: float | None = None) -> dict[str, object]:
+    """What the access log would say of this request, for the delivery's one log line; the
+    access log leaves the request out (workers.logs.GunicornLogger)."""
+    request.environ[LOGGED] = True
+    found: dict[str, object] = {"status": status, "remote_addr": request.remote_addr or ""}
+    if seconds is not None:
+        found["duration_ms"] = round(seconds * 1000, 3)
+    return found
 
 
 def refused(kind: str, exc: HTTPException) -> Response | HTTPException:
@@ -184,6 +204,6 @@ def reject(kind: str, exc: Rejected, *, body: str | None = None) -> Response:
         exc.status,
         exc.message,
         request.remote_addr,
-        extra={"outcome": exc.outcome},
+        extra=_access(exc.status) | {"outcome": exc.outcome},
     )
     return _text(body if body is not None else exc.message, exc.status)

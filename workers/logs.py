@@ -37,6 +37,10 @@ _JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e
 # recipient): customers' addresses are logged at debug level only.
 _ADDRESS = re.compile(r"[^\s<>()\[\]@,;:\"']+@[^\s<>()\[\]@,;:\"']+")
 
+# Set in a request's WSGI environ by an app that logged the request itself, with what the access
+# log would say: the access log then leaves it out (one line per request).
+LOGGED = "rinnovo.logged"
+
 _scope: ContextVar[Mapping[str, Any] | None] = ContextVar("rinnovo_log_scope", default=None)
 
 
@@ -142,8 +146,9 @@ class GunicornLogger(_GunicornBaseLogger):
         configure_logging(self.loglevel, force=True)
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        """Log one request as fields (never its query string or body: they may carry data)."""
-        if not self.access_log_enabled:
+        """Log one request as fields (never its query string or body: they may carry data), unless
+        the app logged it itself."""
+        if not self.access_log_enabled or environ.get(LOGGED):
             return
         status = resp.status
         code = int(status.split(None, 1)[0]) if isinstance(status, str) else int(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -55,12 +56,48 @@ def send_by_name(
     """Send one message per id to an actor known by name, as its `send` would; the ids taken."""
 
     def send(item: int) -> object:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=queue_name, actor_name=actor_name, args=(item,), kwargs={}, options={}
-        )
-        return on.enqueue(message)
+        return on.enqueue(_message(actor_name, queue_name, item))
 
     return _send_until_failure(send, ids)
+
+
+def send_batch_by_name(
+    on: RedisBroker, actor_name: str, queue_name: str, ids: Iterable[int]
+) -> list[int]:
+    """Send one message per id to an actor known by name in one Redis round trip; every id, or
+    BrokerUnavailable (then none, or some, were taken: a copy sent twice is a no-op).
+
+    Each message goes through dramatiq's own enqueue (its id, middleware, encoding) on a copy of
+    the broker whose dispatch script is bound to a pipeline, as `rinnovo replay` does; only the
+    sending is batched. The pipeline skips its check that Redis knows the script (a round trip
+    of its own) unless Redis answers that it does not (it restarted empty): then it loads it.
+    """
+    ids = list(ids)
+    try:
+        for check_script in (False, True):
+            pipe = on.client.pipeline(transaction=False)
+            script = copy.copy(on.scripts["dispatch"])  # the same script and digest, on the pipe
+            script.registered_client = pipe
+            batched = copy.copy(on)
+            batched.scripts = {**on.scripts, "dispatch": script}
+            for item in ids:  # the first enqueue of a process asks Redis for its Lua stack size
+                batched.enqueue(_message(actor_name, queue_name, item))
+            if not check_script:
+                pipe.scripts.clear()
+            try:
+                pipe.execute()
+                return ids
+            except redis.exceptions.NoScriptError:
+                continue
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"broker unavailable: {type(exc).__name__}") from exc
+    raise BrokerUnavailable("broker unavailable: the dispatch script could not be loaded")
+
+
+def _message(actor_name: str, queue_name: str, item: int) -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=queue_name, actor_name=actor_name, args=(item,), kwargs={}, options={}
+    )
 
 
 def _send_until_failure(send: Callable[[int], object], ids: Iterable[int]) -> list[int]:

@@ -25,6 +25,11 @@ def _send(event_ids: list[int]) -> list[int]:
     return broker.send_by_name(on, broker.PROCESS_EVENT, broker.EVENTS_QUEUE, event_ids)
 
 
+def _send_batch(event_ids: list[int]) -> list[int]:
+    on = runtime.current().broker
+    return broker.send_batch_by_name(on, broker.PROCESS_EVENT, broker.EVENTS_QUEUE, event_ids)
+
+
 def _unsend(database_url: str, event_ids: list[int]) -> None:
     try:
         with db.connection(database_url) as conn, conn.transaction():
@@ -35,15 +40,13 @@ def _unsend(database_url: str, event_ids: list[int]) -> None:
 
 
 def dispatch(database_url: str, event_ids: list[int]) -> list[int]:
-    """Send events just stored as `enqueued`; any the broker refuses go back to `received`."""
+    """Send events just stored as `enqueued`, in one Redis round trip; if the broker refuses,
+    they go back to `received` (for the relay) and BrokerUnavailable is raised."""
     try:
-        sent = _send(event_ids)
+        return _send_batch(event_ids)
     except BrokerUnavailable:
         _unsend(database_url, event_ids)
         raise
-    if len(sent) < len(event_ids):
-        _unsend(database_url, event_ids[len(sent) :])
-    return sent
 
 
 def relay(

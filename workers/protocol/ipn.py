@@ -55,15 +55,16 @@ def dedupe_key(fields: Mapping[str, Sequence[str]]) -> str:
 def event_key(kind: str, fields: Mapping[str, Sequence[str]], skip: frozenset[str]) -> str:
     """Digest every field not skipped (and no signature) as kind:hex-sha256."""
     parts: list[str] = []
+    add, extend = parts.append, parts.extend
     for name, found in fields.items():
         if name in SIGNATURE_FIELDS or name in skip:
             continue
         if isinstance(found, str):  # a bare string is one value
             found = [found]
         # The count keeps the encoding unambiguous: names and values cannot be confused.
-        parts.append(name)
-        parts.append(str(len(found)))
-        parts.extend(found)
+        add(name)
+        add(str(len(found)))
+        extend(found)
     digest = hashlib.sha256(length_prefixed(parts).encode("utf-8")).hexdigest()
     return f"{kind}:{digest}"
 

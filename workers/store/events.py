@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,6 +13,8 @@ from psycopg.types.json import Jsonb
 
 from workers.store import batch
 from workers.store.batch import Part
+from workers.protocol import form
+from workers.protocol.errors import MalformedNotification
 from workers.store.db import Conn
 from workers.store.statuses import APPLIED, EVENT_STATUSES, AttemptStatus, EventStatus
 
@@ -32,7 +35,10 @@ class NewEvent:
     raw_body: bytes
     content_type: str
     headers: dict[str, str]
-    fields: dict[str, list[str]]
+    # None: not stored, read again from the raw body when shown (`get`), which saves turning
+    # 100 fields into JSON and PostgreSQL parsing and compressing it. The receiver still stores
+    # them: replay's refresh compares a stored reading with today's. An api event has none: {}.
+    fields: dict[str, list[str]] | None
     signature_algo: str
     key_index: int
     summary: str
@@ -50,12 +56,18 @@ class Stored:
     redispatch: bool = False  # a known event whose job is overdue: send it again
 
 
-# A known event still waiting whose job is overdue by the grace becomes due now, to be sent again.
-_STORE = """
+FORM_KINDS = ("ipn", "lcn", "ins")  # stored as received: form-encoded bodies
+_NO_FIELDS = Jsonb({})
+
+_COLUMNS = """
     INSERT INTO events (kind, dedupe_key, raw_body, content_type, headers, fields,
                         signature_algo, key_index, summary, license_codes, test,
                         status, enqueued_at, due_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now(), now())
+    VALUES
+"""
+_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'enqueued', now(), now())"
+# A known event still waiting whose job is overdue by the grace becomes due now, to be sent again.
+_ON_CONFLICT = """
     ON CONFLICT (dedupe_key) DO UPDATE
         SET deliveries = events.deliveries + 1, last_delivery_at = now(),
             (status, due_at) = (
@@ -64,9 +76,15 @@ _STORE = """
                 FROM (SELECT events.status IN ('received', 'enqueued')
                              AND GREATEST(events.due_at, events.enqueued_at)
                                  < now() - make_interval(secs => %s) AS overdue) AS late)
-    RETURNING id, (xmax = 0) AS inserted, status,
+    RETURNING id, dedupe_key, (xmax = 0) AS inserted, status,
               (xmax <> 0 AND status IN ('received', 'enqueued') AND due_at = now()) AS redispatch
 """
+
+
+@functools.lru_cache(maxsize=64)
+def _store_sql(rows: int) -> str:
+    """The statement that stores `rows` events (one text per count: psycopg prepares each)."""
+    return _COLUMNS + ",\n".join([_ROW] * rows) + _ON_CONFLICT
 
 
 def store(conn: Conn, event: NewEvent) -> Stored:
@@ -79,30 +97,40 @@ def store(conn: Conn, event: NewEvent) -> Stored:
     job is overdue, most likely lost) makes it due now and reports `redispatch`, in this same
     statement, so the receiver sends it again.
     """
-    row = conn.execute(
-        _STORE,
-        (
+    return store_many(conn, [event])[0]
+
+
+def store_many(conn: Conn, batch: Sequence[NewEvent]) -> list[Stored]:
+    """`store` for several events in one statement (one round trip; in autocommit, one commit),
+    what it did for each, in order. Their dedupe keys must differ: PostgreSQL cannot insert and
+    update one row in the same statement."""
+    params: list[Any] = []
+    for event in batch:
+        params += (
             event.kind,
             event.dedupe_key,
             event.raw_body,
             event.content_type,
             Jsonb(event.headers),
-            Jsonb(event.fields),
+            _NO_FIELDS if event.fields is None else Jsonb(event.fields),
             event.signature_algo,
             event.key_index,
             event.summary,
             event.license_codes,
             event.test,
-            OVERDUE_AFTER_SECONDS,
-        ),
-    ).fetchone()
-    assert row is not None
-    return Stored(
-        event_id=row["id"],
-        inserted=row["inserted"],
-        status=row["status"],
-        redispatch=bool(row["redispatch"]),
-    )
+        )
+    params.append(OVERDUE_AFTER_SECONDS)
+    rows = conn.execute(_store_sql(len(batch)), params).fetchall()
+    by_key = {
+        row["dedupe_key"]: Stored(
+            event_id=row["id"],
+            inserted=row["inserted"],
+            status=row["status"],
+            redispatch=bool(row["redispatch"]),
+        )
+        for row in rows
+    }
+    return [by_key[event.dedupe_key] for event in batch]
 
 
 # Who hands an event to the workers, as attempts record it, and how operators read it.
@@ -251,8 +279,20 @@ def claim(conn: Conn, event_id: int) -> dict[str, Any] | None:
 
 
 def get(conn: Conn, event_id: int) -> dict[str, Any] | None:
-    """Load one event."""
-    return conn.execute("SELECT * FROM events WHERE id = %s", (event_id,)).fetchone()
+    """Load one event, with its fields read from its body when they were not stored."""
+    row = conn.execute("SELECT * FROM events WHERE id = %s", (event_id,)).fetchone()
+    if row is not None and not row["fields"] and row["kind"] in FORM_KINDS:
+        row["fields"] = fields_of(row["raw_body"])
+    return row
+
+
+def fields_of(raw_body: bytes) -> dict[str, list[str]]:
+    """A stored notification's fields as the receiver read them ({} for a body it cannot read,
+    which it never stores)."""
+    try:
+        return form.group(form.parse_form(bytes(raw_body)))
+    except MalformedNotification:
+        return {}
 
 
 # The event's row says how it stands; the attempt row added by the same statement keeps what

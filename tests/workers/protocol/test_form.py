@@ -150,7 +150,9 @@ def test_the_fast_path_for_ascii_bodies_decodes_exactly_as_the_byte_path(pairs, 
 # and partial escapes, escaped and raw NULs, UTF-8 split across components.
 _PIECE = st.sampled_from(
     ["a", "Z", "0", "&", "=", "+", "%", "%3D", "%3d", "%26", "%2B", "%20", "%4", "%G1", "%00",
-     "%C3", "%A9", "%E2%82%AC", "%FF", "\x00", "\x01", "IPN_PID[]"]
+     "%C3", "%A9", "%E2%82%AC", "%FF", "\x00", "\x01", "IPN_PID[]",
+     # Backslashes, raw and escaped: the fast decoding turns escapes into backslash escapes.
+     "\\", "\\x41", "\\u00e9", "\\n", "%5C", "%5Cx41", "%5cu00e9", "x", "u00"]
 )  # fmt: skip
 
 
@@ -240,3 +242,13 @@ def test_date_boundaries_are_those_of_the_calendar(value, valid):
     else:
         with pytest.raises(MalformedNotification):
             form.DATETIME.check("F", value)
+
+
+@given(st.lists(_PIECE, max_size=24).map("".join))
+def test_parse_grouped_is_group_of_parse_form(text):
+    body = text.encode("ascii")
+
+    grouped = _outcome(form.parse_grouped, body)
+    assert grouped == _outcome(lambda raw: form.group(form.parse_form(raw)), body)
+    if isinstance(grouped, dict):
+        assert list(grouped) == list(dict.fromkeys(name for name, _ in form.parse_form(body)))

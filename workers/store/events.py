@@ -11,10 +11,10 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from workers.store import batch
-from workers.store.batch import Part
 from workers.protocol import form
 from workers.protocol.errors import MalformedNotification
+from workers.store import batch
+from workers.store.batch import Part
 from workers.store.db import Conn
 from workers.store.statuses import APPLIED, EVENT_STATUSES, AttemptStatus, EventStatus
 

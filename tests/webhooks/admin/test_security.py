@@ -10,6 +10,7 @@ import time
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 
 from webhooks.admin import page as admin_page
 from webhooks.admin import sessions
@@ -198,10 +199,13 @@ def test_guesses_sent_all_at_once_are_compared_no_more_often_than_the_limit(conn
     attacker = {"environ_base": {"REMOTE_ADDR": "198.51.100.20"}}
     statuses: list[int] = []
 
-    def guess() -> None:
-        statuses.append(_log_in(_client(), "wrong guess", **attacker).status_code)
+    def guess(client: FlaskClient) -> None:
+        statuses.append(_log_in(client, "wrong guess", **attacker).status_code)
 
-    threads = [threading.Thread(target=guess) for _ in range(3 * sessions.LOGIN_ATTEMPTS)]
+    # The apps are made before the guesses start: CPython 3.11's ast.parse, which werkzeug calls
+    # while it compiles each app's routes, is not safe to call from several threads at once.
+    clients = [_client() for _ in range(3 * sessions.LOGIN_ATTEMPTS)]
+    threads = [threading.Thread(target=guess, args=(client,)) for client in clients]
     for thread in threads:
         thread.start()
     for thread in threads:

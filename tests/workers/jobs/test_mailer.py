@@ -366,7 +366,7 @@ class CutsTheSender(Recorder):
                   -- this session's database only: other test runs hold locks on the same ids
                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """,
-                (mailer.LOCK_BASE >> 32, self.email_id),
+                (store_outbox.SEND_LOCK_BASE >> 32, self.email_id),
             ).fetchall()
         self.killed = [row[1] for row in rows]
         return await super().handle_DATA(server, session, envelope)

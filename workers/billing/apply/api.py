@@ -203,12 +203,7 @@ def _api_order_item(order: Order, item: OrderItem, customer: bool) -> str:
     if order.status not in PAID_ORDER_STATUSES:
         return f"{item.license_ref}: ignored: order {order.refno} is {order.status} at the provider"
     sub = order.run.lock(item.license_ref)
-    bought = (
-        sub is not None
-        and order.run.conn.execute(
-            "SELECT 1 FROM orders WHERE subscription_id = %s LIMIT 1", (sub["id"],)
-        ).fetchone()
-    )
+    bought = sub is not None and subs.has_order(order.run.conn, sub["id"])
     if not bought:
         if sub is None and not customer:
             raise SubscriptionNotYetKnown(

@@ -15,6 +15,7 @@ from workers.protocol.notifications import Customer, LicenseKind, OrderItem
 from workers.provider_api import MalformedAnswer, Subscription, parse_record
 from workers.provider_api import Order as ProviderOrder
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 
 API_NOTE = "reconciliation: as the provider's record states"
 PAID_ORDER_STATUSES = frozenset({"COMPLETE", "AUTHRECEIVED"})
@@ -85,12 +86,12 @@ def _api_expiry(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Ro
             price_paid=None,
             paid={},  # the record carries no amount: the email states none rather than guess
         )
-        done.append(f"renewed until {subs.iso(new_expiry)}")
+        done.append(f"renewed until {iso(new_expiry)}")
         return run.lock(remote.reference) or sub
     if expiry and day(expiry) != day(previous):
         moved: dict[str, Any] = {"expires_at": expiry, "expected_expires_at": expiry}
         sub = run.change(sub, "license", moved, note=f"{API_NOTE}: expiry")
-        done.append(f"expires {subs.iso(expiry)}")
+        done.append(f"expires {iso(expiry)}")
     return sub
 
 

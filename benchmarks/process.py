@@ -28,49 +28,40 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
-from uuid import uuid4
 
-import dramatiq
 import psycopg
 import redis
 from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
 
 from benchmarks._common import Snapshot, cpu_by_party, cpu_snapshot
-from workers.billing import catalog
-from workers.billing.policies import add_period
-from workers.billing.products import Product
-from workers.ops import samples
-from workers.protocol import form, ipn, lcn
-from workers.protocol.signature import Algorithm
-from workers.store import db, events
+from benchmarks._stream import Expected, build_stream, check_events, reset, store_stream
+from benchmarks._workers import (
+    Stalled,
+    Workers,
+    release,
+    stage,
+    start_workers,
+    unfinished,
+    wait_until,
+    warm_up,
+)
+from workers.store import db
 
-ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "rinnovo_bench_process"
-KEY = "BENCH-PROCESS-KEY"
 NOOP_MODULE = "benchmarks._noop_actor"
 NOOP_QUEUE = "bench-noop"  # the queue _noop_actor declares; read here without importing it
 EVENT_QUEUE = "default"
-READY_LINE = "Worker process is ready for action."
 # An idle consumer polls Redis with a backoff capped by this (dramatiq's default is 1000 ms):
 # capped low so the timed batch is picked up at once instead of after a sleeping worker wakes.
 IDLE_POLL_MS = "100"
-POLL_SECONDS = 0.02
-STALL_SECONDS = 20.0  # no progress for this long: stop waiting and report what is left
-BASE = datetime(2025, 1, 1, tzinfo=UTC)
-STAMP = "%Y-%m-%d %H:%M:%S"
 # Subscriptions whose every event is applied in the benchmark's own process, one at a time, to
 # count round trips and CPU per event (a whole history each: purchases, renewals, LCNs).
 SAMPLE_SUBSCRIPTIONS = 30
@@ -85,305 +76,6 @@ def database_url() -> str:
 def redis_url() -> str:
     """The Redis server REDIS_URL names (or the local one); the run keeps to its own namespace."""
     return os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
-
-# --- the events ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One notification as the provider would post it: its kind and signed field pairs."""
-
-    kind: str
-    pairs: list[tuple[str, str]]
-
-
-@dataclass
-class Timeline:
-    """One subscription's history as the provider tells it, built one notification at a time."""
-
-    rng: random.Random
-    number: int
-    product: Product
-    customer: int
-    language: str
-    notifications: list[Notification] = field(default_factory=list)
-    clock: datetime = BASE
-    expires: datetime = BASE
-    recurring: bool = True
-    orders: int = 0
-    status: str = "active"  # what the subscription should hold once all is applied
-
-    @property
-    def license(self) -> str:
-        """The subscription's license code."""
-        return f"BP{self.number:08d}"
-
-    @property
-    def email(self) -> str:
-        """The customer's address."""
-        return f"customer{self.customer:05d}@example.com"
-
-    def tick(self, at_least: timedelta) -> datetime:
-        """Move the provider's clock forward (never back) by at least `at_least`."""
-        self.clock += at_least + timedelta(seconds=self.rng.randrange(1, 3600))
-        return self.clock
-
-    def order(self, license_type: str, start: datetime, expires: datetime) -> None:
-        """A COMPLETE IPN for this license, paid at the current clock."""
-        self.orders += 1
-        item = samples.SampleItem(
-            code=self.product.code,
-            pid=self.product.pid,
-            name=self.product.name,
-            license_ref=self.license,
-            quantity=1,
-            price=str(self.product.price("EUR")),
-            license_type=license_type,
-            license_start=start.strftime(STAMP),
-            license_exp=expires.strftime(STAMP),
-        )
-        pairs = samples.ipn_pairs(
-            email=self.email,
-            language=self.language,
-            items=(item,),
-            refno=f"{self.number:07d}{self.orders:03d}",
-            sale_date=self.clock.strftime(STAMP),
-            ipn_date=self.clock.strftime("%Y%m%d%H%M%S"),
-            extra={"AVANGATE_CUSTOMER_REFERENCE": str(900_000_000 + self.customer)},
-        )
-        self.notifications.append(Notification("ipn", pairs))
-        self.status = "active"
-
-    def license_change(self, status: str) -> None:
-        """An LCN stating the license's whole state as of the current clock."""
-        pairs = samples.lcn_pairs(
-            license_code=self.license,
-            status=status,
-            expiration_date=self.expires.strftime(STAMP),
-            date_updated=self.clock.strftime(STAMP),
-            recurring=self.recurring,
-            email=self.email,
-            extra={"AVANGATE_CUSTOMER_REFERENCE": str(900_000_000 + self.customer)},
-        )
-        self.notifications.append(Notification("lcn", pairs))
-        self.status = {"ACTIVE": "active", "PASTDUE": "past_due"}[status]
-
-    def purchase(self) -> None:
-        """The new license: bought at a random moment of the year."""
-        self.clock = BASE + timedelta(
-            days=self.rng.randrange(365), seconds=self.rng.randrange(86_400)
-        )
-        start = self.clock
-        self.expires = add_period(start, self.product.cycle)
-        self.order("REGULAR", start, self.expires)
-
-    def renewal(self, *, failed_first: bool) -> None:
-        """A renewal order a few days before expiry (or after a failed charge), then its LCN."""
-        if failed_first:
-            self.clock = max(self.clock, self.expires) + timedelta(hours=1)
-            self.license_change("PASTDUE")
-            self.tick(timedelta(days=1))
-        else:
-            self.clock = max(self.clock, self.expires - timedelta(days=self.rng.randint(2, 5)))
-            self.tick(timedelta(0))
-        previous = self.expires
-        self.expires = add_period(previous, self.product.cycle)
-        self.order("RENEWAL", previous, self.expires)
-        self.tick(timedelta(minutes=2))
-        self.license_change("ACTIVE")
-
-    def build(self, count: int) -> list[Notification]:
-        """`count` notifications: the purchase, then renewals and license changes."""
-        self.purchase()
-        while len(self.notifications) < count:
-            left = count - len(self.notifications)
-            roll = self.rng.random()
-            if roll < 0.35 and left >= 2:
-                self.renewal(failed_first=False)
-            elif roll < 0.45 and left >= 3 and self.recurring:
-                self.renewal(failed_first=True)
-            elif roll < 0.65:
-                self.recurring = not self.recurring  # the customer turns auto-renewal off or on
-                self.tick(timedelta(hours=1))
-                self.license_change("ACTIVE")
-            else:
-                self.tick(timedelta(hours=1))  # details changed; the license stays as it was
-                self.license_change("ACTIVE")
-        return self.notifications
-
-
-@dataclass(frozen=True)
-class Expected:
-    """Where one subscription must end once every notification is applied."""
-
-    expires_at: datetime
-    status: str
-
-
-def build_stream(
-    count: int, subscriptions: int, seed: int
-) -> tuple[list[Notification], dict[str, Expected]]:
-    """`count` notifications over `subscriptions` subscriptions in arrival order; the end states.
-
-    Each round carries the next notification of every subscription in the same order, so two
-    notifications of one subscription are a whole round apart in the queue, as they are hours
-    apart in life: the workers rarely see a license change before the one it follows.
-    """
-    rng = random.Random(seed)
-    products = [product for product in catalog.load_default() if product.product == "AWDoc"]
-    customers = max(1, subscriptions * 4 // 5)  # some customers hold two subscriptions
-    timelines = [
-        Timeline(
-            rng=rng,
-            number=n,
-            product=rng.choice(products),
-            customer=rng.randrange(customers),
-            language=rng.choice(("en", "it")),
-        )
-        for n in range(subscriptions)
-    ]
-    built = [
-        timeline.build(count // subscriptions + (1 if n < count % subscriptions else 0))
-        for n, timeline in enumerate(timelines)
-    ]
-    stream = []
-    for round_number in range(max(len(notifications) for notifications in built)):
-        stream += [each[round_number] for each in built if round_number < len(each)]
-    expected = {t.license: Expected(t.expires, t.status) for t in timelines}
-    return stream, expected
-
-
-def store_stream(url: str, stream: Sequence[Notification]) -> list[int]:
-    """Store every notification as the receiver does, marked enqueued; their ids, in order."""
-    modules = {"ipn": ipn, "lcn": lcn}
-    ids = []
-    with psycopg.connect(url, row_factory=dict_row) as conn, conn.transaction():
-        for notification in stream:
-            module = modules[notification.kind]
-            body = form.encode(samples.sign_pairs(notification.pairs, KEY, (Algorithm.SHA256,)))
-            fields = form.group(form.parse_form(body))
-            module.validate(fields)
-            stored = events.store(
-                conn,
-                events.NewEvent(
-                    kind=notification.kind,
-                    dedupe_key=module.dedupe_key(fields),
-                    raw_body=body,
-                    content_type="application/x-www-form-urlencoded",
-                    headers={"User-Agent": "2Checkout", "Remote-Addr": "127.0.0.1"},
-                    fields=fields,
-                    signature_algo=str(Algorithm.SHA256),
-                    key_index=0,
-                    summary=module.summary(fields),
-                    license_codes=module.license_codes(fields),
-                    test=module.is_test(fields),
-                ),
-            )
-            if not stored.inserted:
-                raise RuntimeError(f"two generated notifications share a dedupe key ({stored})")
-            ids.append(stored.event_id)
-        conn.execute("UPDATE events SET status = 'enqueued', enqueued_at = now()")
-    return ids
-
-
-def reset(url: str) -> None:
-    """Forget everything the workers applied, so the same events can be applied again."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE orders, subscription_history, emails, email_suppressions, subscriptions, "
-            "customers "
-            "RESTART IDENTITY"
-        )
-        conn.execute(
-            """
-            UPDATE events SET status = 'enqueued', processed_at = NULL, attempts = 0,
-                              last_error = NULL, last_traceback = NULL, outcome = NULL
-            """
-        )
-        conn.execute("VACUUM ANALYZE events")
-
-
-# --- the workers -----------------------------------------------------------------------------
-
-
-class Stalled(Exception):
-    """Nothing moved for too long while waiting for the workers."""
-
-
-@dataclass
-class Workers:
-    """A running `dramatiq` command and where its output goes."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    description: str
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines the workers wrote."""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Ask the workers to finish (SIGTERM), then kill their process group if they linger."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: only what it started
-            self.process.wait(timeout=5)
-
-
-def start_workers(
-    module: str, queue: str, *, processes: int, threads: int, env: dict[str, str], log_dir: Path
-) -> Workers:
-    """Start `dramatiq module` on one queue and wait until every worker process is ready."""
-    command = [
-        sys.executable, "-m", "dramatiq", module,
-        "--processes", str(processes), "--threads", str(threads), "--queues", queue,
-    ]  # fmt: skip
-    log_path = log_dir / f"{module}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    workers = Workers(process, log_path, " ".join(["dramatiq", *command[3:]]))
-    deadline = time.monotonic() + 60
-    while workers.log_path.read_text(errors="replace").count(READY_LINE) < processes:
-        if process.poll() is not None or time.monotonic() > deadline:
-            workers.stop()
-            raise RuntimeError(f"workers did not start ({module}):\n{workers.log_tail()}")
-        time.sleep(0.05)
-    return workers
-
-
-def unfinished(client: redis.Redis, namespace: str, queue: str) -> int:
-    """Messages on a queue not yet acknowledged: waiting, prefetched or being worked on."""
-    return int(client.hlen(f"{namespace}:{queue}.msgs"))
-
-
-def wait_until(remaining: Callable[[], int], what: str) -> float:
-    """Poll until `remaining()` is 0; the moment it was. Raises Stalled when nothing moves."""
-    last, moved = -1, time.perf_counter()
-    while True:
-        left = remaining()
-        now = time.perf_counter()
-        if left == 0:
-            return now
-        if left != last:
-            last, moved = left, now
-        elif now - moved > STALL_SECONDS:
-            raise Stalled(f"{left:,} {what} left, none finished in {STALL_SECONDS:.0f} s")
-        time.sleep(POLL_SECONDS)
-
-
-def warm_up(send: Callable[[int], object], drained: Callable[[], int], messages: int) -> None:
-    """Give every worker thread something to do once (connections opened), and wait for it."""
-    for number in range(messages):
-        send(-1 - number)
-    wait_until(drained, "warm-up messages")
 
 
 # --- the measurements ------------------------------------------------------------------------
@@ -404,32 +96,6 @@ class Pass:
     def rate(self) -> float:
         """Messages (events) finished per second, end to end."""
         return self.count / self.done_seconds
-
-
-def stage(
-    client: redis.Redis, namespace: str, messages: Sequence[dramatiq.Message[Any]]
-) -> list[str]:
-    """Store the messages' bodies where the broker keeps them, not yet queued; their queue ids.
-
-    The Redis broker enqueues a message by storing its body in the queue's `.msgs` hash and
-    pushing its id on the queue's list. Doing the first part ahead of time and the second for the
-    whole batch in one push hands the workers every message at once, so a pass times the workers,
-    not how fast one client can enqueue (which `time_sending` measures on its own). No
-    middleware of the service's broker acts on enqueueing, so nothing else is skipped.
-    """
-    ids = []
-    with client.pipeline(transaction=False) as pipe:
-        for message in messages:
-            staged = message.copy(options={"redis_message_id": str(uuid4())})
-            ids.append(staged.options["redis_message_id"])
-            pipe.hset(f"{namespace}:{message.queue_name}.msgs", ids[-1], staged.encode())
-        pipe.execute()
-    return ids
-
-
-def release(client: redis.Redis, namespace: str, queue: str, ids: Sequence[str]) -> None:
-    """Queue every staged message in one push: the workers see the whole batch at once."""
-    client.rpush(f"{namespace}:{queue}", *ids)
 
 
 def time_events(
@@ -574,50 +240,6 @@ def time_sending(count: int) -> float:
     elapsed = time.perf_counter() - started
     noop.broker.flush(NOOP_QUEUE)
     return count / elapsed
-
-
-def check_events(url: str, expected: dict[str, Expected]) -> list[str]:
-    """Print how the events ended; the problems: events not applied, subscriptions left wrong."""
-    with psycopg.connect(url, row_factory=dict_row, autocommit=True) as conn:
-        counts = events.counts_by_status(conn)
-        retried = conn.execute(
-            "SELECT count(*) AS n FROM events WHERE attempts > 1 OR last_error IS NOT NULL"
-        ).fetchone()
-        stale = conn.execute(
-            "SELECT count(*) AS n FROM subscription_history WHERE change = 'stale'"
-        ).fetchone()
-        bad = conn.execute(
-            """
-            SELECT id, kind, summary, status, attempts, last_error FROM events
-            WHERE status NOT IN ('processed', 'ignored') ORDER BY id
-            """
-        ).fetchall()
-        held = {
-            row["license_code"]: Expected(row["expires_at"], row["status"])
-            for row in conn.execute("SELECT license_code, expires_at, status FROM subscriptions")
-        }
-    shown = ", ".join(f"{status} {n:,}" for status, n in counts.items() if n)
-    print(f"    events by status: {shown}")
-    print(
-        f"    retried: {retried['n'] if retried else 0:,}; LCNs found stale (out of order): "
-        f"{stale['n'] if stale else 0:,}"
-    )
-    problems = [
-        f"event {row['id']} ({row['kind']} {row['summary']}) {row['status']} after "
-        f"{row['attempts']} attempt(s): {row['last_error']}"
-        for row in bad
-    ]
-    wrong = sorted(code for code, end in expected.items() if held.get(code) != end)
-    print(
-        f"    subscriptions ending as the provider left them: "
-        f"{len(expected) - len(wrong):,} of {len(expected):,}"
-    )
-    problems += [
-        f"subscription {code}: {held.get(code)}, expected {expected[code]}" for code in wrong[:10]
-    ]
-    if len(wrong) > 10:
-        problems.append(f"... and {len(wrong) - 10:,} more subscriptions not as expected")
-    return problems
 
 
 def print_pass(result: Pass, unit: str) -> None:

@@ -50,6 +50,7 @@ broker = Runtime.from_env().install().broker  # before the actors: declared on i
 
 from workers.jobs import reminders  # noqa: E402
 from workers.store import db  # noqa: E402
+from workers.store import reminders as store_reminders  # noqa: E402
 
 CUSTOMERS = 100_000
 # The due subscriptions, by what is due: (share of --due, status, auto_renew, days from today).
@@ -162,7 +163,7 @@ def plan(url: str, today: date) -> str:
     }
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}").format(reminders._DUE),
+            sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}").format(store_reminders.DUE),
             params,
         ).fetchall()
         conn.rollback()  # release the row locks the query took

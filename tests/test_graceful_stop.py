@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL
 from tests.emails.conftest import Recorder
 from tests.support import FORM, broker, signed_ipn
-from tests.workers.jobs.test_mailer import new_email
+from tests.workers.jobs.mailing import new_email
 from workers.config import Settings
 from workers.jobs import actors
 

@@ -42,7 +42,10 @@ from workers.config import Settings
 from workers.errors import DatabaseUnavailable
 from workers.store import db, events
 from workers.store.outbox import FAILURES
+from workers.store.reports import emails as email_reports
+from workers.store.reports import events as event_reports
 from workers.store.reports import runs
+from workers.store.reports import subscriptions as subscription_reports
 from workers.store.statuses import EMAIL_STATUSES
 
 log = logging.getLogger("rinnovo.metrics")
@@ -201,20 +204,13 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
         by_status.add_metric([status], count)
     yield by_status
 
-    row = conn.execute(
-        """
-        SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0) AS lag
-        FROM events WHERE status IN ('received', 'enqueued')
-        """
-    ).fetchone()
     yield GaugeMetricFamily(
         "rinnovo_event_queue_lag_seconds",
         "Age of the oldest event stored but not yet applied (0 when none waits).",
-        value=float(row["lag"]) if row else 0.0,
+        value=event_reports.queue_lag(conn),
     )
 
-    rows = conn.execute("SELECT status, count(*) AS n FROM emails GROUP BY status").fetchall()
-    found = {r["status"]: r["n"] for r in rows}
+    found = email_reports.counts_by_status(conn)
     emails = GaugeMetricFamily(
         "rinnovo_emails", "Outbox emails, by status (sent and failed only grow).", labels=["status"]
     )
@@ -222,10 +218,7 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
         emails.add_metric([status], found.get(status, 0))
     yield emails
 
-    rows = conn.execute(
-        "SELECT failure, count(*) AS n FROM emails WHERE status = 'failed' GROUP BY failure"
-    ).fetchall()
-    found = {r["failure"]: r["n"] for r in rows}
+    reasons = email_reports.failed_by_reason(conn)
     failed = GaugeMetricFamily(
         "rinnovo_emails_failed",
         "Failed emails, by reason; `interrupted` ones may have been delivered and wait for an "
@@ -233,38 +226,26 @@ def database_families(conn: db.Conn, grace: timedelta = timedelta(hours=6)) -> I
         labels=["reason"],
     )
     for reason in (*FAILURES, "other"):
-        failed.add_metric([reason], found.get(reason if reason != "other" else None, 0))
+        failed.add_metric([reason], reasons.get(reason if reason != "other" else None, 0))
     yield failed
 
-    row = conn.execute(
-        """
-        SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS lag
-        FROM emails WHERE status IN ('pending', 'sending')
-        """
-    ).fetchone()
     yield GaugeMetricFamily(
         "rinnovo_email_queue_lag_seconds",
         "Age of the oldest email not yet sent (0 when none waits).",
-        value=float(row["lag"]) if row else 0.0,
+        value=email_reports.queue_lag(conn),
     )
 
-    rows = conn.execute(
-        """
-        SELECT status, count(*) AS n, count(*) FILTER (WHERE policy_mismatch) AS mismatched
-        FROM subscriptions GROUP BY status
-        """
-    ).fetchall()
-    found = {r["status"]: r["n"] for r in rows}
+    counts = subscription_reports.counts(conn)
     subscriptions = GaugeMetricFamily(
         "rinnovo_subscriptions", "Subscriptions, by status.", labels=["status"]
     )
     for status in SUBSCRIPTION_STATUSES:
-        subscriptions.add_metric([status], found.get(status, 0))
+        subscriptions.add_metric([status], counts.by_status.get(status, 0))
     yield subscriptions
     yield GaugeMetricFamily(
         "rinnovo_policy_mismatches",
         "Subscriptions whose provider expiry differs from the policy's by more than a day.",
-        value=sum(r["mismatched"] for r in rows),
+        value=counts.mismatched,
     )
     yield from _reconcile_families(conn, grace)
     yield from _dunning_families(conn)
@@ -293,24 +274,16 @@ def _reconcile_families(conn: db.Conn, grace: timedelta) -> Iterator[Metric]:
 
 def _dunning_families(conn: db.Conn) -> Iterator[Metric]:
     """Past-due subscriptions in a dunning sequence, and payments recovered during one."""
-    row = conn.execute(
-        """
-        SELECT (SELECT count(*) FROM subscriptions
-                WHERE status = 'past_due' AND past_due_since IS NOT NULL) AS past_due,
-               (SELECT count(*) FROM subscription_history
-                WHERE before ->> 'status' = 'past_due' AND after ->> 'status' = 'active')
-               AS recovered
-        """
-    ).fetchone()
+    counts = subscription_reports.dunning_counts(conn)
     yield GaugeMetricFamily(
         "rinnovo_dunning_past_due",
         "Subscriptions past due, in the payment-failed sequence now.",
-        value=row["past_due"] if row else 0,
+        value=counts.past_due,
     )
     yield CounterMetricFamily(
         "rinnovo_dunning_recovered",
         "Past-due subscriptions whose payment was recovered before access ended.",
-        value=row["recovered"] if row else 0,
+        value=counts.recovered,
     )
 
 
@@ -338,7 +311,7 @@ class _Collector:
             up.add_metric(["redis"], 1)
         try:
             with db.connection(self.settings.database_url) as conn, conn.transaction():
-                conn.execute("SET TRANSACTION READ ONLY")
+                db.read_only(conn)
                 grace = self.settings.expected_notification_grace
                 gathered = list(database_families(conn, grace))
         except DatabaseUnavailable as exc:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import REDIS_NAMESPACE, TEST_REDIS_URL
-from tests.workers.jobs.test_mailer import new_email, settings  # noqa: F401
+from tests.workers.jobs.mailing import new_email, settings  # noqa: F401
 from workers import logs
 from workers.jobs import mailer
 

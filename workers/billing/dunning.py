@@ -15,6 +15,8 @@ from typing import Any
 from workers.config import Settings
 from workers.store.db import Conn
 from workers.store.jsonable import iso
+from workers.store.reports import emails as email_reports
+from workers.store.reports import subscriptions as subscription_reports
 
 KIND = "payment_failed"
 RECOVERED = "payment_recovered"
@@ -50,23 +52,10 @@ def context(settings: Settings, row: dict[str, Any], since: datetime, day: int) 
     }
 
 
-_LIST = """
-    SELECT s.id, s.license_code, s.status, s.expires_at, s.past_due_since
-    FROM subscriptions s
-    WHERE %(status)s::text IS NULL OR s.status = %(status)s
-    ORDER BY s.past_due_since NULLS LAST, s.expires_at NULLS LAST, s.id
-    LIMIT %(limit)s
-"""
-_WRITTEN = """
-    SELECT subscription_id, fact, status FROM emails
-    WHERE kind = %s AND subscription_id = ANY(%s) ORDER BY id
-"""
-
-
 def listing(conn: Conn, status: str | None, limit: int) -> list[dict[str, Any]]:
     """Subscriptions (of `status` when given), each past-due one with its sequence emails."""
-    rows: list[dict[str, Any]] = conn.execute(_LIST, {"status": status, "limit": limit}).fetchall()
-    written = conn.execute(_WRITTEN, (KIND, [row["id"] for row in rows])).fetchall()
+    rows = subscription_reports.listing(conn, status, limit)
+    written = email_reports.facts_of_kind(conn, KIND, [row["id"] for row in rows])
     for row in rows:
         prefix = f"past_due/{iso(row['past_due_since'])}/"
         row["sequence"] = {

@@ -156,6 +156,6 @@ def dispatch_emails(database_url: str, email_ids: list[int]) -> list[int]:
     with db.connection(database_url) as conn, conn.transaction():
         # Losing this mark only means the relay enqueues the email again, which the mailer
         # shrugs off, so it need not wait for the disk.
-        conn.execute("SET LOCAL synchronous_commit = off")
+        db.commit_unwaited(conn)
         outbox.mark_enqueued(conn, sent)
     return sent

@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -50,15 +52,13 @@ from workers.config import Settings
 from workers.errors import ConfigError, DatabaseUnavailable
 from workers.jobs.retry import Job
 from workers.logs import without_addresses
-from workers.store import db
+from workers.store import db, outbox, suppressions
 from workers.store.db import Conn
 from workers.store.jsonable import iso
 from workers.store.statuses import EMAIL_DONE
 
 log = logging.getLogger(__name__)
 
-# Advisory lock keys of live send attempts: "mail" in the high half, the email id below it.
-LOCK_BASE = 0x6D61696C << 32
 # Waits between tries of recording an outcome: a lost outcome would leave the row `sending`.
 OUTCOME_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
@@ -67,66 +67,19 @@ INTERRUPTED = (
     "recording the result, so it may have been delivered; not sent again to avoid a second copy"
 )
 
-_LOCK_ROW = """
-    SELECT e.*, s.status AS subscription_status, s.expires_at AS subscription_expires_at,
-           s.auto_renew AS subscription_auto_renew, s.customer_id AS subscription_customer_id,
-           s.past_due_since AS subscription_past_due_since,
-           (e.due_at > now()) AS retry_pending
-    FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
-    WHERE e.id = %s
-    FOR UPDATE OF e
-"""
-_START = "UPDATE emails SET status = 'sending', attempts = attempts + 1 WHERE id = %s"
-_SENT = """
-    UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL
-    WHERE id = %s AND status <> 'sent'
-"""
-# After a transient failure the broker holds a retry: a fresh hand-over to the broker, due at
-# the latest when the retry policy says, and the one job the row now waits for.
-_RETRY = """
-    UPDATE emails SET status = 'pending', last_error = %s, enqueued_at = now(),
-                      due_at = now() + make_interval(secs => %s), retry_job = %s
-    WHERE id = %s AND status = 'sending'
-"""
-_FAILED = """
-    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL
-    WHERE id = %s AND status <> 'sent'
-"""
-_FAILED_UNTRIED = """
-    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL,
-                      attempts = attempts + 1
-    WHERE id = %s AND status <> 'sent'
-"""
-_WITHHELD = "UPDATE emails SET status = %s, last_error = %s WHERE id = %s AND status <> 'sent'"
-_SUPPRESSION = """
-    SELECT family, how, created_at FROM email_suppressions WHERE address = lower(%s) AND family = %s
-"""
-_CONFIG_RETRY = """
-    UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now(),
-                      due_at = now() + make_interval(secs => %s), retry_job = %s
-    WHERE id = %s AND status = 'pending'
-"""
-
 # Why an email failed (`emails.failure`), for /metrics, `rinnovo emails list --reason` and alerts.
 INTERRUPTED_REASON = "interrupted"  # may have been delivered: an operator checks, then resends
 
 
-def _lock_key(email_id: int) -> int:
-    return LOCK_BASE + email_id % (1 << 32)
-
-
 def _try_lock(conn: Conn, email_id: int) -> bool:
     with conn.transaction():
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(%s) AS locked", (_lock_key(email_id),)
-        ).fetchone()
-    return bool(row and row["locked"])
+        return outbox.try_lock_send(conn, email_id)
 
 
 def _unlock(conn: Conn, email_id: int) -> None:
     # A broken connection already released the lock with its session.
     with contextlib.suppress(psycopg.Error), conn.transaction():
-        conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(email_id),))
+        outbox.unlock_send(conn, email_id)
 
 
 def send(settings: Settings, email_id: int, *, final: bool, job: Job | None = None) -> None:
@@ -163,7 +116,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
     error: Exception | None = None
     retry = (job.retry_within_seconds, job.next_token)
     with conn.transaction():
-        row = conn.execute(_LOCK_ROW, (email_id,)).fetchone()
+        row = outbox.lock_for_sending(conn, email_id)
         if row is None:
             log.warning("email %s does not exist; nothing to send", email_id)
             return
@@ -178,26 +131,26 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
                 return
             reason = superseded(row)
             if reason is not None:
-                conn.execute(_FAILED, (reason, "superseded", email_id))
+                outbox.mark_failed(conn, email_id, reason, "superseded", tried=True)
                 log.info("email %s not sent: %s", email_id, reason)
                 return
             held = withheld(conn, settings, row)
             if held is not None:
-                conn.execute(_WITHHELD, (*held, email_id))
+                outbox.withhold(conn, email_id, *held)
                 log.info("email %s not sent: %s", email_id, held[1])
                 return
             message = _message(settings, row)
         except ConfigError as exc:
             if final:
-                conn.execute(_FAILED_UNTRIED, (str(exc), "config", email_id))
+                outbox.mark_failed(conn, email_id, str(exc), "config", tried=False)
             else:
-                conn.execute(_CONFIG_RETRY, (str(exc), *retry, email_id))
+                outbox.retry_config(conn, email_id, str(exc), *retry)
             error = exc
         except PermanentEmailError as exc:
-            conn.execute(_FAILED_UNTRIED, (str(exc), "permanent", email_id))
+            outbox.mark_failed(conn, email_id, str(exc), "permanent", tried=False)
             error = exc
         else:
-            conn.execute(_START, (email_id,))
+            outbox.start_sending(conn, email_id)
     if error is not None:
         log.warning("email %s: %s", email_id, without_addresses(error))
         raise error
@@ -206,18 +159,18 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
         transport.send(message)
     except TransientEmailError as exc:
         if final:
-            _record(settings, conn, _FAILED, (str(exc), "exhausted", email_id))
+            _record(settings, conn, _failed(email_id, exc, "exhausted"))
             log.warning("email %s failed for good: %s", email_id, without_addresses(exc))
         else:
-            _record(settings, conn, _RETRY, (str(exc), *retry, email_id))
+            _record(settings, conn, partial(_retry_later, email_id, exc, retry))
             log.info("email %s: will retry: %s", email_id, without_addresses(exc))
         raise
     except PermanentEmailError as exc:
-        _record(settings, conn, _FAILED, (str(exc), "permanent", email_id))
+        _record(settings, conn, _failed(email_id, exc, "permanent"))
         log.warning("email %s failed: %s", email_id, without_addresses(exc))
         raise
     try:
-        _record(settings, conn, _SENT, (email_id,))
+        _record(settings, conn, partial(_sent, email_id))
     except DatabaseUnavailable:
         log.error(
             "email %s was delivered (%s) but could not be marked sent; the next attempt will "
@@ -249,12 +202,12 @@ def _interrupted(conn: Conn, row: dict[str, Any], transport: Transport) -> bool:
         probe = EmailMessage()
         probe["Message-ID"] = row["message_id"]
         if transport.path_for(probe).exists():
-            conn.execute(_SENT, (email_id,))
+            outbox.mark_sent(conn, email_id)
             log.info("email %s: the interrupted attempt had written it; marked sent", email_id)
             return False
         return True
     reason = INTERRUPTED.format(message_id=row["message_id"])
-    conn.execute(_FAILED, (reason, INTERRUPTED_REASON, email_id))
+    outbox.mark_failed(conn, email_id, reason, INTERRUPTED_REASON, tried=True)
     log.warning("email %s: %s", email_id, reason)
     return False
 
@@ -266,7 +219,7 @@ def withheld(conn: Conn, settings: Settings, row: dict[str, Any]) -> tuple[str, 
     family = unsubscribe.family(row["kind"])
     if family is None:
         return None
-    found = conn.execute(_SUPPRESSION, (row["to_address"], family)).fetchone()
+    found = suppressions.find(conn, row["to_address"], family)
     if found is None:
         return None
     return "suppressed", (
@@ -348,11 +301,30 @@ def _message(settings: Settings, row: dict[str, Any]) -> EmailMessage:
         raise PermanentEmailError(f"cannot build the message: {exc}") from exc
 
 
-def _record(settings: Settings, conn: Conn, query: str, params: tuple[Any, ...]) -> None:
+def _failed(email_id: int, exc: Exception, failure: str) -> Callable[[Conn], None]:
+    """The write of a failed attempt's outcome, for `_record`."""
+    return partial(_mark_failed, email_id, str(exc), failure)
+
+
+def _mark_failed(email_id: int, error: str, failure: str, conn: Conn) -> None:
+    outbox.mark_failed(conn, email_id, error, failure, tried=True)
+
+
+def _retry_later(
+    email_id: int, exc: Exception, retry: tuple[float, str | None], conn: Conn
+) -> None:
+    outbox.retry_later(conn, email_id, str(exc), *retry)
+
+
+def _sent(email_id: int, conn: Conn) -> None:
+    outbox.mark_sent(conn, email_id)
+
+
+def _record(settings: Settings, conn: Conn, write: Callable[[Conn], None]) -> None:
     """Write an attempt's outcome, riding out a short database outage with fresh connections."""
     try:
         with conn.transaction():
-            conn.execute(query, params)
+            write(conn)
         return
     except psycopg.OperationalError as exc:
         failure: Exception = exc
@@ -360,7 +332,7 @@ def _record(settings: Settings, conn: Conn, query: str, params: tuple[Any, ...])
         time.sleep(delay)
         try:
             with db.connection(settings.database_url) as fresh, fresh.transaction():
-                fresh.execute(query, params)
+                write(fresh)
             return
         except DatabaseUnavailable as exc:
             failure = exc

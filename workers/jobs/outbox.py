@@ -10,8 +10,7 @@ from workers.errors import BrokerUnavailable
 from workers.jobs.actors import dispatch_emails, send_email, send_emails
 from workers.jobs.broker import backlog
 from workers.jobs.dispatch import relay_batches, unless_backlog
-from workers.store import db, events
-from workers.store.outbox import due, mark_enqueued
+from workers.store import db, events, outbox
 from workers.store.statuses import EmailStatus
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,14 @@ def relay(
     stale_after_seconds = unless_backlog(backlog(send_email), stale_after_seconds)
     return relay_batches(
         database_url,
-        claim=lambda conn: due(
+        claim=lambda conn: outbox.due(
             conn,
             older_than_seconds=older_than_seconds,
             stale_after_seconds=stale_after_seconds,
             limit=batch,
         ),
         send=send_emails,
-        mark=mark_enqueued,
+        mark=outbox.mark_enqueued,
         what="email(s)",
         name="email relay",
     )
@@ -71,22 +70,9 @@ def resend(database_url: str, email_ids: Sequence[int]) -> Resent:
     """
     wanted = sorted(set(email_ids))
     with db.connection(database_url) as conn, conn.transaction():
-        found = {
-            row["id"]: row["status"]
-            for row in conn.execute(
-                "SELECT id, status FROM emails WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                (wanted,),
-            ).fetchall()
-        }
+        found = outbox.resendable(conn, wanted)
         taken = [email_id for email_id in wanted if found.get(email_id) == EmailStatus.FAILED]
-        conn.execute(
-            """
-            UPDATE emails SET status = 'pending', failure = NULL, retry_job = NULL,
-                              due_at = now(), enqueued_at = NULL
-            WHERE id = ANY(%s)
-            """,
-            (taken,),
-        )
+        outbox.resend(conn, taken)
     refused = {
         email_id: f"it is {found[email_id]}, not failed" if email_id in found else "no such email"
         for email_id in wanted

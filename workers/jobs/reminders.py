@@ -16,12 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from psycopg import sql
-
 from workers.billing import dunning
 from workers.config import Settings
 from workers.errors import BrokerUnavailable, DatabaseUnavailable
 from workers.store import db, outbox
+from workers.store import reminders as scan
 from workers.store.db import Conn
 
 log = logging.getLogger(__name__)
@@ -33,84 +32,8 @@ LIFETIME_FROM = datetime(9999, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _START_OF_TIME = datetime.min.replace(tzinfo=UTC)
 
-
-def _fact_time(column: str) -> sql.Composed:
-    """The instant in `s.column` as outbox facts spell it (workers.store.jsonable.iso).
-
-    ISO 8601 in UTC with a Z, microseconds only when there are some.
-    """
-    t = sql.SQL("(s.{} AT TIME ZONE 'UTC')").format(sql.Identifier(column))
-    return sql.SQL(
-        "to_char({t}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
-        "|| CASE WHEN to_char({t}, 'US') = '000000' THEN '' ELSE '.' || to_char({t}, 'US') END "
-        "|| 'Z'"
-    ).format(t=t)
-
-
-FACT_TIME = _fact_time("expires_at")
-
-# The start of a past-due episode as dunning facts spell it (workers.billing.dunning.fact).
-SINCE_FACT = sql.SQL("'past_due/' || {} || '/'").format(_fact_time("past_due_since"))
-
-# Past-due subscriptions whose episode began on one day, through subscriptions_past_due_idx.
-_DUNNING = sql.SQL(
-    """
-    SELECT {columns}, s.past_due_since
-    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-    WHERE s.status = 'past_due'
-      AND s.past_due_since >= %(lo)s AND s.past_due_since < %(hi)s
-      AND (s.past_due_since, s.id) > (%(after_at)s, %(after_id)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM emails e
-          WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(day)s
-      )
-    ORDER BY s.past_due_since, s.id
-    LIMIT %(limit)s
-    FOR UPDATE OF s SKIP LOCKED
-    """
-).format(columns=outbox.SOURCE_COLUMNS, fact=SINCE_FACT)
-
-# The predicate matches the partial index's, so the planner can use it.
-_DUE = sql.SQL(
-    """
-    SELECT {columns}, {fact} AS fact_time
-    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-    WHERE s.status IN ('active', 'past_due')
-      AND s.expires_at >= %(lo)s AND s.expires_at < %(hi)s
-      AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
-      AND s.auto_renew = %(auto_renew)s
-      AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
-      -- The customer held the current period for the whole day the offset falls on: no
-      -- "renews soon" on the day of purchase, nor for a period not started yet.
-      AND COALESCE(s.period_start, s.created_at) < %(begun_by)s
-      AND NOT EXISTS (
-          SELECT 1 FROM emails e
-          WHERE e.subscription_id = s.id AND e.kind = %(kind)s AND e.fact = {fact} || %(suffix)s
-      )
-    ORDER BY s.expires_at, s.id
-    LIMIT %(limit)s
-    FOR UPDATE OF s SKIP LOCKED
-    """
-).format(columns=outbox.SOURCE_COLUMNS, fact=FACT_TIME)
-
-_EXPIRED = sql.SQL(
-    """
-    SELECT {columns}, {fact} AS fact_time
-    FROM subscriptions s JOIN customers c ON c.id = s.customer_id
-    WHERE s.status IN ('active', 'past_due')
-      AND s.expires_at < %(cutoff)s
-      -- A past-due episode keeps access DUNNING_GRACE_DAYS (what its emails promise); else
-      -- automatic renewals get EXPIRY_GRACE_DAYS for a late renewal.
-      AND CASE WHEN s.status = 'past_due' AND s.past_due_since IS NOT NULL
-               THEN s.past_due_since < %(dunning_cutoff)s
-               ELSE (NOT s.auto_renew OR s.expires_at < %(grace_cutoff)s) END
-      AND s.cycle <> 'lifetime' AND s.expires_at < %(lifetime)s
-      AND (s.expires_at, s.id) > (%(after_at)s, %(after_id)s)
-    ORDER BY s.expires_at, s.id
-    LIMIT %(limit)s
-    FOR UPDATE OF s SKIP LOCKED
-    """
-).format(columns=outbox.SOURCE_COLUMNS, fact=FACT_TIME)
+# One batch of the scan read (and locked) in the caller's transaction, from named parameters.
+Read = Callable[[Conn, dict[str, Any]], list[dict[str, Any]]]
 
 
 def day_start(day: date) -> datetime:
@@ -248,7 +171,7 @@ def _scan(
 
 def _batch(
     settings: Settings,
-    query: sql.Composed,
+    fetch: Read,
     params: dict[str, Any],
     draft: Callable[[dict[str, Any]], outbox.Draft],
     planned: list[outbox.Draft] | None,
@@ -260,7 +183,7 @@ def _batch(
     """
     dry = planned is not None
     with db.connection(settings.database_url) as conn, conn.transaction(force_rollback=dry):
-        rows = conn.execute(query, params).fetchall()
+        rows = fetch(conn, params)
         if rows and mark is not None:
             mark(conn, rows)
         drafts = [draft(row) for row in rows]
@@ -272,7 +195,7 @@ def _batch(
 
 def _walk(
     settings: Settings,
-    query: sql.Composed,
+    fetch: Read,
     params: dict[str, Any],
     draft: Callable[[dict[str, Any]], outbox.Draft],
     send: _Dispatcher,
@@ -280,10 +203,10 @@ def _walk(
     order: str,
     mark: Callable[[Conn, list[dict[str, Any]]], None] | None = None,
 ) -> tuple[int, int]:
-    """Run `query` batch after batch, keyed on (`order`, id); (rows read, emails new or planned)."""
+    """Run `fetch` batch after batch, keyed on (`order`, id); (rows read, emails new or planned)."""
     read = written = 0
     while True:
-        rows, ids = _batch(settings, query, params, draft, planned, mark)
+        rows, ids = _batch(settings, fetch, params, draft, planned, mark)
         send(ids)
         read += len(rows)
         written += len(rows) if planned is not None else len(ids)
@@ -327,7 +250,7 @@ def _remind(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind=kind, fact=row["fact_time"] + suffix, extra=extra)
 
-    return _walk(settings, _DUE, params, draft, send, planned, "expires_at")[1]
+    return _walk(settings, scan.due, params, draft, send, planned, "expires_at")[1]
 
 
 def _dun(
@@ -364,7 +287,7 @@ def _dun(
             extra=dunning.context(settings, row, since, day),
         )
 
-    return _walk(settings, _DUNNING, params, draft, send, planned, "past_due_since")[1]
+    return _walk(settings, scan.dunning, params, draft, send, planned, "past_due_since")[1]
 
 
 def _expire(
@@ -384,23 +307,9 @@ def _expire(
     def draft(row: dict[str, Any]) -> outbox.Draft:
         return outbox.Draft(source=row, kind="expiry_notice", fact=row["fact_time"])
 
-    return _walk(settings, _EXPIRED, params, draft, send, planned, "expires_at", _mark_expired)
+    return _walk(settings, scan.expired, params, draft, send, planned, "expires_at", _mark_expired)
 
 
 def _mark_expired(conn: Conn, rows: list[dict[str, Any]]) -> None:
-    """Set the (locked) subscriptions `expired` and record the change in their history."""
-    ids = [row["subscription_id"] for row in rows]
-    conn.execute(
-        "UPDATE subscriptions SET status = 'expired', past_due_since = NULL, updated_at = now() "
-        "WHERE id = ANY(%s)",
-        (ids,),
-    )
-    conn.execute(
-        """
-        INSERT INTO subscription_history (subscription_id, event_id, change, before, after, note)
-        SELECT h.id, NULL, 'expired', jsonb_build_object('status', h.status),
-               jsonb_build_object('status', 'expired'), %s
-        FROM unnest(%s::bigint[], %s::text[]) AS h(id, status)
-        """,
-        (EXPIRY_NOTE, ids, [row["status"] for row in rows]),
-    )
+    """Expire the (locked) subscriptions of `rows`, recording why in their history."""
+    scan.mark_expired(conn, rows, EXPIRY_NOTE)

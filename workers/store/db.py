@@ -184,6 +184,17 @@ def init_db(database_url: str) -> bool:
     return created
 
 
+def commit_unwaited(conn: Conn) -> None:
+    """Let the caller's transaction commit without waiting for the disk (synchronous_commit
+    off): for a write whose loss in a crash costs nothing but doing it again."""
+    conn.execute("SET LOCAL synchronous_commit = off")
+
+
+def read_only(conn: Conn) -> None:
+    """Make the caller's transaction, just begun, read only."""
+    conn.execute("SET TRANSACTION READ ONLY")
+
+
 def ping(database_url: str) -> None:
     """Raise DatabaseUnavailable unless the database answers."""
     with connection(database_url) as conn:

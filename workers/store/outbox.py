@@ -260,3 +260,143 @@ def due(
         (older_than_seconds, stale_after_seconds, limit),
     ).fetchall()
     return [int(row["id"]) for row in rows]
+
+
+def resendable(conn: Conn, email_ids: Sequence[int]) -> dict[int, str]:
+    """Lock the rows of `email_ids` that exist; the status of each, by id."""
+    rows = conn.execute(
+        "SELECT id, status FROM emails WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        (list(email_ids),),
+    ).fetchall()
+    return {row["id"]: row["status"] for row in rows}
+
+
+def resend(conn: Conn, email_ids: Sequence[int]) -> None:
+    """Put (failed) rows back to `pending`, due now, its failure and retry forgotten, not yet
+    handed to the broker."""
+    conn.execute(
+        """
+        UPDATE emails SET status = 'pending', failure = NULL, retry_job = NULL,
+                          due_at = now(), enqueued_at = NULL
+        WHERE id = ANY(%s)
+        """,
+        (list(email_ids),),
+    )
+
+
+# The mailer's writes: one attempt at sending one row (workers.jobs.mailer says how they follow
+# each other). None of them changes a row already `sent`.
+
+# Advisory lock keys of live send attempts: "mail" in the high half, the email id below it.
+SEND_LOCK_BASE = 0x6D61696C << 32
+
+
+def _send_lock_key(email_id: int) -> int:
+    return SEND_LOCK_BASE + email_id % (1 << 32)
+
+
+def try_lock_send(conn: Conn, email_id: int) -> bool:
+    """Take the session's advisory lock on sending `email_id`; False when another session holds
+    it. The lock outlives the transaction, and dies with the connection."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(%s) AS locked", (_send_lock_key(email_id),)
+    ).fetchone()
+    return bool(row and row["locked"])
+
+
+def unlock_send(conn: Conn, email_id: int) -> None:
+    """Release the session's advisory lock on sending `email_id`."""
+    conn.execute("SELECT pg_advisory_unlock(%s)", (_send_lock_key(email_id),))
+
+
+def lock_for_sending(conn: Conn, email_id: int) -> dict[str, Any] | None:
+    """The row, locked, with what its subscription is now (`subscription_*` columns) and whether
+    a retry is still due later (`retry_pending`); None when there is no such email."""
+    row: dict[str, Any] | None = conn.execute(
+        """
+        SELECT e.*, s.status AS subscription_status, s.expires_at AS subscription_expires_at,
+               s.auto_renew AS subscription_auto_renew, s.customer_id AS subscription_customer_id,
+               s.past_due_since AS subscription_past_due_since,
+               (e.due_at > now()) AS retry_pending
+        FROM emails e JOIN subscriptions s ON s.id = e.subscription_id
+        WHERE e.id = %s
+        FOR UPDATE OF e
+        """,
+        (email_id,),
+    ).fetchone()
+    return row
+
+
+def start_sending(conn: Conn, email_id: int) -> None:
+    """Mark the row `sending`, one more attempt counted: its message is about to go out."""
+    conn.execute(
+        "UPDATE emails SET status = 'sending', attempts = attempts + 1 WHERE id = %s", (email_id,)
+    )
+
+
+def mark_sent(conn: Conn, email_id: int) -> None:
+    """Mark the row `sent`, now, its last error cleared."""
+    conn.execute(
+        """
+        UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL
+        WHERE id = %s AND status <> 'sent'
+        """,
+        (email_id,),
+    )
+
+
+def retry_later(
+    conn: Conn, email_id: int, error: str, within_seconds: float, job: str | None
+) -> None:
+    """After a transient failure the broker holds a retry: the row goes back to `pending`, a
+    fresh hand-over to the broker, due at the latest `within_seconds` from now, and `job` the one
+    job it now waits for (only a row still `sending`)."""
+    conn.execute(
+        """
+        UPDATE emails SET status = 'pending', last_error = %s, enqueued_at = now(),
+                          due_at = now() + make_interval(secs => %s), retry_job = %s
+        WHERE id = %s AND status = 'sending'
+        """,
+        (error, within_seconds, job, email_id),
+    )
+
+
+def retry_config(
+    conn: Conn, email_id: int, error: str, within_seconds: float, job: str | None
+) -> None:
+    """A setting stopped the attempt before sending: the row stays `pending`, the attempt
+    counted, due again within `within_seconds`, held by the retry `job`."""
+    conn.execute(
+        """
+        UPDATE emails SET last_error = %s, attempts = attempts + 1, enqueued_at = now(),
+                          due_at = now() + make_interval(secs => %s), retry_job = %s
+        WHERE id = %s AND status = 'pending'
+        """,
+        (error, within_seconds, job, email_id),
+    )
+
+
+def mark_failed(conn: Conn, email_id: int, error: str, failure: str, *, tried: bool) -> None:
+    """Mark the row `failed` for `failure` (one of FAILURES), with the error's text; `tried`
+    False: the attempt that failed it had not been counted yet (it never reached `sending`)."""
+    query = _FAILED if tried else _FAILED_UNTRIED
+    conn.execute(query, (error, failure, email_id))
+
+
+_FAILED = """
+    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL
+    WHERE id = %s AND status <> 'sent'
+"""
+_FAILED_UNTRIED = """
+    UPDATE emails SET status = 'failed', last_error = %s, failure = %s, retry_job = NULL,
+                      attempts = attempts + 1
+    WHERE id = %s AND status <> 'sent'
+"""
+
+
+def withhold(conn: Conn, email_id: int, status: str, why: str) -> None:
+    """Settle a row that must not be sent as `status` (`off` or `suppressed`), saying why."""
+    conn.execute(
+        "UPDATE emails SET status = %s, last_error = %s WHERE id = %s AND status <> 'sent'",
+        (status, why, email_id),
+    )

@@ -151,6 +151,14 @@ def add_order(
     return cur.rowcount == 1
 
 
+def has_order(conn: Conn, subscription_id: int) -> bool:
+    """Whether any order of the subscription is recorded."""
+    row = conn.execute(
+        "SELECT 1 FROM orders WHERE subscription_id = %s LIMIT 1", (subscription_id,)
+    ).fetchone()
+    return row is not None
+
+
 def order_seen(conn: Conn, subscription_id: int, refno: str, statuses: tuple[str, ...]) -> bool:
     """Whether this order already reached one of these statuses for the subscription."""
     row = conn.execute(

@@ -60,3 +60,15 @@ def listing(conn: Conn, *, address: str | None = None, limit: int = 50) -> list[
         {"address": address.strip() if address else None, "limit": limit},
     ).fetchall()
     return rows
+
+
+def find(conn: Conn, address: str, family: str) -> dict[str, Any] | None:
+    """The suppression of `family` for `address` (when and how it was asked), or None."""
+    row: dict[str, Any] | None = conn.execute(
+        """
+        SELECT family, how, created_at FROM email_suppressions
+        WHERE address = lower(%s) AND family = %s
+        """,
+        (address, family),
+    ).fetchone()
+    return row

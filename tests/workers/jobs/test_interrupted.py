@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tests.conftest import TEST_DATABASE_URL
 from tests.emails.conftest import Recorder
 from tests.webhooks.admin.test_page import csrf, log_in
-from tests.workers.jobs.test_mailer import new_email, received, row, smtp_url
+from tests.workers.jobs.mailing import new_email, received, row, smtp_url
 from tests.workers.jobs.test_outbox import queued_email_ids
 from webhooks.app import create_app
 from workers.cli import cli

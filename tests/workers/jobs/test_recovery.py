@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.emails.conftest import Recorder, free_port
 from tests.support import TcpProxy, broker, host_port, runtime_through
-from tests.workers.jobs.test_mailer import new_email, row, smtp_url
+from tests.workers.jobs.mailing import new_email, row, smtp_url
 from workers.config import Settings
 from workers.jobs import actors, outbox
 

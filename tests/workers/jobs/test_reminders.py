@@ -15,6 +15,7 @@ from tests.support import insert_subscription, queued_event_ids
 from workers.billing import dunning
 from workers.config import Settings
 from workers.jobs import reminders
+from workers.store import reminders as store_reminders
 from workers.store.jsonable import iso
 
 EXPIRES = datetime(2030, 6, 30, tzinfo=UTC)
@@ -321,11 +322,11 @@ def test_two_scans_at_once_write_each_reminder_once(conn, settings):
 )
 def test_facts_spell_the_expiry_as_the_lifecycle_does(conn, instant):
     subscription(conn, expires_at=instant)
-    query = sql.SQL("SELECT {} AS fact FROM subscriptions s").format(reminders.FACT_TIME)
+    query = sql.SQL("SELECT {} AS fact FROM subscriptions s").format(store_reminders.FACT_TIME)
     assert conn.execute(query).fetchone()["fact"] == iso(instant)
 
 
-@pytest.mark.parametrize("query", ["_DUE", "_EXPIRED", "_DUNNING"])
+@pytest.mark.parametrize("query", ["DUE", "EXPIRED", "DUNNING"])
 def test_the_scan_queries_can_use_their_partial_index(conn, query):
     subscription(conn)
     params = {
@@ -344,11 +345,11 @@ def test_the_scan_queries_can_use_their_partial_index(conn, query):
         "begun_by": NOW,
         "day": "3",
     }
-    index = "subscriptions_past_due_idx" if query == "_DUNNING" else "subscriptions_live_expiry_idx"
+    index = "subscriptions_past_due_idx" if query == "DUNNING" else "subscriptions_live_expiry_idx"
     with conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         plan = conn.execute(
-            sql.SQL("EXPLAIN {}").format(getattr(reminders, query)), params
+            sql.SQL("EXPLAIN {}").format(getattr(store_reminders, query)), params
         ).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)
     assert index in text
@@ -361,7 +362,9 @@ def test_the_scan_queries_can_use_their_partial_index(conn, query):
 def test_dunning_facts_spell_the_episode_as_the_lifecycle_does(conn, instant):
     sub_id = subscription(conn, status="past_due")
     conn.execute("UPDATE subscriptions SET past_due_since = %s WHERE id = %s", (instant, sub_id))
-    query = sql.SQL("SELECT {} || '3' AS fact FROM subscriptions s").format(reminders.SINCE_FACT)
+    query = sql.SQL("SELECT {} || '3' AS fact FROM subscriptions s").format(
+        store_reminders.SINCE_FACT
+    )
     assert conn.execute(query).fetchone()["fact"] == dunning.fact(instant, 3)
 
 

@@ -14,7 +14,7 @@ from tests.conftest import SECRET_KEYS
 from tests.emails.conftest import Recorder
 from tests.support import drain, runtime_from_env
 from tests.workers.billing.test_dunning import messages, outbox_smtp  # noqa: F401 (a fixture)
-from tests.workers.jobs.test_mailer import new_email, received, row, settings, smtp_url  # noqa: F401
+from tests.workers.jobs.mailing import new_email, received, row, settings, smtp_url  # noqa: F401
 from workers.cli import cli
 from workers.config import Settings
 from workers.jobs import mailer

@@ -15,6 +15,7 @@ from workers.protocol.notifications import Customer, LicenseKind, OrderItem
 from workers.provider_api import MalformedAnswer, Subscription, parse_record
 from workers.provider_api import Order as ProviderOrder
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 
 API_NOTE = "reconciliation: as the provider's record states"
 PAID_ORDER_STATUSES = frozenset({"COMPLETE", "AUTHRECEIVED"})
@@ -85,12 +86,12 @@ def _api_expiry(run: Run, remote: Subscription, sub: Row, done: list[str]) -> Ro
             price_paid=None,
             paid={},  # the record carries no amount: the email states none rather than guess
         )
-        done.append(f"renewed until {subs.iso(new_expiry)}")
+        done.append(f"renewed until {iso(new_expiry)}")
         return run.lock(remote.reference) or sub
     if expiry and day(expiry) != day(previous):
         moved: dict[str, Any] = {"expires_at": expiry, "expected_expires_at": expiry}
         sub = run.change(sub, "license", moved, note=f"{API_NOTE}: expiry")
-        done.append(f"expires {subs.iso(expiry)}")
+        done.append(f"expires {iso(expiry)}")
     return sub
 
 
@@ -203,12 +204,7 @@ def _api_order_item(order: Order, item: OrderItem, customer: bool) -> str:
     if order.status not in PAID_ORDER_STATUSES:
         return f"{item.license_ref}: ignored: order {order.refno} is {order.status} at the provider"
     sub = order.run.lock(item.license_ref)
-    bought = (
-        sub is not None
-        and order.run.conn.execute(
-            "SELECT 1 FROM orders WHERE subscription_id = %s LIMIT 1", (sub["id"],)
-        ).fetchone()
-    )
+    bought = sub is not None and subs.has_order(order.run.conn, sub["id"])
     if not bought:
         if sub is None and not customer:
             raise SubscriptionNotYetKnown(

@@ -24,6 +24,7 @@ from workers.protocol.notifications import InsItem, InsMessage, LicenseKind, Mes
 from workers.provider_api import Client
 from workers.provider_api import Order as ProviderOrder
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 
 # INS hashes cover sale, vendor and invoice ids, not what the message says happened: with the API
 # configured, a refund, a cancellation or a new expiry is checked with the provider first.
@@ -157,7 +158,7 @@ def _installment_paid(line: _Item, sub: dict[str, Any]) -> str:
         price_paid=line.amount,
         paid=charged(line.amount, None, ins.currency),
     )
-    return f"{line.code}: renewed until {subs.iso(new_expiry)}"
+    return f"{line.code}: renewed until {iso(new_expiry)}"
 
 
 def _installment_failed(line: _Item, sub: dict[str, Any]) -> str:

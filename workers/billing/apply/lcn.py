@@ -8,7 +8,7 @@ from workers.billing.apply.run import Run, SubscriptionNotYetKnown, status_email
 from workers.billing.statuses import Status
 from workers.errors import PermanentEventError
 from workers.protocol.notifications import LicenseChange, LicenseStatus
-from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 
 STATUSES = {
     LicenseStatus.ACTIVE: Status.ACTIVE,
@@ -27,8 +27,8 @@ def apply_lcn(run: Run, lcn: LicenseChange) -> str:
         raise SubscriptionNotYetKnown(f"license {code} is not known yet (its order comes first)")
     if sub["last_change_at"] is not None and lcn.updated < sub["last_change_at"]:
         note = (
-            f"LCN of {subs.iso(lcn.updated)} is older than the last change applied "
-            f"({subs.iso(sub['last_change_at'])}): recorded, not applied"
+            f"LCN of {iso(lcn.updated)} is older than the last change applied "
+            f"({iso(sub['last_change_at'])}): recorded, not applied"
         )
         run.note(sub, "stale", note)
         return f"ignored: {note}"
@@ -40,7 +40,7 @@ def apply_lcn(run: Run, lcn: LicenseChange) -> str:
     previous = sub
     sub = run.change(sub, "license", _updates(sub, lcn, status), note=_note(lcn))
     _tell(run, previous, sub, lcn, status)
-    return f"{code}: {status}, expires {subs.iso(lcn.expires)}, auto-renew {sub['auto_renew']}"
+    return f"{code}: {status}, expires {iso(lcn.expires)}, auto-renew {sub['auto_renew']}"
 
 
 def _updates(sub: dict[str, Any], lcn: LicenseChange, status: Status) -> dict[str, Any]:
@@ -80,9 +80,9 @@ def _tell(
         run.email(
             sub,
             "renewal_confirmation",
-            f"renewal/{subs.iso(expiry)}",
+            f"renewal/{iso(expiry)}",
             # An LCN carries no amount: the email states none rather than guess one.
             {"new_expires_at": expiry, "expires_at": previous["expires_at"]},
         )
     if status != previous["status"]:
-        status_email(run, sub, status, f"lcn/{subs.iso(lcn.updated)}")
+        status_email(run, sub, status, f"lcn/{iso(lcn.updated)}")

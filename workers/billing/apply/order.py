@@ -9,11 +9,12 @@ from typing import Any
 
 from workers.billing import policies
 from workers.billing.apply.run import MISMATCH_TOLERANCE, Run, charged
-from workers.billing.catalog import Product
+from workers.billing.products import Product
 from workers.billing.statuses import ENDED, LIVE, Status
 from workers.errors import PermanentEventError
 from workers.protocol.notifications import OrderItem
 from workers.store import subscriptions as subs
+from workers.store.jsonable import iso
 
 
 @dataclass
@@ -109,7 +110,7 @@ class Order:
                     sub, "activated", {k: fresh[k] for k in subs.TRACKED if k in fresh}
                 )
         self.run.email(sub, "order_confirmation", f"order/{self.refno}")
-        return f"{item.license_ref}: active until {subs.iso(sub['expires_at'])}"
+        return f"{item.license_ref}: active until {iso(sub['expires_at'])}"
 
     def pending(self, item: OrderItem) -> str:
         product = self.run.product(item.code, item.pid)
@@ -127,7 +128,7 @@ class Order:
             self.run.email(
                 sub,
                 "renewal_confirmation",
-                f"renewal/{subs.iso(sub['expires_at'])}",
+                f"renewal/{iso(sub['expires_at'])}",
                 {
                     "new_expires_at": sub["expires_at"],
                     "expires_at": sub["period_start"],
@@ -145,7 +146,7 @@ class Order:
             price_paid=self.paid(item, product),
             paid=self.charged(item),
         )
-        return f"{item.license_ref}: renewed until {subs.iso(new_expiry)}"
+        return f"{item.license_ref}: renewed until {iso(new_expiry)}"
 
     def upgrade(self, item: OrderItem) -> str:
         target = self.run.product(item.code, item.pid)
@@ -177,7 +178,7 @@ class Order:
             credit=quote.credit,
             note=f"{quote.explanation}; credit {quote.credit}, due {quote.amount_due}",
         )
-        return f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)}"
+        return f"{item.license_ref}: upgraded to {target.code} until {iso(new_expiry)}"
 
     def lapsed(self, sub: dict[str, Any]) -> bool:
         """Whether the subscription had only expired (not ended otherwise) when this was paid."""
@@ -215,9 +216,7 @@ class Order:
             note=note,
             mismatch=True,
         )
-        return (
-            f"{item.license_ref}: upgraded to {target.code} until {subs.iso(new_expiry)} ({note})"
-        )
+        return f"{item.license_ref}: upgraded to {target.code} until {iso(new_expiry)} ({note})"
 
     def upgraded(
         self,

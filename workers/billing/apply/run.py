@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.billing import dunning, policies
-from workers.billing.catalog import Catalog, Product, default_path, load
+from workers.billing.catalog import default_path, load
+from workers.billing.products import Catalog, Product
 from workers.billing.statuses import Status
 from workers.config import Settings
 from workers.errors import PermanentEventError, RinnovoError
@@ -22,6 +23,7 @@ from workers.protocol.notifications import Customer
 from workers.store import batch, outbox
 from workers.store import subscriptions as subs
 from workers.store.db import Conn
+from workers.store.jsonable import iso
 
 MISMATCH_TOLERANCE = timedelta(days=1)
 
@@ -380,7 +382,7 @@ class Run:
         self.email(
             sub,
             "renewal_confirmation",
-            f"renewal/{subs.iso(new_expiry)}",
+            f"renewal/{iso(new_expiry)}",
             {"new_expires_at": new_expiry, "expires_at": previous, **paid},
         )
         return new_expiry
@@ -405,6 +407,6 @@ def status_email(
         run.dunning_start(sub, paid)
     elif status == Status.EXPIRED:
         # The same fact the clock uses, so an LCN and the clock never both send it.
-        run.email(sub, "expiry_notice", subs.iso(sub["expires_at"]) or "")
+        run.email(sub, "expiry_notice", iso(sub["expires_at"]) or "")
     elif status == Status.CANCELED:
         run.email(sub, "cancellation_notice", f"canceled/{fact}")

@@ -133,3 +133,41 @@ def list_emails(
     page = rows[:limit]
     cursor = page[-1]["id"] if len(rows) > limit else None
     return [EmailRow.of(row) for row in page], cursor
+
+
+def counts_by_status(conn: Conn) -> dict[str, int]:
+    """How many outbox rows there are of each status (a status with none is missing)."""
+    rows = conn.execute("SELECT status, count(*) AS n FROM emails GROUP BY status").fetchall()
+    return {row["status"]: row["n"] for row in rows}
+
+
+def failed_by_reason(conn: Conn) -> dict[str | None, int]:
+    """How many emails failed for each reason (`failure`; None: no reason recorded)."""
+    rows = conn.execute(
+        "SELECT failure, count(*) AS n FROM emails WHERE status = 'failed' GROUP BY failure"
+    ).fetchall()
+    return {row["failure"]: row["n"] for row in rows}
+
+
+def queue_lag(conn: Conn) -> float:
+    """The age in seconds of the oldest email not yet sent (0 when none waits)."""
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS lag
+        FROM emails WHERE status IN ('pending', 'sending')
+        """
+    ).fetchone()
+    return float(row["lag"]) if row else 0.0
+
+
+def facts_of_kind(conn: Conn, kind: str, subscription_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The emails of `kind` about these subscriptions (subscription_id, fact, status), oldest
+    first."""
+    rows: list[dict[str, Any]] = conn.execute(
+        """
+        SELECT subscription_id, fact, status FROM emails
+        WHERE kind = %s AND subscription_id = ANY(%s) ORDER BY id
+        """,
+        (kind, list(subscription_ids)),
+    ).fetchall()
+    return rows

@@ -118,3 +118,14 @@ def event_detail(conn: Conn, event_id: int) -> EventDetail | None:
         emails=emails.of_event(conn, event_id),
         attempt_history=jsonable(events.attempts(conn, event_id)),
     )
+
+
+def queue_lag(conn: Conn) -> float:
+    """The age in seconds of the oldest event stored but not yet applied (0 when none waits)."""
+    row = conn.execute(
+        """
+        SELECT coalesce(extract(epoch FROM now() - min(received_at)), 0) AS lag
+        FROM events WHERE status IN ('received', 'enqueued')
+        """
+    ).fetchone()
+    return float(row["lag"]) if row else 0.0

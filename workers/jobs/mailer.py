@@ -55,7 +55,7 @@ from workers.logs import without_addresses
 from workers.store import db, outbox, suppressions
 from workers.store.db import Conn
 from workers.store.jsonable import iso
-from workers.store.statuses import EMAIL_DONE
+from workers.store.statuses import EMAIL_DONE, EmailStatus
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
             return
         try:
             transport = _transport(settings)
-            if row["status"] == "sending" and not _interrupted(conn, row, transport):
+            if row["status"] == EmailStatus.SENDING and not _interrupted(conn, row, transport):
                 return
             reason = superseded(row)
             if reason is not None:
@@ -155,6 +155,21 @@ def _attempt(conn: Conn, settings: Settings, email_id: int, *, final: bool, job:
         log.warning("email %s: %s", email_id, without_addresses(error))
         raise error
 
+    _deliver(conn, settings, row, transport, message, final=final, retry=retry)
+
+
+def _deliver(
+    conn: Conn,
+    settings: Settings,
+    row: dict[str, Any],
+    transport: Transport,
+    message: EmailMessage,
+    *,
+    final: bool,
+    retry: tuple[float, str | None],
+) -> None:
+    """Hand a message marked `sending` to the transport and record how it went."""
+    email_id = row["id"]
     try:
         transport.send(message)
     except TransientEmailError as exc:

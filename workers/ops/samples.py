@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -84,6 +84,72 @@ def _apply_extra(pairs: Pairs, extra: Mapping[str, str]) -> Pairs:
     return result
 
 
+def _each(name: str, values: Sequence[str]) -> Pairs:
+    """One field per value: an order's per-line fields (`IPN_PCODE[]`, ...)."""
+    return [(name, value) for value in values]
+
+
+def _buyer(first_name: str, last_name: str, email: str) -> Pairs:
+    """An IPN's billing then delivery details, in the provider's field order."""
+    return [
+        ("FIRSTNAME", first_name),
+        ("LASTNAME", last_name),
+        ("COMPANY", ""),
+        ("REGISTRATIONNUMBER", ""),
+        ("FISCALCODE", ""),
+        ("TAX_OFFICE", ""),
+        ("CBANKNAME", ""),
+        ("CBANKACCOUNT", ""),
+        ("ADDRESS1", "Via Roma 1"),
+        ("ADDRESS2", ""),
+        ("CITY", "Milano"),
+        ("STATE", "MI"),
+        ("ZIPCODE", "20121"),
+        ("COUNTRY", "Italy"),
+        ("COUNTRY_CODE", "it"),
+        ("PHONE", ""),
+        ("FAX", ""),
+        ("CUSTOMEREMAIL", email),
+        ("FIRSTNAME_D", first_name),
+        ("LASTNAME_D", last_name),
+        ("COMPANY_D", ""),
+        ("ADDRESS1_D", "Via Roma 1"),
+        ("ADDRESS2_D", ""),
+        ("CITY_D", "Milano"),
+        ("STATE_D", "MI"),
+        ("ZIPCODE_D", "20121"),
+        ("COUNTRY_D", "Italy"),
+        ("COUNTRY_D_CODE", "it"),
+        ("PHONE_D", ""),
+        ("EMAIL_D", email),
+    ]
+
+
+def _products(
+    lines: Sequence[SampleItem], money: Callable[[Decimal], str], vats: Sequence[Decimal]
+) -> Pairs:
+    """An IPN's product fields, one value per order line each, in the provider's field order."""
+    return [
+        *_each("IPN_PID[]", [item.pid for item in lines]),
+        *_each("IPN_PNAME[]", [item.name for item in lines]),
+        *_each("IPN_PCODE[]", [item.code for item in lines]),
+        *_each("IPN_EXTERNAL_REFERENCE[]", ["" for _ in lines]),
+        *_each("IPN_INFO[]", ["" for _ in lines]),
+        *_each("IPN_QTY[]", [str(item.quantity) for item in lines]),
+        *_each("IPN_PRICE[]", [money(Decimal(item.price)) for item in lines]),
+        *_each("IPN_VAT[]", [money(vat) for vat in vats]),
+        *_each("IPN_VAT_RATE[]", [str(_VAT_RATE) for _ in lines]),
+        *_each("IPN_VER[]", ["1" for _ in lines]),
+        *_each("IPN_DISCOUNT[]", ["0.00" for _ in lines]),
+        *_each("IPN_PROMOCODE[]", ["" for _ in lines]),
+        *_each("IPN_ORDER_COSTS[]", ["0" for _ in lines]),
+        *_each("IPN_SKU[]", ["" for _ in lines]),
+        ("IPN_PARTNER_CODE", ""),
+        *_each("IPN_PGROUP[]", ["0" for _ in lines]),
+        *_each("IPN_PGROUP_NAME[]", ["" for _ in lines]),
+    ]
+
+
 def ipn_pairs(
     *,
     status: str = "COMPLETE",
@@ -125,9 +191,6 @@ def ipn_pairs(
     def money(amount: Decimal) -> str:
         return str((amount * sign_of_totals).quantize(minor))
 
-    def each(name: str, values: Sequence[str]) -> Pairs:
-        return [(name, value) for value in values]
-
     pairs: Pairs = [
         ("GIFT_ORDER", "0"),
         ("SALEDATE", sale_date),
@@ -139,36 +202,7 @@ def ipn_pairs(
         ("ORDERSTATUS", status),
         ("PAYMETHOD", "Visa/MasterCard"),
         ("PAYMETHOD_CODE", "CCVISAMC"),
-        ("FIRSTNAME", first_name),
-        ("LASTNAME", last_name),
-        ("COMPANY", ""),
-        ("REGISTRATIONNUMBER", ""),
-        ("FISCALCODE", ""),
-        ("TAX_OFFICE", ""),
-        ("CBANKNAME", ""),
-        ("CBANKACCOUNT", ""),
-        ("ADDRESS1", "Via Roma 1"),
-        ("ADDRESS2", ""),
-        ("CITY", "Milano"),
-        ("STATE", "MI"),
-        ("ZIPCODE", "20121"),
-        ("COUNTRY", "Italy"),
-        ("COUNTRY_CODE", "it"),
-        ("PHONE", ""),
-        ("FAX", ""),
-        ("CUSTOMEREMAIL", email),
-        ("FIRSTNAME_D", first_name),
-        ("LASTNAME_D", last_name),
-        ("COMPANY_D", ""),
-        ("ADDRESS1_D", "Via Roma 1"),
-        ("ADDRESS2_D", ""),
-        ("CITY_D", "Milano"),
-        ("STATE_D", "MI"),
-        ("ZIPCODE_D", "20121"),
-        ("COUNTRY_D", "Italy"),
-        ("COUNTRY_D_CODE", "it"),
-        ("PHONE_D", ""),
-        ("EMAIL_D", email),
+        *_buyer(first_name, last_name, email),
         ("IPADDRESS", "203.0.113.7"),
         ("IPCOUNTRY", "Italy"),
         ("COMPLETE_DATE", sale_date if status == "COMPLETE" else ""),
@@ -176,35 +210,19 @@ def ipn_pairs(
         ("CURRENCY", currency),
         ("LANGUAGE", language),
         ("ORDERFLOW", "REGULAR"),
-        *each("IPN_PID[]", [item.pid for item in lines]),
-        *each("IPN_PNAME[]", [item.name for item in lines]),
-        *each("IPN_PCODE[]", [item.code for item in lines]),
-        *each("IPN_EXTERNAL_REFERENCE[]", ["" for _ in lines]),
-        *each("IPN_INFO[]", ["" for _ in lines]),
-        *each("IPN_QTY[]", [str(item.quantity) for item in lines]),
-        *each("IPN_PRICE[]", [money(Decimal(item.price)) for item in lines]),
-        *each("IPN_VAT[]", [money(vat) for vat in vats]),
-        *each("IPN_VAT_RATE[]", [str(_VAT_RATE) for _ in lines]),
-        *each("IPN_VER[]", ["1" for _ in lines]),
-        *each("IPN_DISCOUNT[]", ["0.00" for _ in lines]),
-        *each("IPN_PROMOCODE[]", ["" for _ in lines]),
-        *each("IPN_ORDER_COSTS[]", ["0" for _ in lines]),
-        *each("IPN_SKU[]", ["" for _ in lines]),
-        ("IPN_PARTNER_CODE", ""),
-        *each("IPN_PGROUP[]", ["0" for _ in lines]),
-        *each("IPN_PGROUP_NAME[]", ["" for _ in lines]),
+        *_products(lines, money, vats),
         ("MESSAGE_ID", _digits(12)),
         ("MESSAGE_TYPE", status),
-        *each("IPN_LICENSE_PROD[]", [item.pid for item in lines]),
-        *each("IPN_LICENSE_TYPE[]", [item.license_type for item in lines]),
-        *each("IPN_LICENSE_REF[]", [item.license_ref for item in lines]),
-        *each("IPN_LICENSE_EXP[]", expiries),
-        *each("IPN_LICENSE_START[]", starts),
-        *each("IPN_LICENSE_LIFETIME[]", ["NO" for _ in lines]),
-        *each("IPN_LICENSE_ADDITIONAL_INFO[]", ["" for _ in lines]),
-        *each("IPN_DELIVEREDCODES[]", ["" for _ in lines]),
+        *_each("IPN_LICENSE_PROD[]", [item.pid for item in lines]),
+        *_each("IPN_LICENSE_TYPE[]", [item.license_type for item in lines]),
+        *_each("IPN_LICENSE_REF[]", [item.license_ref for item in lines]),
+        *_each("IPN_LICENSE_EXP[]", expiries),
+        *_each("IPN_LICENSE_START[]", starts),
+        *_each("IPN_LICENSE_LIFETIME[]", ["NO" for _ in lines]),
+        *_each("IPN_LICENSE_ADDITIONAL_INFO[]", ["" for _ in lines]),
+        *_each("IPN_DELIVEREDCODES[]", ["" for _ in lines]),
         ("IPN_DOWNLOAD_LINK", ""),
-        *each("IPN_TOTAL[]", [money(total) for total in totals]),
+        *_each("IPN_TOTAL[]", [money(total) for total in totals]),
         ("IPN_TOTALGENERAL", money(general)),
         ("IPN_SHIPPING", "0.00"),
         ("IPN_SHIPPING_TAX", "0.00"),

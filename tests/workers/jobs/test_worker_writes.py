@@ -9,6 +9,7 @@ import os
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.conftest import TEST_DATABASE_URL
 from tests.support import drain, post_signed
@@ -18,7 +19,14 @@ from workers.jobs.actors import apply_event, settings
 from workers.store import db, events
 from workers.store import outbox as store_outbox
 
-TABLES = "event_attempts, orders, subscription_history, emails, subscriptions, customers"
+TABLES = (
+    "event_attempts",
+    "orders",
+    "subscription_history",
+    "emails",
+    "subscriptions",
+    "customers",
+)
 
 # Every row the rules write, without ids and instants that differ from run to run by design.
 SNAPSHOT = {
@@ -79,7 +87,8 @@ def test_the_worker_writes_what_applying_statement_by_statement_writes(client, c
     assert any(row["change"] == "stale" for row in by_worker["history"])
     assert by_worker["emails"] and by_worker["attempts"]
 
-    conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    names = sql.SQL(", ").join(map(sql.Identifier, TABLES))
+    conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(names))
     conn.execute("UPDATE events SET status = 'enqueued', attempts = 0, outcome = NULL")
     for event_id in event_ids:  # each write sent as it is made, the outcome after them
         with conn.transaction():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from typing import NamedTuple
 from urllib.parse import quote_plus, unquote_plus, unquote_to_bytes
 
@@ -33,6 +34,15 @@ def _parse_ascii(text: str) -> list[tuple[str, str]]:
     # takes the field-by-field path instead, whose error names the field.
     if "\x00" in text or "%00" in text:
         return _parse_ascii_fields(text)
+    if _ONE_EQUALS_EACH.fullmatch(text):
+        # The usual body: every field is name=value. Its "&" and "=" become NULs and the whole
+        # text is decoded in one call; names and values then alternate.
+        try:
+            decoded = _unescape_all(text.replace("&", "\x00").replace("=", "\x00"))
+        except UnicodeDecodeError:
+            return _parse_ascii_fields(text)
+        flat = decoded.split("\x00")
+        return list(zip(flat[0::2], flat[1::2], strict=True))
     parts = [chunk.partition("=") for chunk in text.split("&") if chunk]
     if not parts:
         return []
@@ -42,6 +52,11 @@ def _parse_ascii(text: str) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         return _parse_ascii_fields(text)
     return list(zip(names.split("\x00"), values.split("\x00"), strict=True))
+
+
+# A body of name=value fields with exactly one "=" each and no empty field (no "&&", no leading
+# or trailing "&"): what the provider sends.
+_ONE_EQUALS_EACH = re.compile(r"[^&=]*=[^&=]*(?:&[^&=]*=[^&=]*)*")
 
 
 def _unescape_all(text: str) -> str:
@@ -105,8 +120,9 @@ def _decode(raw: bytes, field: str | None) -> str:
 def parse_grouped(body: bytes) -> dict[str, list[str]]:
     """`group(parse_form(body))`: the body's fields, each name's values in wire order."""
     pairs = parse_form(body)
-    if len({name for name, _ in pairs}) == len(pairs):  # the usual case: no name repeats
-        return {name: [value] for name, value in pairs}
+    grouped = {name: [value] for name, value in pairs}
+    if len(grouped) == len(pairs):  # the usual case: no name repeats
+        return grouped
     return group(pairs)
 
 
@@ -136,8 +152,13 @@ def values(fields: Fields, name: str) -> list[str]:
     return [found] if isinstance(found, str) else list(found)
 
 
-def all_values(fields: Fields, *, skip: Container[str] = ()) -> list[str]:
+def all_values(fields: Fields, *, skip: Collection[str] = ()) -> list[str]:
     """Every value of every field not skipped, in order (a bare string is one value)."""
+    if str not in set(map(type, fields.values())):  # lists only: flattened without a loop here
+        kept = dict(fields)
+        for name in skip:
+            kept.pop(name, None)
+        return list(chain.from_iterable(kept.values()))
     found: list[str] = []
     for name, values_ in fields.items():
         if name in skip:
@@ -166,6 +187,10 @@ def check_lengths(fields: Fields, codes: Container[str]) -> None:
     A field is held to MAX_CODE when its name, or its name without a trailing number (INS's
     item_id_1, item_id_2, ...), is in `codes`; every other field to MAX_VALUE.
     """
+    if str not in set(map(type, fields.values())):
+        longest = max(map(len, chain.from_iterable(fields.values())), default=0)
+        if longest <= MAX_CODE:  # within any limit: the usual notification, checked at once
+            return
     for name, found in fields.items():
         if isinstance(found, str):  # a bare string is one value
             found = [found]

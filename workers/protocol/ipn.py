@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from itertools import chain
 
 from workers.protocol import form
 from workers.protocol.signature import SIGNATURE_FIELDS, length_prefixed
@@ -54,6 +55,19 @@ def dedupe_key(fields: Mapping[str, Sequence[str]]) -> str:
 
 def event_key(kind: str, fields: Mapping[str, Sequence[str]], skip: frozenset[str]) -> str:
     """Digest every field not skipped (and no signature) as kind:hex-sha256."""
+    kept = dict(fields)
+    for name in (*SIGNATURE_FIELDS, *skip):
+        kept.pop(name, None)
+    if str not in set(map(type, kept.values())):  # lists only: the usual case, without a loop
+        # Each field as its name, its count of values, then its values; counts and values come
+        # in order from C, names are interleaved by stride when every field has one value.
+        counts = list(map(len, kept.values()))
+        if counts and min(counts) == max(counts) == 1:
+            flat: list[str] = [""] * (3 * len(kept))
+            flat[0::3] = kept
+            flat[1::3] = ["1"] * len(kept)
+            flat[2::3] = chain.from_iterable(kept.values())
+            return _digest(kind, flat)
     parts: list[str] = []
     add, extend = parts.append, parts.extend
     for name, found in fields.items():
@@ -65,6 +79,10 @@ def event_key(kind: str, fields: Mapping[str, Sequence[str]], skip: frozenset[st
         add(name)
         add(str(len(found)))
         extend(found)
+    return _digest(kind, parts)
+
+
+def _digest(kind: str, parts: list[str]) -> str:
     digest = hashlib.sha256(length_prefixed(parts).encode("utf-8")).hexdigest()
     return f"{kind}:{digest}"
 

@@ -1,4 +1,5 @@
-"""Processing benchmark: events fully applied per second by the workers, against a no-op actor.
+"""Processing benchmark: events fully applied per second by the workers, against a no-op actor
+and an actor that only commits one transaction per event.
 
 Stores N realistic notifications in a database of the benchmark's own: a COMPLETE IPN opening each
 subscription (AWDoc products of the shipped catalog), then LCNs with increasing DATE_UPDATED,
@@ -8,7 +9,10 @@ warm, then puts one message per event on the queue at once and times the workers
 left enqueued: once without emails, once with the outbox (and until every email is written). The
 batch is staged in Redis beforehand and released in one push, so the figure is the workers' and not
 how fast one client enqueues (printed beside it). In the same run the same worker setup drains as
-many messages of a no-op actor on a queue of its own; both rates and their ratio are printed. Every
+many messages of a no-op actor on a queue of its own, then as many of a one-transaction actor
+(`_transaction_actor`: on the service's pool, BEGIN, lock the event's row, write its outcome,
+COMMIT; the least a worker committing once per event does, its ceiling). The rates and their
+ratios are printed: events/no-op (the goal), one transaction/no-op, events/one transaction. Every
 event must end processed or ignored and every subscription as the provider last described it. The
 database, the run's Redis namespace and the mail directory are removed afterwards, also on errors
 and interruptions.
@@ -16,8 +20,8 @@ and interruptions.
     .venv/bin/python -m benchmarks.process [--count 5000] [--processes 2] [--threads 16] \
         [--rounds 3]
 
-Each round times both passes on fresh workers, then the no-op actor, and prints the ratios; the
-median of the rounds' ratios is printed last (figures vary from run to run on a shared machine).
+Each round times both passes on fresh workers, then each actor on fresh workers, and prints the
+ratios; the median of each over the rounds is printed last (figures vary on a shared machine).
 
 `--subscriptions` sets how many subscriptions the events spread over (default: count / 10); keep
 it well above processes x threads x 3 (the messages in flight at once), or the workers see a
@@ -39,6 +43,7 @@ from types import FrameType
 
 import psycopg
 import redis
+from dramatiq import Actor
 from psycopg.conninfo import make_conninfo
 
 from benchmarks._common import Snapshot, cpu_by_party, cpu_snapshot
@@ -56,8 +61,6 @@ from benchmarks._workers import (
 from workers.store import db
 
 DB_NAME = "rinnovo_bench_process"
-NOOP_MODULE = "benchmarks._noop_actor"
-NOOP_QUEUE = "bench-noop"  # the queue _noop_actor declares; read here without importing it
 EVENT_QUEUE = "default"
 # An idle consumer polls Redis with a backoff capped by this (dramatiq's default is 1000 ms):
 # capped low so the timed batch is picked up at once instead of after a sleeping worker wakes.
@@ -88,6 +91,7 @@ class Pass:
     label: str
     count: int
     done_seconds: float
+    unit: str = "events"
     mail_seconds: float | None = None
     emails: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by party
@@ -136,16 +140,19 @@ def time_events(
     return result
 
 
-def time_noop(client: redis.Redis, namespace: str, count: int, workers_pid: int) -> Pass:
-    """Hand the workers `count` no-op messages at once; time them until all are acknowledged."""
-    from benchmarks._noop_actor import noop
-
-    staged = stage(client, namespace, [noop.message(n, emails=False) for n in range(count)])
+def time_messages(
+    client: redis.Redis, namespace: str, actor: Actor, label: str, ids: Sequence[int], pid: int
+) -> Pass:
+    """Hand the workers a message of `actor` per event at once; time them until all are
+    acknowledged."""
+    staged = stage(client, namespace, [actor.message(i, emails=False) for i in ids])
     before = cpu_snapshot()
     started = time.perf_counter()
-    release(client, namespace, NOOP_QUEUE, staged)
-    done = wait_until(lambda: unfinished(client, namespace, NOOP_QUEUE), "no-op messages")
-    return Pass("no-op", count, done - started, cpu=cpu_used(before, cpu_snapshot(), workers_pid))
+    release(client, namespace, actor.queue_name, staged)
+    done = wait_until(lambda: unfinished(client, namespace, actor.queue_name), f"{label} messages")
+    return Pass(
+        label, len(ids), done - started, unit="messages", cpu=cpu_used(before, cpu_snapshot(), pid)
+    )
 
 
 PARTIES = ("workers", "postgres", "redis", "benchmark", "other")
@@ -238,7 +245,7 @@ def time_sending(count: int) -> float:
     for number in range(count):
         noop.send(number, emails=False)
     elapsed = time.perf_counter() - started
-    noop.broker.flush(NOOP_QUEUE)
+    noop.broker.flush(noop.queue_name)
     return count / elapsed
 
 
@@ -268,11 +275,36 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 
 @dataclass
 class Round:
-    """One round: the timed event passes, the no-op pass right after them, what went wrong."""
+    """One round: the timed event passes, the actors' passes right after them, what went wrong."""
 
     passes: list[Pass]
-    baseline: Pass
+    baseline: Pass  # the no-op actor
+    transaction: Pass  # the one-transaction actor
     problems: list[str]  # stalls, dead letters, events not applied, subscriptions left wrong
+
+
+def fresh_workers(
+    module: str,
+    actor: Actor,
+    args: argparse.Namespace,
+    client: redis.Redis,
+    namespace: str,
+    env: dict[str, str],
+    scratch: Path,
+    running: list[Workers],
+) -> Workers:
+    """Start the benchmark's worker setup on the actor's queue and warm it up with its messages."""
+    workers = start_workers(
+        module, actor.queue_name, processes=args.processes, threads=args.threads,
+        env=env, log_dir=scratch,
+    )  # fmt: skip
+    running.append(workers)
+    warm_up(
+        lambda n: actor.send(n, emails=False),
+        lambda: unfinished(client, namespace, actor.queue_name),
+        args.processes * args.threads * 4,
+    )
+    return workers
 
 
 def time_round(
@@ -286,21 +318,14 @@ def time_round(
     scratch: Path,
     running: list[Workers],
 ) -> Round:
-    """Time the event passes (from the same state each), then the no-op actor, on fresh workers."""
+    """Time the event passes (from the same state each), then the no-op actor and the
+    one-transaction actor (on the same events, reset), each on fresh workers."""
     from benchmarks._noop_actor import noop
+    from benchmarks._transaction_actor import one_transaction
     from workers.jobs.actors import process_event
 
-    warm = args.processes * args.threads * 4
-    workers = start_workers(
-        "workers.jobs.worker", EVENT_QUEUE, processes=args.processes, threads=args.threads,
-        env=env, log_dir=scratch,
-    )  # fmt: skip
-    running.append(workers)
-    warm_up(
-        lambda n: process_event.send(n, emails=False),
-        lambda: unfinished(client, namespace, EVENT_QUEUE),
-        warm,
-    )
+    setup = (args, client, namespace, env, scratch, running)
+    workers = fresh_workers("workers.jobs.worker", process_event, *setup)
     passes: list[Pass] = []
     problems: list[str] = []
     try:
@@ -321,44 +346,55 @@ def time_round(
     workers.stop()
     running.remove(workers)
 
-    workers = start_workers(
-        NOOP_MODULE, NOOP_QUEUE, processes=args.processes, threads=args.threads,
-        env=env, log_dir=scratch,
-    )  # fmt: skip
-    running.append(workers)
-    warm_up(
-        lambda n: noop.send(n, emails=False),
-        lambda: unfinished(client, namespace, NOOP_QUEUE),
-        warm,
-    )
-    baseline = time_noop(client, namespace, len(ids), workers.process.pid)
-    print_pass(baseline, "messages")
-    print_cpu(baseline, "message")
-    dead = int(client.hlen(f"{namespace}:{NOOP_QUEUE}.XQ.msgs"))
-    if dead:
-        problems.append(f"{dead:,} no-op messages were dead-lettered")
-    workers.stop()
-    running.remove(workers)
-    return Round(passes, baseline, problems)
+    timed = []
+    for actor, label in ((noop, "no-op"), (one_transaction, "one transaction")):
+        reset(url)  # the events enqueued again: the one-transaction actor locks and updates them
+        workers = fresh_workers(actor.fn.__module__, actor, *setup)
+        timed.append(time_messages(client, namespace, actor, label, ids, workers.process.pid))
+        print_pass(timed[-1], "messages")
+        print_cpu(timed[-1], "message")
+        dead = int(client.hlen(f"{namespace}:{actor.queue_name}.XQ.msgs"))
+        if dead:
+            problems.append(f"{dead:,} {label} messages were dead-lettered")
+        workers.stop()
+        running.remove(workers)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE status = 'enqueued'").fetchone()
+    if row and row[0]:
+        problems.append(f"{row[0]:,} events not updated by the one-transaction actor")
+    return Round(passes, timed[0], timed[1], problems)
 
 
-def median_pass(rounds: Sequence[Round], label: str) -> tuple[Pass, Pass]:
-    """The pass with this label whose ratio to its round's no-op rate is the median, and that
-    no-op pass (the upper middle of an even count)."""
-    pairs = [(result, each.baseline) for each in rounds for result in each.passes]
-    timed = sorted(
-        (pair for pair in pairs if pair[0].label == label),
-        key=lambda pair: pair[0].rate / pair[1].rate,
-    )
-    return timed[len(timed) // 2]
+def median_pair(pairs: Sequence[tuple[Pass, Pass]]) -> tuple[Pass, Pass]:
+    """The pair (a pass, the one it is compared with) whose ratio of rates is the median (the
+    upper middle of an even count)."""
+    return sorted(pairs, key=lambda pair: pair[0].rate / pair[1].rate)[len(pairs) // 2]
 
 
-def ratio_line(result: Pass, baseline: Pass) -> str:
-    """One pass's rate against the no-op rate of its round."""
+def ratio_line(name: str, result: Pass, against: Pass) -> str:
+    """One pass's rate against another's (of the same round)."""
     return (
-        f"ratio ({result.label}): {result.rate:,.0f} events/s / {baseline.rate:,.0f} no-op "
-        f"messages/s = {result.rate / baseline.rate:.3f}"
+        f"{name}: {result.rate:,.0f} {result.unit}/s / {against.rate:,.0f} {against.label} "
+        f"{against.unit}/s = {result.rate / against.rate:.3f}"
     )
+
+
+def ratio_lines(rounds: Sequence[Round]) -> list[str]:
+    """The ratios of one round, or the median of each over several: events/no-op (the goal), one
+    transaction/no-op (the ceiling of any worker committing once per event), events/one
+    transaction."""
+    labels = dict.fromkeys(result.label for each in rounds for result in each.passes)
+
+    def pairs(label: str, against: str) -> list[tuple[Pass, Pass]]:
+        """The event passes of a label, each with its round's pass named `against`."""
+        return [(p, getattr(r, against)) for r in rounds for p in r.passes if p.label == label]
+
+    compared = [(f"ratio ({label})", pairs(label, "baseline")) for label in labels]
+    compared.append(("one transaction/no-op", [(r.transaction, r.baseline) for r in rounds]))
+    compared += [
+        (f"events/one transaction ({label})", pairs(label, "transaction")) for label in labels
+    ]
+    return [ratio_line(name, *median_pair(found)) for name, found in compared]
 
 
 def run(
@@ -369,7 +405,7 @@ def run(
     client: redis.Redis,
     scratch: Path,
 ) -> list[str]:
-    """Store the events, time both worker setups, print the figures; the problems seen."""
+    """Store the events, time the workers and both actors, print the figures; the problems seen."""
     env = dict(os.environ)
     env.pop("SMTP_URL", None)  # emails are written as files
     env.pop("CATALOG", None)  # the events name products of the shipped catalog
@@ -401,8 +437,7 @@ def run(
                 time_round(args, url, namespace, ids, expected, client, env, scratch, running)
             )
             problems += [f"round {number}: {problem}" for problem in rounds[-1].problems]
-            for result in rounds[-1].passes:
-                print(f"  {ratio_line(result, rounds[-1].baseline)}")
+            print("\n".join(f"  {line}" for line in ratio_lines(rounds[-1:])))
 
         sending = time_sending(min(len(ids), 5_000))
         print(f"(one client enqueues {sending:,.0f} messages/s with actor.send, as the receiver)")
@@ -410,9 +445,7 @@ def run(
         if not args.skip_emails:
             sample_events(url, expected, scratch, emails=True)
         print(f"median of {len(rounds)} round(s):")
-        for label in dict.fromkeys(result.label for each in rounds for result in each.passes):
-            result, baseline = median_pass(rounds, label)
-            print(f"  {ratio_line(result, baseline)}")
+        print("\n".join(f"  {line}" for line in ratio_lines(rounds)))
     finally:
         for workers in running:
             workers.stop()

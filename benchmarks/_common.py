@@ -26,6 +26,12 @@ def own_redis_url(db_number: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db_number}"))
 
 
+def cpus() -> int:
+    """The CPUs this process may run on, as `nproc` counts them: the Procfile's default number
+    of receiver processes."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def procfile_gunicorn_options(*, drop: tuple[str, ...] = ("--bind", "--workers")) -> list[str]:
     """The gunicorn options of the Procfile's `web:` line (worker class, deadlines, logger).
 

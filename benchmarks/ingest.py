@@ -35,7 +35,7 @@ import psycopg
 import redis
 from flask import Flask
 
-from benchmarks._common import own_database_url, own_redis_url, procfile_gunicorn_options
+from benchmarks._common import cpus, own_database_url, own_redis_url, procfile_gunicorn_options
 from benchmarks._durable_app import create_table
 from benchmarks._load import Run, drive, gunicorn
 from workers.config import Settings
@@ -269,7 +269,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paced-seconds", type=float, default=8.0, help="length of the half-load run (0: none)"
     )
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument(
+        "--workers", type=int, default=cpus(), help="gunicorn workers (the Procfile's: one per CPU)"
+    )
     parser.add_argument("--worker-class", help="gunicorn worker class (default: the Procfile's)")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker")
     parser.add_argument("--profile", type=Path, help="profile the receiver; keep profiles here")

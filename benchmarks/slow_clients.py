@@ -5,7 +5,7 @@ of the stalled connections send their headers a byte a second, the other half se
 and then their body a byte a second; meanwhile valid signed IPNs are posted one after another and
 each one's time to its receipt is printed, with /healthz's. Figures are printed, never asserted.
 
-    .venv/bin/python -m benchmarks.slow_clients [--stalled 200] [--posts 20] [--workers 4]
+    .venv/bin/python -m benchmarks.slow_clients [--stalled 200] [--posts 20] [--workers N]
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from collections.abc import Iterator, Sequence
 
 import requests
 
-from benchmarks._common import ROOT, own_database_url, own_redis_url, procfile_gunicorn_options
+from benchmarks._common import (
+    ROOT,
+    cpus,
+    own_database_url,
+    own_redis_url,
+    procfile_gunicorn_options,
+)
 from workers.ops import samples
 from workers.protocol import form
 from workers.store import db
@@ -153,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stalled", type=int, default=200, help="stalled connections")
     parser.add_argument("--posts", type=int, default=20, help="signed IPNs posted meanwhile")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=cpus(), help="gunicorn worker processes (one per CPU)"
+    )
     args = parser.parse_args(argv)
     url = own_database_url(DB_NAME)
     env = {

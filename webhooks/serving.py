@@ -16,6 +16,7 @@ standard library in each worker: it imports nothing that opens sockets or picks 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -163,7 +164,13 @@ class Worker(GeventWorker):
         db.close_pool()
 
     def load_wsgi(self) -> None:
-        """Load the app, wrapped so that its request bodies have a deadline too."""
+        """Load the app, wrapped so that its request bodies have a deadline too, and freeze
+        what it built (`gc.freeze`)."""
         super().load_wsgi()
         loaded: Wsgi = self.wsgi  # type: ignore[has-type]
         self.wsgi = with_body_deadline(loaded, self.body_timeout)
+        # What the app built to serve lives as long as the process: kept out of the cyclic
+        # garbage collector's full passes (about 13 ms each over it here), which would otherwise
+        # stop every request in flight in this process now and then.
+        gc.collect()
+        gc.freeze()

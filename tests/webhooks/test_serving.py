@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ import psycopg
 
 from benchmarks.slow_clients import Stalled, describe, signed_ipn, timed_posts
 from tests.support import KEY
+from webhooks.serving import Worker
 
 
 def test_signed_ipns_are_answered_while_200_connections_stall(receiver_factory, capsys):
@@ -75,3 +77,21 @@ def test_a_request_waiting_on_postgresql_does_not_hold_up_the_others(
         locker.rollback()
     waiting.join(timeout=60)
     assert outcome == {"status": 200}
+
+
+def test_the_worker_freezes_what_the_loaded_app_built():
+    # A full pass of the cyclic collector over the app's start-up objects stops every request in
+    # flight; frozen, they are left out of it.
+    class App:
+        def wsgi(self):
+            return lambda environ, start_response: [b""]
+
+    worker = Worker.__new__(Worker)  # only what load_wsgi reads: no process, socket or config
+    worker.app, worker.body_timeout = App(), 1.0
+    gc.unfreeze()
+    try:
+        worker.load_wsgi()
+
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

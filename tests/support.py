@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def runtime_through(proxy: TcpProxy) -> Runtime:
 
 KEY = "AABBCCDDEEFF"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# How often a test's HTTP server in a thread looks whether it was told to shut down: shutdown()
+# waits for that look, half a second at the standard library's default, at every teardown.
+SERVE = {"poll_interval": 0.02}
 
 
 def queued_event_ids(queue: str = "default") -> list[int]:
@@ -220,8 +224,11 @@ class Receiver:
             return b"".join(iter(lambda: sock.recv(65536), b""))
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=35)  # a graceful stop may take gunicorn's graceful timeout (30 s)
+        """Stop the server at once (SIGQUIT), the test being over: the graceful stop of a deploy
+        (SIGTERM, tests/test_graceful_stop.py) waits a second more, for gunicorn's gevent worker
+        to wake up and see it was told to stop."""
+        self.process.send_signal(signal.SIGQUIT)
+        self.process.wait(timeout=35)
         self.log.close()
 
 

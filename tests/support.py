@@ -252,10 +252,12 @@ def drain(timeout_ms: int = 60_000, threads: int = 2) -> None:
     """Run a real Dramatiq worker until the queues are empty."""
     import dramatiq
 
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    # Its threads look for work, and whether to stop, every 10 ms when idle, and the queue is
+    # looked at every 10 ms: a drain waits for the messages, not for 100 ms sleeps to end.
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=10)
     worker.start()
     try:
-        broker.join("default", timeout=timeout_ms)
+        broker.join("default", interval=10, timeout=timeout_ms)
         worker.join()
     finally:
         worker.stop()

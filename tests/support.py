@@ -116,7 +116,7 @@ class TcpProxy:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
-        listener.settimeout(0.1)  # a blocked accept() would not notice the listener closing
+        listener.settimeout(0.02)  # a blocked accept() would not notice cut(), which waits for it
         self._listener = listener
         self._running = threading.Event()
         self._running.set()

@@ -42,6 +42,7 @@ from werkzeug.serving import make_server  # noqa: E402
 
 from tests.support import (  # noqa: E402
     RUNTIME,
+    SERVE,
     Receiver,
     TcpProxy,
     broker,
@@ -55,7 +56,10 @@ from workers.jobs import actors  # noqa: E402, F401
 from workers.jobs.runtime import Runtime  # noqa: E402
 from workers.store import db as database  # noqa: E402
 
+# Emptied before and after each test, each before the tables it refers to (reconcile_differences
+# refers to events: TRUNCATE ... CASCADE, which these tests used, emptied it too).
 TABLES = (
+    "reconcile_differences",
     "email_suppressions",
     "event_attempts",
     "emails",
@@ -65,9 +69,29 @@ TABLES = (
     "customers",
     "events",
 )
-TRUNCATE = sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-    sql.SQL(", ").join(map(sql.Identifier, TABLES))
-)
+# The sequences of the tables' serial columns.
+SEQUENCES = """
+    SELECT pg_get_serial_sequence(format('%%I', c.relname), a.attname) AS name
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    WHERE c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+_emptying: dict[tuple[str, ...], sql.Composed] = {}
+
+
+def empty(connection: psycopg.Connection, tables: tuple[str, ...]) -> None:
+    """Delete every row of `tables` (listed each before those it refers to) and restart the
+    sequences of their serial columns, in one round trip: what TRUNCATE ... RESTART IDENTITY
+    leaves, without the new file TRUNCATE makes for each table and index (tens of ms a time,
+    twice a test, which was a third of the suite's time)."""
+    statement = _emptying.get(tables)
+    if statement is None:
+        rows = connection.execute(SEQUENCES, (list(tables),)).fetchall()
+        names = sorted(row["name"] for row in rows if row["name"] is not None)
+        restarts = [sql.SQL("SELECT setval({}::regclass, 1, false);").format(sql.Literal(name))
+                    for name in names]  # fmt: skip
+        deletes = [sql.SQL("DELETE FROM {};").format(sql.Identifier(table)) for table in tables]
+        statement = _emptying[tables] = sql.SQL(" ").join(deletes + restarts)
+    connection.execute(statement)
 
 
 @pytest.fixture(scope="session")
@@ -116,11 +140,11 @@ def _redis_session_keys() -> Iterator[None]:
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection to an emptied database (autocommit, so tests see what workers committed)."""
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as connection:
-        connection.execute(TRUNCATE)
+        empty(connection, TABLES)
         broker.flush_all()
         _delete_admin_keys()  # sessions and login failures of earlier tests
         yield connection
-        connection.execute(TRUNCATE)
+        empty(connection, TABLES)
     broker.flush_all()
 
 
@@ -140,7 +164,7 @@ def client(app):
 def live_url(app) -> Iterator[str]:
     """The receiver served over real HTTP on a free port."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs=SERVE, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()

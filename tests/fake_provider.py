@@ -120,7 +120,12 @@ class FakeProvider:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # Looking every 20 ms whether stop() was called, not every half second (the default):
+        # stop() waits for that look, at the end of every test that uses the fake.
+        serve = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        serve.start()
         return self
 
     def stop(self) -> None:

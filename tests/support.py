@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -47,8 +48,16 @@ def runtime_through(proxy: TcpProxy) -> Runtime:
     return Runtime(Settings.from_env(), broker=proxied).install()
 
 
+# The environment of a process whose database a test cuts off, and which need not see it back
+# within the wait: it waits two seconds for a pooled connection before taking the database for
+# unavailable, not five (the one-click test keeps five: its pool reconnects within them).
+QUICK_OUTAGE = {"DATABASE_POOL_TIMEOUT": "2"}
+
 KEY = "AABBCCDDEEFF"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# How often a test's HTTP server in a thread looks whether it was told to shut down: shutdown()
+# waits for that look, half a second at the standard library's default, at every teardown.
+SERVE = {"poll_interval": 0.02}
 
 
 def queued_event_ids(queue: str = "default") -> list[int]:
@@ -107,7 +116,7 @@ class TcpProxy:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
-        listener.settimeout(0.1)  # a blocked accept() would not notice the listener closing
+        listener.settimeout(0.02)  # a blocked accept() would not notice cut(), which waits for it
         self._listener = listener
         self._running = threading.Event()
         self._running.set()
@@ -220,8 +229,11 @@ class Receiver:
             return b"".join(iter(lambda: sock.recv(65536), b""))
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=35)  # a graceful stop may take gunicorn's graceful timeout (30 s)
+        """Stop the server at once (SIGQUIT), the test being over: the graceful stop of a deploy
+        (SIGTERM, tests/test_graceful_stop.py) waits a second more, for gunicorn's gevent worker
+        to wake up and see it was told to stop."""
+        self.process.send_signal(signal.SIGQUIT)
+        self.process.wait(timeout=35)
         self.log.close()
 
 
@@ -245,10 +257,12 @@ def drain(timeout_ms: int = 60_000, threads: int = 2) -> None:
     """Run a real Dramatiq worker until the queues are empty."""
     import dramatiq
 
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    # Its threads look for work, and whether to stop, every 10 ms when idle, and the queue is
+    # looked at every 10 ms: a drain waits for the messages, not for 100 ms sleeps to end.
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=10)
     worker.start()
     try:
-        broker.join("default", timeout=timeout_ms)
+        broker.join("default", interval=10, timeout=timeout_ms)
         worker.join()
     finally:
         worker.stop()

@@ -119,6 +119,15 @@ def _pool_size(env: Mapping[str, str]) -> int:
     return size
 
 
+def _pool_timeout(env: Mapping[str, str]) -> int:
+    """DATABASE_POOL_TIMEOUT: whole seconds a caller waits for a pooled connection."""
+    value = env.get("DATABASE_POOL_TIMEOUT")
+    seconds = _whole("DATABASE_POOL_TIMEOUT", value, 5, unit="seconds")
+    if seconds < 1:
+        raise ConfigError("DATABASE_POOL_TIMEOUT must be at least 1")
+    return seconds
+
+
 def _time_of_day(name: str, value: str | None, default: str) -> time | None:
     """HH:MM (UTC) from the environment; None for `off`."""
     text = (value or "").strip().lower() or default
@@ -249,6 +258,7 @@ class Settings:
     unsubscribe_mailto: str = ""  # a mailto: List-Unsubscribe address, optional
     emails_off: frozenset[str] = frozenset()  # kinds written `off`, never sent
     database_pool_size: int = 12  # connections per process: the worker's threads and a few more
+    database_pool_timeout: int = 5  # seconds a caller waits for a pooled connection, then: outage
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -304,6 +314,7 @@ class Settings:
             unsubscribe_mailto=_mailto(env.get("UNSUBSCRIBE_MAILTO")),
             emails_off=_kinds(env.get("EMAILS_OFF")),
             database_pool_size=_pool_size(env),
+            database_pool_timeout=_pool_timeout(env),
         )
 
     def require_secret_keys(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import FORM, host_port, signed_ipn
+from tests.support import FORM, QUICK_OUTAGE, host_port, signed_ipn
 from webhooks import metrics
 from workers.ops import samples
 from workers.protocol import form
@@ -243,7 +243,9 @@ def test_with_the_database_cut_off_the_scrape_still_answers_and_says_the_databas
 ):
     pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
     dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
-    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    receiver = receiver_factory(
+        DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}", **QUICK_OUTAGE
+    )
     assert receiver.get("/readyz").status_code == 200
 
     pg_proxy.cut()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
-from tests.support import host_port, signed_ipn
+from tests.support import QUICK_OUTAGE, host_port, signed_ipn
 from workers.jobs import dispatch
 from workers.ops import samples
 
@@ -42,7 +42,9 @@ def receiver_behind_a_database_proxy(proxy_factory, receiver_factory):
     """A receiver under gunicorn that reaches PostgreSQL through a proxy to cut; both."""
     pg_proxy = proxy_factory(*host_port(TEST_DATABASE_URL))
     dbname = TEST_DATABASE_URL.rsplit("/", 1)[1]
-    receiver = receiver_factory(DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}")
+    receiver = receiver_factory(
+        DATABASE_URL=f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}", **QUICK_OUTAGE
+    )
     return pg_proxy, receiver
 
 

@@ -57,7 +57,7 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408(receiver_factory):
 
 
 def test_a_request_waiting_on_postgresql_does_not_hold_up_the_others(
-    receiver_factory, database_url
+    receiver_factory, database_url, conn
 ):
     # psycopg must wait on gevent's patched select: a C-level wait would stop the whole process.
     receiver = receiver_factory()
@@ -70,13 +70,26 @@ def test_a_request_waiting_on_postgresql_does_not_hold_up_the_others(
 
         waiting = threading.Thread(target=post)
         waiting.start()
-        time.sleep(1)  # the insert is now waiting for the lock
+        deadline = time.monotonic() + 20
+        while not waits_for_a_lock(conn):  # the insert is waiting for the lock
+            assert time.monotonic() < deadline, "the insert never waited for the lock"
+            time.sleep(0.02)
         assert "status" not in outcome
         ready = receiver.get("/readyz")  # another pooled connection, while the first one waits
         assert ready.status_code == 200, ready.text
         locker.rollback()
     waiting.join(timeout=60)
     assert outcome == {"status": 200}
+
+
+def waits_for_a_lock(conn: psycopg.Connection) -> bool:
+    """Whether a session of the database waits for a lock (`conn` in autocommit: a transaction
+    would see the sessions as they were when it began)."""
+    found = conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return bool(found and found["n"])
 
 
 def test_the_worker_freezes_what_the_loaded_app_built():

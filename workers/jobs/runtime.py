@@ -31,7 +31,11 @@ class Runtime:
     broker: RedisBroker = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        db.size_pool(self.settings.database_url, self.settings.database_pool_size)
+        db.size_pool(
+            self.settings.database_url,
+            self.settings.database_pool_size,
+            timeout=self.settings.database_pool_timeout,
+        )
         if self.broker is None:
             self.broker = build_broker(self.settings.redis_url, self.settings.redis_namespace)
 

@@ -26,11 +26,14 @@ OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 SCHEMA_LOCK_ID = 7_267_001  # advisory lock: two `db init` at once apply the schema one by one
 
 # One pool per database URL, opened on first use, so a URL passed later is never served by a pool
-# opened for another; the size each URL's pool gets when it opens (the runtime sets it).
+# opened for another; the size each URL's pool gets when it opens, and how long a caller waits for
+# one of its connections (the runtime sets them).
 _pools: dict[str, ConnectionPool[Conn]] = {}
 _sizes: dict[str, int] = {}
+_timeouts: dict[str, float] = {}
 _pool_lock = threading.Lock()
 DEFAULT_POOL_SIZE = 12
+DEFAULT_POOL_TIMEOUT = 5.0
 
 
 def schema_path() -> Path:
@@ -38,10 +41,12 @@ def schema_path() -> Path:
     return Path(__file__).resolve().parents[2] / "schema.sql"
 
 
-def size_pool(database_url: str, max_size: int) -> None:
-    """The size of the pool for `database_url` when it opens (an open pool keeps its size)."""
+def size_pool(database_url: str, max_size: int, *, timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+    """The size of the pool for `database_url` when it opens, and the seconds a caller waits for
+    one of its connections before the database counts as unavailable (an open pool keeps both)."""
     with _pool_lock:
         _sizes[database_url] = max_size
+        _timeouts[database_url] = timeout
 
 
 def get_pool(database_url: str, *, max_size: int | None = None) -> ConnectionPool[Conn]:
@@ -59,7 +64,7 @@ def get_pool(database_url: str, *, max_size: int | None = None) -> ConnectionPoo
                 # idle fails its statement, and `once_more` runs it again on a fresh one;
                 # max_idle retires connections before servers or firewalls drop them.
                 max_idle=60.0,
-                timeout=5.0,
+                timeout=_timeouts.get(database_url, DEFAULT_POOL_TIMEOUT),
                 open=True,
                 name="rinnovo",
             )

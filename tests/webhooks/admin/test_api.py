@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import TEST_DATABASE_URL
-from tests.support import Receiver, drain, post_signed
+from tests.support import QUICK_OUTAGE, Receiver, drain, post_signed
 from tests.workers.ops.test_replay import (
     add_monthly_product,
     catalog_file_fixture,  # noqa: F401  # fixture, by name
@@ -436,6 +436,7 @@ def test_with_the_database_down_the_api_answers_503_in_json(conn, proxy_factory)
         {
             "DATABASE_URL": f"postgresql://127.0.0.1:{pg_proxy.port}/{dbname}",
             "ADMIN_TOKEN": TOKEN,
+            **QUICK_OUTAGE,
         }
     )
     try:

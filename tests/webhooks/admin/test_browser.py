@@ -14,7 +14,7 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.support import FORM, broker, runtime_from_env, signed_ipn
+from tests.support import FORM, SERVE, broker, runtime_from_env, signed_ipn
 from webhooks.app import create_app
 from workers.billing.catalog import default_path
 from workers.ops import samples
@@ -60,7 +60,7 @@ def admin_url(conn, catalog) -> Iterator[str]:
     """The app with the admin page on, served over HTTP, with a real Dramatiq worker behind it."""
     app = create_app({"ADMIN_TOKEN": TOKEN})
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs=SERVE, daemon=True)
     thread.start()
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()

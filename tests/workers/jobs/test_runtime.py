@@ -15,6 +15,7 @@ from tests.conftest import REDIS_NAMESPACE, TEST_DATABASE_URL
 from tests.support import FORM, broker, queued_event_ids, signed_ipn
 from webhooks.app import create_app
 from workers.config import Settings
+from workers.errors import ConfigError
 from workers.jobs.runtime import Runtime
 from workers.store import db
 
@@ -25,11 +26,19 @@ def test_the_pool_size_defaults_to_the_worker_threads_and_four_more():
     assert Settings.from_env({"DATABASE_POOL_SIZE": "5"}).database_pool_size == 5
 
 
-def test_the_runtime_opens_its_pool_with_the_size_the_settings_give(database_url):
+def test_a_pooled_connection_is_waited_for_five_seconds_unless_the_settings_say():
+    assert Settings.from_env({}).database_pool_timeout == 5
+    assert Settings.from_env({"DATABASE_POOL_TIMEOUT": "2"}).database_pool_timeout == 2
+    with pytest.raises(ConfigError, match="DATABASE_POOL_TIMEOUT must be at least 1"):
+        Settings.from_env({"DATABASE_POOL_TIMEOUT": "0"})
+
+
+def test_the_runtime_opens_its_pool_with_the_size_and_timeout_the_settings_give(database_url):
     url = f"{TEST_DATABASE_URL}?application_name=sized"  # a URL of its own, hence a pool of its own
-    runtime = Runtime(Settings.from_env({"DATABASE_URL": url, "DATABASE_POOL_SIZE": "3"}))
+    env = {"DATABASE_URL": url, "DATABASE_POOL_SIZE": "3", "DATABASE_POOL_TIMEOUT": "2"}
+    runtime = Runtime(Settings.from_env(env))
     try:
-        assert runtime.pool.max_size == 3
+        assert (runtime.pool.max_size, runtime.pool.timeout) == (3, 2)
         with runtime.pool.connection() as conn:
             assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
     finally:

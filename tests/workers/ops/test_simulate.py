@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.conftest import TEST_DATABASE_URL
-from tests.support import drain, free_port, runtime_from_env
+from tests.support import QUICK_OUTAGE, drain, free_port, runtime_from_env
 from workers.billing import policies
 from workers.cli import cli
 from workers.config import Settings
@@ -291,7 +291,7 @@ def test_without_a_reachable_local_database_the_simulator_goes_on_with_the_optio
     result = subprocess.run(
         [str(Path(sys.executable).parent / "rinnovo"), "simulate", "renewal", "--license",
          "REMOTE0001", "--product", "AWDOC-TEAM-Y", "--dry-run"],
-        env={**os.environ, "DATABASE_URL": url},
+        env={**os.environ, "DATABASE_URL": url, **QUICK_OUTAGE},
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 

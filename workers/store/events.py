@@ -214,7 +214,9 @@ def lock(conn: Conn, event_id: int) -> dict[str, Any] | None:
 # What applying an event reads of it (its raw body, not the parsed fields and headers), and the
 # subscriptions it names (license codes stored at receipt) locked in the same statement, in license
 # order, after the event: two runs of one event take turns on its row, and a duplicate message
-# (the event already applied) locks no subscription.
+# (the event already applied) locks no subscription. Each subscription's customer is read beside
+# it by primary key: a join of the whole set would be planned once per connection, while the
+# tables are still small, and a hash join's scan of every customer would then be kept for good.
 _CLAIM = """
     WITH event AS (
         SELECT id, kind, status, raw_body, license_codes, enqueued_by
@@ -224,14 +226,17 @@ _CLAIM = """
         SELECT s.*
         FROM (SELECT DISTINCT unnest(license_codes) AS code FROM event
               WHERE status NOT IN ('processed', 'ignored') ORDER BY 1) AS named,
-             LATERAL (SELECT * FROM subscriptions WHERE license_code = named.code FOR UPDATE) AS s
+             LATERAL (
+                 SELECT sub.*, c.email AS owner_email, c.first_name AS owner_first_name,
+                        c.last_name AS owner_last_name, c.locale AS owner_locale
+                 FROM subscriptions sub JOIN customers c ON c.id = sub.customer_id
+                 WHERE sub.license_code = named.code FOR UPDATE OF sub
+             ) AS s
     )
     SELECT event.id AS event_id, event.kind AS event_kind, event.status AS event_status,
            event.raw_body AS event_raw_body, event.license_codes AS event_license_codes,
-           event.enqueued_by AS event_enqueued_by, locked.*,
-           c.email AS owner_email, c.first_name AS owner_first_name,
-           c.last_name AS owner_last_name, c.locale AS owner_locale
-    FROM event LEFT JOIN locked ON true LEFT JOIN customers c ON c.id = locked.customer_id
+           event.enqueued_by AS event_enqueued_by, locked.*
+    FROM event LEFT JOIN locked ON true
 """
 # The customer columns of a claim's row, by their names in the customers table.
 _CUSTOMER = {

@@ -211,3 +211,15 @@ def test_a_delivered_event_may_take_the_catalog_read_within_the_second_a_replay_
     os.utime(path, ns=(later + 10**9, later + 10**9))
     monkeypatch.setattr(run, "CATALOG_RECHECK_SECONDS", 0.0)
     assert run.catalog(configured, fresh=False).get("AWDOC-TEAM-M") is None  # once due, the file
+
+
+def test_the_claim_reads_customers_by_key_even_as_planned_on_empty_tables(conn):
+    # A worker's connection plans the claim once, often while the tables are still empty, and
+    # keeps that plan: it must not be one that reads every customer for each event.
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE claim_plan(bigint) AS {events._CLAIM.replace('%s', '$1')}")
+        plan = "\n".join(row["QUERY PLAN"] for row in conn.execute("EXPLAIN EXECUTE claim_plan(1)"))
+        conn.execute("DEALLOCATE claim_plan")
+    assert "Index Scan using customers_pkey on customers" in plan
+    assert "Seq Scan" not in plan

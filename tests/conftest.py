@@ -71,8 +71,11 @@ TABLES = (
 )
 # The sequences of the tables' serial columns.
 SEQUENCES = """
-    SELECT pg_get_serial_sequence(format('%%I', c.relname), a.attname) AS name
-    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    SELECT n.nspname AS schema, s.relname AS name
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid,
+         LATERAL (SELECT pg_get_serial_sequence(format('%%I', c.relname), a.attname)::regclass
+                  AS seq) AS found
+         JOIN pg_class s ON s.oid = found.seq JOIN pg_namespace n ON n.oid = s.relnamespace
     WHERE c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
 """
 _emptying: dict[tuple[str, ...], sql.Composed] = {}
@@ -86,8 +89,8 @@ def empty(connection: psycopg.Connection, tables: tuple[str, ...]) -> None:
     statement = _emptying.get(tables)
     if statement is None:
         rows = connection.execute(SEQUENCES, (list(tables),)).fetchall()
-        names = sorted(row["name"] for row in rows if row["name"] is not None)
-        restarts = [sql.SQL("SELECT setval({}::regclass, 1, false);").format(sql.Literal(name))
+        names = sorted((row["schema"], row["name"]) for row in rows)
+        restarts = [sql.SQL("ALTER SEQUENCE {} RESTART;").format(sql.Identifier(*name))
                     for name in names]  # fmt: skip
         deletes = [sql.SQL("DELETE FROM {};").format(sql.Identifier(table)) for table in tables]
         statement = _emptying[tables] = sql.SQL(" ").join(deletes + restarts)

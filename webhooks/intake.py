@@ -139,7 +139,7 @@ def receive(module: ModuleType) -> Response:
             raw_body=raw,
             content_type=request.content_type or FORM,
             headers=_headers(),
-            fields=fields,
+            fields=None,  # read again from the body when shown: not stored (NewEvent)
             signature_algo=algorithm,
             key_index=key_index,
             summary=module.summary(fields),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -184,3 +187,73 @@ def test_a_batch_is_one_round_trip_to_redis(queued, conn, count):
         del broker.client.connection_pool.get_connection
     assert len(calls) == 1
     assert queued() == ids
+
+
+# Under gevent (as gunicorn serves the receiver), request B reaches the group a few switches
+# after request A began a run: its bytes were still arriving when A yielded.
+_GEVENT_GATHER = textwrap.dedent(
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import gevent
+
+    from webhooks.recording import GroupCommit
+
+    batches = []
+    group = GroupCommit(lambda items: batches.append(items) or items, key=lambda item: item)
+
+    def later():
+        for _ in range(3):
+            gevent.sleep(0)
+        group.submit("b")
+
+    gevent.joinall([gevent.spawn(later), gevent.spawn(group.submit, "a")], raise_error=True)
+    print(batches)
+    """
+)
+
+
+def test_under_gevent_a_run_waits_for_every_request_ready_to_run():
+    done = subprocess.run(
+        [sys.executable, "-c", _GEVENT_GATHER], capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[['a', 'b']]"
+
+
+_GEVENT_NEVER_IDLE = textwrap.dedent(
+    """
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import time
+
+    import gevent
+
+    from webhooks.recording import GroupCommit
+
+    batches = []
+    group = GroupCommit(lambda items: batches.append(items) or items, key=lambda item: item)
+
+    def busy():  # keeps the hub from ever being idle, for at most 10 s
+        end = time.monotonic() + 10
+        while not batches and time.monotonic() < end:
+            gevent.sleep(0)
+        print(batches)
+
+    gevent.joinall([gevent.spawn(busy), gevent.spawn(group.submit, "a")], raise_error=True)
+    """
+)
+
+
+def test_under_gevent_a_run_starts_even_if_the_hub_is_never_idle():
+    done = subprocess.run(
+        [sys.executable, "-c", _GEVENT_NEVER_IDLE], capture_output=True, text=True, timeout=30
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[['a']]"  # the run came while the busy request still ran

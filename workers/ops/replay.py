@@ -83,11 +83,14 @@ class Parsed:
     test: bool
 
     def differs(self, row: dict[str, Any]) -> list[str]:
-        """The stored columns this reading would change."""
+        """The stored columns this reading would change. A row's fields are read from its body
+        unless it holds a reading of its own (stored before they were not): only such a reading
+        can differ."""
+        shown = {**row, "fields": row["fields"] or self.fields}
         return [
             name
             for name in ("fields", "summary", "license_codes", "test")
-            if getattr(self, name) != row[name]
+            if getattr(self, name) != shown[name]
         ]
 
 

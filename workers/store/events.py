@@ -35,9 +35,10 @@ class NewEvent:
     raw_body: bytes
     content_type: str
     headers: dict[str, str]
-    # None: not stored, read again from the raw body when shown (`get`), which saves turning
-    # 100 fields into JSON and PostgreSQL parsing and compressing it. The receiver still stores
-    # them: replay's refresh compares a stored reading with today's. An api event has none: {}.
+    # None (what the receiver passes): not stored, read again from the raw body whenever shown
+    # (`get`), which saves turning 100 fields into JSON and PostgreSQL parsing and compressing
+    # them on every delivery. Rows stored before keep the reading they were stored with until a
+    # replay refreshes it (`replays.store_readings`). An api event has none: {}.
     fields: dict[str, list[str]] | None
     signature_algo: str
     key_index: int

@@ -14,6 +14,9 @@ from workers.store.db import Conn
 # PostgreSQL compares the readings, so only rows whose reading changed are written and the
 # stored fields never need to be loaded into Python. The readings travel as one JSON document:
 # an array parameter of JSON values would be escaped element by element, which is slow.
+# A notification's fields are not stored but read from its body whenever shown (events.get):
+# today's fields are compared with a reading an older row still holds, and such a reading is
+# cleared ('{}') when the row is refreshed, so that the row shows today's.
 _STORE_READINGS = """
     WITH v AS (
         SELECT r.id, r.fields, r.summary, r.test,
@@ -22,18 +25,18 @@ _STORE_READINGS = """
              AS r(id bigint, fields jsonb, summary text, codes jsonb, test boolean)
     )
     UPDATE events AS e
-    SET fields = v.fields, summary = v.summary, license_codes = v.license_codes, test = v.test
+    SET fields = '{}', summary = v.summary, license_codes = v.license_codes, test = v.test
     FROM v
     WHERE e.id = v.id
-      AND (e.fields, e.summary, e.license_codes, e.test)
+      AND (CASE WHEN e.fields = '{}' THEN v.fields ELSE e.fields END,
+           e.summary, e.license_codes, e.test)
           IS DISTINCT FROM (v.fields, v.summary, v.license_codes, v.test)
     RETURNING e.id
 """
 
-
 def store_readings(conn: Conn, readings: Sequence[Mapping[str, Any]]) -> int:
     """Store each event's reading ({id, fields, summary, codes, test}) where it differs from the
-    stored one; how many differed."""
+    one it shows (its fields are read from its body, not stored); how many differed."""
     if not readings:
         return 0
     return len(conn.execute(_STORE_READINGS, (Jsonb(list(readings)),)).fetchall())

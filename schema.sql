@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS events (
     raw_body        bytea NOT NULL,
     content_type    text NOT NULL,
     headers         jsonb NOT NULL DEFAULT '{}',
-    fields          jsonb NOT NULL,          -- name -> [values], as parsed at receive time
+    fields          jsonb NOT NULL,          -- '{}': read from raw_body when shown (older rows:
+                                             -- name -> [values] as parsed at receipt; api: {})
     signature_algo  text NOT NULL,           -- sha3-256 | sha256 | md5 | ins-md5
     key_index       integer NOT NULL,        -- which configured key verified it (rotation)
     summary         text NOT NULL DEFAULT '',-- e.g. "COMPLETE", "ACTIVE", "ORDER_CREATED"

@@ -208,7 +208,7 @@ def store_stream(url: str, stream: Sequence[Notification]) -> list[int]:
                     raw_body=body,
                     content_type="application/x-www-form-urlencoded",
                     headers={"User-Agent": "2Checkout", "Remote-Addr": "127.0.0.1"},
-                    fields=fields,
+                    fields=None,  # as the receiver stores them: read from the body
                     signature_algo=str(Algorithm.SHA256),
                     key_index=0,
                     summary=module.summary(fields),

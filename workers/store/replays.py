@@ -34,6 +34,7 @@ _STORE_READINGS = """
     RETURNING e.id
 """
 
+
 def store_readings(conn: Conn, readings: Sequence[Mapping[str, Any]]) -> int:
     """Store each event's reading ({id, fields, summary, codes, test}) where it differs from the
     one it shows (its fields are read from its body, not stored); how many differed."""

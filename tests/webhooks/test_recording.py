@@ -189,71 +189,64 @@ def test_a_batch_is_one_round_trip_to_redis(queued, conn, count):
     assert queued() == ids
 
 
-# Under gevent (as gunicorn serves the receiver), request B reaches the group a few switches
-# after request A began a run: its bytes were still arriving when A yielded.
-_GEVENT_GATHER = textwrap.dedent(
-    """
-    from gevent import monkey
+# A script run under gevent, as gunicorn serves the receiver: `group` stores nothing, it records
+# each run's items in `batches`.
+_UNDER_GEVENT = """
+from gevent import monkey
 
-    monkey.patch_all()
+monkey.patch_all()
 
-    import gevent
+import time
 
-    from webhooks.recording import GroupCommit
+import gevent
 
-    batches = []
-    group = GroupCommit(lambda items: batches.append(items) or items, key=lambda item: item)
+from webhooks.recording import GroupCommit
 
-    def later():
-        for _ in range(3):
-            gevent.sleep(0)
-        group.submit("b")
+batches = []
+group = GroupCommit(lambda items: batches.append(items) or items, key=lambda item: item)
+"""
 
-    gevent.joinall([gevent.spawn(later), gevent.spawn(group.submit, "a")], raise_error=True)
-    print(batches)
-    """
-)
+
+def _run_under_gevent(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _UNDER_GEVENT + textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def test_under_gevent_a_run_waits_for_every_request_ready_to_run():
-    done = subprocess.run(
-        [sys.executable, "-c", _GEVENT_GATHER], capture_output=True, text=True, timeout=30
+    # Request b reaches the group a few switches after request a began a run: its bytes were
+    # still arriving when a yielded.
+    printed = _run_under_gevent(
+        """
+        def later():
+            for _ in range(3):
+                gevent.sleep(0)
+            group.submit("b")
+
+        gevent.joinall([gevent.spawn(later), gevent.spawn(group.submit, "a")], raise_error=True)
+        print(batches)
+        """
     )
 
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[['a', 'b']]"
-
-
-_GEVENT_NEVER_IDLE = textwrap.dedent(
-    """
-    from gevent import monkey
-
-    monkey.patch_all()
-
-    import time
-
-    import gevent
-
-    from webhooks.recording import GroupCommit
-
-    batches = []
-    group = GroupCommit(lambda items: batches.append(items) or items, key=lambda item: item)
-
-    def busy():  # keeps the hub from ever being idle, for at most 10 s
-        end = time.monotonic() + 10
-        while not batches and time.monotonic() < end:
-            gevent.sleep(0)
-        print(batches)
-
-    gevent.joinall([gevent.spawn(busy), gevent.spawn(group.submit, "a")], raise_error=True)
-    """
-)
+    assert printed == "[['a', 'b']]"
 
 
 def test_under_gevent_a_run_starts_even_if_the_hub_is_never_idle():
-    done = subprocess.run(
-        [sys.executable, "-c", _GEVENT_NEVER_IDLE], capture_output=True, text=True, timeout=30
+    printed = _run_under_gevent(
+        """
+        def busy():  # keeps the hub from ever being idle, for at most 10 s
+            end = time.monotonic() + 10
+            while not batches and time.monotonic() < end:
+                gevent.sleep(0)
+            print(batches)
+
+        gevent.joinall([gevent.spawn(busy), gevent.spawn(group.submit, "a")], raise_error=True)
+        """
     )
 
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[['a']]"  # the run came while the busy request still ran
+    assert printed == "[['a']]"  # the run came while the busy request still ran

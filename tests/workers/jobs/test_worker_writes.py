@@ -218,7 +218,9 @@ def test_the_claim_reads_customers_by_key_even_as_planned_on_empty_tables(conn):
     # keeps that plan: it must not be one that reads every customer for each event.
     with conn.transaction(force_rollback=True):
         conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE claim_plan(bigint) AS {events._CLAIM.replace('%s', '$1')}")
+        # The claim's own constant text, its one placeholder written as the statement's $1.
+        claim = sql.SQL(events._CLAIM.replace("%s", "$1"))
+        conn.execute(sql.SQL("PREPARE claim_plan(bigint) AS {}").format(claim))
         plan = "\n".join(row["QUERY PLAN"] for row in conn.execute("EXPLAIN EXECUTE claim_plan(1)"))
         conn.execute("DEALLOCATE claim_plan")
     assert "Index Scan using customers_pkey on customers" in plan

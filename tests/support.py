@@ -143,6 +143,8 @@ class TcpProxy:
         listener.close()
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        # This thread alone closes the pair: cut() only shuts them down, which wakes the select
+        # below. A close from cut() could land between two selects, which then fail on fd -1.
         try:
             while True:
                 readable, _, _ = select.select([a, b], [], [], 0.5)
@@ -167,9 +169,8 @@ class TcpProxy:
             self._thread = None
         with self._lock:
             for sock in self._conns:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # its piping thread closed it already
                     sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
             self._conns.clear()
 
     def stop(self) -> None:
